@@ -1,0 +1,222 @@
+"""Training-step throughput of MosaicBERT vs Hugging Face BERT, in one process, on the same batches.
+
+    python benchmarks/throughput.py --out results.json                  # GPU: base size, eager + compiled
+    python benchmarks/throughput.py --size tiny --device cpu --steps 3  # smoke test on CPU
+
+One step = forward, backward and a fused AdamW step under bf16 autocast (fp32 on CPU). Timing: CUDA events around
+each step after warm-up; the median of --steps steps is reported.
+
+Useful FLOPs per step (the MFU numerator; padding and head work on unmasked tokens are not useful):
+    6 x (encoder non-embedding parameters) x real tokens
+  + 12 x sum_i S_i^2 x hidden x layers            (attention scores and values, forward + backward)
+  + 6 x (MLM head parameters) x masked tokens
+MFU = useful FLOPs / step time / measured bf16 matmul peak of this GPU (8192^3 matmul).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SIZES = {
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
+}
+VOCAB = 30528
+
+
+def make_batches(n: int, batch: int, seq: int, mask_prob: float, seed: int, texts: list[list[int]] | None):
+    """Batches with 75% full-length rows and 25% uniform shorter ones (or real token rows when given)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for b in range(n):
+        if texts:
+            rows = [texts[(b * batch + i) % len(texts)][:seq] for i in range(batch)]
+            lengths = torch.tensor([len(r) for r in rows])
+            ids = torch.zeros(batch, seq, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, : len(r)] = torch.tensor(r)
+        else:
+            full = torch.rand(batch, generator=g) < 0.75
+            lengths = torch.where(full, torch.full((batch,), seq), torch.randint(16, seq, (batch,), generator=g))
+            ids = torch.randint(1000, VOCAB - 8, (batch, seq), generator=g)
+            ids[:, 0] = 101
+        attn = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+        ids = ids * attn
+        special = (ids == 101) | (ids == 102) | (attn == 0)
+        masked = (torch.rand(batch, seq, generator=g) < mask_prob) & ~special
+        labels = torch.where(masked, ids, torch.full_like(ids, -100))
+        inputs = torch.where(masked, torch.full_like(ids, 103), ids)
+        out.append(dict(input_ids=inputs, attention_mask=attn, token_type_ids=torch.zeros_like(ids), labels=labels))
+    return out
+
+
+def load_texts(path: str, vocab: str, seq: int, limit: int = 20000) -> list[list[int]]:
+    """Real token rows from C4-format *.json.gz files (one row per document, truncated)."""
+    from mosaicbert.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(vocab)
+    files = sorted(Path(path).glob("*.json.gz")) if Path(path).is_dir() else [Path(path)]
+    docs = []
+    for f in files:
+        with gzip.open(f, "rt") as fh:
+            for line in fh:
+                docs.append(json.loads(line)["text"])
+                if len(docs) >= limit:
+                    break
+    return tok(docs, truncation=True, max_length=seq)["input_ids"]
+
+
+def useful_flops(model_name: str, cfg, batch: dict) -> float:
+    attn = batch["attention_mask"]
+    lengths = attn.sum(1).double()
+    real_tokens = float(lengths.sum())
+    masked = float((batch["labels"] != -100).sum())
+    h, layers, inter = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size
+    if model_name == "mosaic_bert":  # fused Wqkv, out dense, GeGLU (2*inter) up, down; two LayerNorms
+        layer = h * 3 * h + 3 * h + h * h + h + h * 2 * inter + inter * h + h + 4 * h
+    else:  # q, k, v, out, up (inter), down; two LayerNorms
+        layer = 4 * (h * h + h) + h * inter + inter + inter * h + h + 4 * h
+    head = h * h + h + 2 * h + cfg.vocab_size * h + cfg.vocab_size
+    return 6 * layer * layers * real_tokens + 12 * float((lengths**2).sum()) * h * layers + 6 * head * masked
+
+
+def matmul_peak(device) -> float:
+    if device.type != "cuda":
+        return float("nan")
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 10 / (start.elapsed_time(end) / 1e3)
+
+
+def build(model_name: str, size: str, attention_backend: str | None):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
+
+    if model_name == "mosaic_bert":
+        extra = {"attention_backend": attention_backend} if attention_backend else {}
+        cfg = MosaicBertConfig(vocab_size=VOCAB, **SIZES[size], **extra)
+        return MosaicBertForMaskedLM(cfg), cfg
+    cfg = BertConfig(vocab_size=VOCAB, attention_probs_dropout_prob=0.1, **SIZES[size])
+    return BertForMaskedLM(cfg), cfg
+
+
+def run_one(model_name, compiled, args, batches, device, peak):
+    torch.manual_seed(0)
+    model, cfg = build(model_name, args.size, args.attention_backend)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    step_model = torch.compile(model) if compiled else model
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    dev_batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
+
+    def step(b):
+        with amp:
+            loss = step_model(**b).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    t0 = time.perf_counter()
+    for i in range(args.warmup):
+        step(dev_batches[i % len(dev_batches)])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    warm_s = time.perf_counter() - t0
+    times, flops = [], []
+    for i in range(args.steps):
+        b = dev_batches[(args.warmup + i) % len(dev_batches)]
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            loss = step(b)
+            e.record()
+            torch.cuda.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+        else:
+            t = time.perf_counter()
+            loss = step(b)
+            times.append(time.perf_counter() - t)
+        flops.append(useful_flops(model_name, cfg, batches[(args.warmup + i) % len(batches)]))
+    med = statistics.median(times)
+    bsz = batches[0]["input_ids"].shape[0]
+    real_tokens = statistics.mean(float(b["attention_mask"].sum()) for b in batches)
+    tflops = statistics.mean(flops) / med / 1e12
+    row = dict(
+        model=model_name, compiled=compiled, size=args.size, batch=bsz, seq=args.seq,
+        attention_backend=getattr(cfg, "attention_backend", "sdpa (transformers)"),
+        ms_per_step=med * 1e3, seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
+        useful_tflops=tflops, mfu=tflops * 1e12 / peak if math.isfinite(peak) else float("nan"),
+        peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
+        warmup_s=warm_s, final_loss=float(loss),
+    )
+    del model, opt, step_model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="mosaic_bert,hf_bert")
+    p.add_argument("--modes", default="eager,compiled", help="eager and/or compiled")
+    p.add_argument("--size", default="base", choices=sorted(SIZES))
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--mask_prob", type=float, default=0.30)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--data", default=None, help="C4-format *.json.gz file or folder for real token rows")
+    p.add_argument("--tokenizer", default="bert-base-uncased")
+    p.add_argument("--attention_backend", default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    texts = load_texts(args.data, args.tokenizer, args.seq) if args.data else None
+    batches = make_batches(8, args.batch, args.seq, args.mask_prob, 0, texts)
+    peak = matmul_peak(device)
+    env = dict(torch=torch.__version__, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               matmul_peak_tflops=peak / 1e12, date=time.strftime("%Y-%m-%d"), argv=sys.argv)
+    print(json.dumps(env))
+    rows = []
+    for model_name in args.models.split(","):
+        for mode in args.modes.split(","):
+            row = run_one(model_name, mode == "compiled", args, batches, device, peak)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    hdr = f"| model | mode | ms/step | seq/s | real tok/s | useful TFLOP/s | MFU | peak GiB |"
+    print("\n" + hdr + "\n|" + "---|" * 8)
+    for r in rows:
+        print(f"| {r['model']} | {'compiled' if r['compiled'] else 'eager'} | {r['ms_per_step']:.1f} | "
+              f"{r['seq_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {r['useful_tflops']:.0f} | "
+              f"{r['mfu']:.1%} | {r['peak_mem_gib']:.1f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(env=env, rows=rows), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

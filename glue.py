@@ -1,0 +1,44 @@
+"""Finetune a pretrained MosaicBERT (or Hugging Face BERT) on GLUE and report the GLUE average.
+
+    python glue.py yamls/glue/base.yaml model.pretrained_checkpoint=runs/base/latest-rank0.pt
+    python glue.py yamls/glue/quickstart.yaml                          # tiny random-init smoke run on CPU
+    python glue.py yamls/glue/base.yaml tasks_to_run=[rte,mrpc] data_dir=../shared/data/glue
+
+The YAML and `key=value` overrides are validated against mosaicbert.glue.config.GlueConfig. Runs one Composer
+Trainer per task and seed (a process pool with one job per GPU), then writes results.json and results.md to
+`save_folder` (default runs/glue/<run_name>). Exit status: 0 when every job ran, 1 when a job failed, 2 on a
+config error. Run it with python, not with the composer launcher: it starts its own processes.
+"""
+
+import logging
+import sys
+
+from mosaicbert.config import ConfigError, to_yaml
+from mosaicbert.glue.config import load_glue_config
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_glue_config(argv[0], argv[1:])
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    print(to_yaml(cfg), flush=True)
+
+    from mosaicbert.glue.runner import run_glue  # heavy imports after the config is known to be good
+
+    try:
+        summary = run_glue(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    failed = [j for j in summary["jobs"] if j["status"] != "ok"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

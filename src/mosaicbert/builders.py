@@ -1,0 +1,275 @@
+"""The one place where config names become objects: model, data, optimizer, scheduler, callbacks, loggers.
+
+main.py and glue.py only call these builders; nothing here is copied into scripts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Optional
+
+import torch
+from composer import Trainer
+from composer.algorithms import GradientClipping
+from composer.callbacks import LRMonitor, MemoryMonitor, RuntimeEstimator, SpeedMonitor
+from composer.core import Callback
+from composer.loggers import FileLogger, LoggerDestination, TensorboardLogger, WandBLogger
+from composer.optim import (
+    ConstantWithWarmupScheduler,
+    CosineAnnealingWithWarmupScheduler,
+    DecoupledAdamW,
+    LinearWithWarmupScheduler,
+)
+from composer.utils import dist, reproducibility
+from composer.utils.parallelism import FSDPConfig
+
+from mosaicbert.callbacks import FiniteLossCheck, MetricsJsonl
+from mosaicbert.composer_models import MaskedLMModel
+from mosaicbert.config import (
+    AlgorithmsConfig,
+    CallbacksConfig,
+    ConfigError,
+    LoggersConfig,
+    ModelConfig,
+    OptimizerConfig,
+    PretrainConfig,
+    SchedulerConfig,
+    check_keys,
+)
+from mosaicbert.data.mlm import build_mlm_dataloader
+from mosaicbert.data.tokenizer import load_tokenizer
+from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification
+from mosaicbert.model.modeling_mosaic_bert import load_mosaic_state_dict
+
+log = logging.getLogger("mosaicbert")
+
+MODEL_NAMES = ("mosaic_bert", "hf_bert")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_hf_config(model_cfg: ModelConfig, **extra: Any):
+    """MosaicBertConfig or transformers.BertConfig from the config's overrides (unknown fields are errors)."""
+    from transformers import BertConfig
+
+    if model_cfg.name == "mosaic_bert":
+        config_cls, defaults = MosaicBertConfig, {}
+    elif model_cfg.name == "hf_bert":
+        # The baseline: transformers' BERT, padded to the same 30528 vocab, with BERT's attention dropout.
+        config_cls, defaults = BertConfig, {"vocab_size": 30528, "attention_probs_dropout_prob": 0.1}
+    else:
+        raise ConfigError(f"config key 'model.name' = {model_cfg.name!r} is not one of {list(MODEL_NAMES)}")
+    check_keys(model_cfg.config_overrides, list(config_cls().to_dict()), "model.config_overrides")
+    try:
+        return config_cls(**{**defaults, **dict(model_cfg.config_overrides), **extra})
+    except ValueError as e:
+        raise ConfigError(f"model.config_overrides: {e}") from e
+
+
+def load_encoder_weights(model: torch.nn.Module, checkpoint: str) -> None:
+    """Load weights from a Composer checkpoint (main.py) or a Hugging Face folder; report every key not loaded."""
+    from mosaicbert.export import read_state_dict
+
+    state_dict = read_state_dict(checkpoint)
+    if isinstance(model, (MosaicBertForMaskedLM, MosaicBertForSequenceClassification)):
+        missing, unexpected = load_mosaic_state_dict(model, state_dict)
+    else:
+        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing:
+        log.warning("%s: %d weights not in the checkpoint, newly initialised: %s", checkpoint, len(missing), missing)
+    if unexpected:
+        log.warning("%s: %d checkpoint weights not used by this model: %s", checkpoint, len(unexpected), unexpected)
+    log.info("loaded weights from %s", checkpoint)
+
+
+def build_mlm_model(model_cfg: ModelConfig, tokenizer) -> MaskedLMModel:
+    from transformers import BertForMaskedLM
+
+    config = build_hf_config(model_cfg, pad_token_id=tokenizer.pad_token_id)
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(
+            f"tokenizer has {len(tokenizer)} tokens but model.config_overrides.vocab_size is {config.vocab_size}: "
+            f"set model.config_overrides.vocab_size >= {len(tokenizer)} (a multiple of 64 is fastest)"
+        )
+    model = MosaicBertForMaskedLM(config) if model_cfg.name == "mosaic_bert" else BertForMaskedLM(config)
+    if model_cfg.pretrained_checkpoint:
+        load_encoder_weights(model, model_cfg.pretrained_checkpoint)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model %s: %.1fM parameters", model_cfg.name, n_params / 1e6)
+    return MaskedLMModel(model, tokenizer=tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimizer, scheduler, algorithms, callbacks, loggers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_optimizer(cfg: OptimizerConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "decoupled_adamw":
+        return DecoupledAdamW(model.parameters(), **kwargs)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), **kwargs)
+    raise ConfigError(f"config key 'optimizer.name' = {cfg.name!r} is not one of ['decoupled_adamw', 'adamw']")
+
+
+def build_scheduler(cfg: SchedulerConfig):
+    if cfg.name == "linear_decay_with_warmup":
+        return LinearWithWarmupScheduler(t_warmup=cfg.t_warmup, alpha_f=cfg.alpha_f)
+    if cfg.name == "constant_with_warmup":
+        return ConstantWithWarmupScheduler(t_warmup=cfg.t_warmup)
+    if cfg.name == "cosine_with_warmup":
+        return CosineAnnealingWithWarmupScheduler(t_warmup=cfg.t_warmup, alpha_f=cfg.alpha_f)
+    raise ConfigError(f"config key 'scheduler.name' = {cfg.name!r} is not a known scheduler")
+
+
+def build_algorithms(cfg: AlgorithmsConfig) -> list:
+    algorithms = []
+    if cfg.gradient_clipping is not None:
+        gc = cfg.gradient_clipping
+        algorithms.append(GradientClipping(clipping_type=gc.clipping_type, clipping_threshold=gc.clipping_threshold))
+    return algorithms
+
+
+def build_callbacks(cfg: CallbacksConfig, loggers: LoggersConfig, metrics_path: Optional[str]) -> list[Callback]:
+    callbacks: list[Callback] = [FiniteLossCheck()]
+    if cfg.speed_monitor is not None:
+        callbacks.append(SpeedMonitor(window_size=cfg.speed_monitor.window_size))
+    if cfg.lr_monitor:
+        callbacks.append(LRMonitor())
+    if cfg.memory_monitor:
+        callbacks.append(MemoryMonitor())
+    if cfg.runtime_estimator:
+        callbacks.append(RuntimeEstimator())
+    if loggers.metrics_jsonl and metrics_path:
+        callbacks.append(MetricsJsonl(metrics_path))
+    return callbacks
+
+
+def build_loggers(cfg: LoggersConfig) -> list[LoggerDestination]:
+    destinations: list[LoggerDestination] = []
+    if cfg.wandb is not None:
+        destinations.append(WandBLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, tags=cfg.wandb.tags))
+    if cfg.tensorboard is not None:
+        destinations.append(TensorboardLogger(log_dir=cfg.tensorboard.log_dir, flush_interval=50))
+    if cfg.file is not None:
+        destinations.append(FileLogger(filename=cfg.file.filename))
+    return destinations
+
+
+def build_fsdp(fsdp: Optional[dict]) -> Optional[dict]:
+    if fsdp is None:
+        return None
+    check_keys(fsdp, [f.name for f in dataclasses.fields(FSDPConfig) if not f.name.startswith("_")], "fsdp")
+    return {"fsdp": dict(fsdp)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def device_batch_size(global_batch_size: int) -> int:
+    world = dist.get_world_size()
+    if global_batch_size % world != 0:
+        raise ConfigError(
+            f"config key 'global_train_batch_size' = {global_batch_size} is not divisible by the number of "
+            f"processes ({world}): pick a multiple of {world}"
+        )
+    return global_batch_size // world
+
+
+def resolve_device(device: Optional[str]) -> str:
+    if device is None:
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' = 'gpu' but no CUDA GPU is visible: set device=cpu")
+    return device
+
+
+def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
+    """Everything main.py needs, from a validated PretrainConfig."""
+    reproducibility.seed_all(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = cfg.precision
+    if device == "cpu" and precision != "fp32":
+        log.warning("precision=%s is not supported on CPU; using fp32", precision)
+        precision = "fp32"
+    # Composer's distributed setup must exist before the data loaders partition samples across ranks.
+    if dist.get_world_size() > 1 and not dist.is_initialized():
+        dist.initialize_dist(device, timeout=cfg.dist_timeout)
+
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    per_device_batch = device_batch_size(cfg.global_train_batch_size)
+    microbatch: Any = cfg.device_train_microbatch_size
+    if microbatch == "auto" and device == "cpu":
+        microbatch = per_device_batch  # automatic microbatching needs a GPU to probe memory
+    elif isinstance(microbatch, int):
+        microbatch = min(microbatch, per_device_batch)
+
+    data = cfg.data
+    common = dict(
+        local=data.local,
+        remote=data.remote,
+        tokenizer=tokenizer,
+        max_seq_len=data.max_seq_len,
+        seed=cfg.seed,
+        num_workers=data.num_workers,
+        pad_to_max_length=data.pad_to_max_length,
+        pin_memory=device == "gpu",
+        prefetch_factor=data.prefetch_factor,
+        shuffle_block_size=data.shuffle_block_size,
+        num_canonical_nodes=data.num_canonical_nodes,
+    )
+    train_loader = build_mlm_dataloader(
+        split=data.train_split, mlm_probability=data.mlm_probability, device_batch_size=per_device_batch,
+        shuffle=data.shuffle, drop_last=True, **common,
+    )
+    eval_loader = build_mlm_dataloader(
+        split=data.eval_split, mlm_probability=data.eval_mlm_probability, device_batch_size=cfg.device_eval_batch_size,
+        shuffle=False, drop_last=False, **common,
+    )
+
+    model = build_mlm_model(cfg.model, tokenizer)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    run_name = cfg.run_name or os.environ.get("RUN_NAME") or "mosaicbert"
+    metrics_path = os.path.join(cfg.save_folder or os.path.join("runs", run_name), "metrics.jsonl")
+
+    return Trainer(
+        run_name=run_name,
+        model=model,
+        train_dataloader=train_loader,
+        eval_dataloader=eval_loader,
+        eval_interval=cfg.eval_interval,
+        eval_subset_num_batches=cfg.eval_subset_num_batches,
+        max_duration=cfg.max_duration,
+        optimizers=optimizer,
+        schedulers=build_scheduler(cfg.scheduler),
+        algorithms=build_algorithms(cfg.algorithms),
+        callbacks=build_callbacks(cfg.callbacks, cfg.loggers, metrics_path),
+        loggers=build_loggers(cfg.loggers),
+        progress_bar=cfg.loggers.progress_bar,
+        log_to_console=cfg.loggers.console,
+        console_log_interval=cfg.loggers.console_log_interval,
+        device=device,
+        precision=precision,
+        device_train_microbatch_size=microbatch,
+        parallelism_config=build_fsdp(cfg.fsdp),
+        compile_config={} if cfg.compile else None,
+        seed=cfg.seed,
+        save_folder=cfg.save_folder,
+        save_interval=cfg.save_interval,
+        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_overwrite=cfg.save_overwrite,
+        load_path=cfg.load_path,
+        load_weights_only=cfg.load_weights_only,
+        autoresume=cfg.autoresume,
+        dist_timeout=cfg.dist_timeout,
+        python_log_level="info",
+    )

@@ -1,0 +1,74 @@
+"""Small Composer callbacks the recipe needs and Composer does not ship."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional
+
+import torch
+from composer.core import Callback, State
+from composer.loggers import Logger
+from composer.utils import dist
+
+
+class FiniteLossCheck(Callback):
+    """Stop with a clear error as soon as the training loss is NaN or infinite.
+
+    Composer's NaNMonitor only catches NaN and says nothing about what to do; a diverged run should stop at once,
+    naming the step, instead of burning GPU hours on garbage.
+    """
+
+    def after_loss(self, state: State, logger: Logger) -> None:
+        loss = state.loss
+        losses = loss.values() if isinstance(loss, dict) else loss if isinstance(loss, (list, tuple)) else [loss]
+        for value in losses:
+            if isinstance(value, torch.Tensor) and not torch.isfinite(value.detach()).all():
+                raise RuntimeError(
+                    f"training loss is {value.detach().float().cpu().tolist()} (not finite) at batch "
+                    f"{int(state.timestamp.batch)}: the run diverged. Lower optimizer.lr, lengthen the warmup "
+                    f"(scheduler.t_warmup), enable algorithms.gradient_clipping, or try precision=fp32 to check "
+                    f"for a numerics problem; resume from the last checkpoint with load_path/autoresume."
+                )
+
+
+class MetricsJsonl(Callback):
+    """Appends one JSON line per log call (train loss every `interval` batches, every eval) to a file.
+
+    Plot-ready: each line has batch, samples, wall-clock seconds and the values logged at that point.
+    """
+
+    def __init__(self, path: str, interval: int = 10):
+        self.path = path
+        self.interval = interval
+        self._train_wct = 0.0
+
+    def _write(self, state: State, values: dict[str, Any]) -> None:
+        if dist.get_global_rank() != 0:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        ts = state.timestamp
+        row = {
+            "batch": int(ts.batch),
+            "samples": int(ts.sample),
+            "tokens": int(ts.token),
+            "train_seconds": float(ts.total_wct.total_seconds()),
+            **values,
+        }
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if int(state.timestamp.batch) % self.interval == 0 and isinstance(state.loss, torch.Tensor):
+            self._write(state, {"train_loss": float(state.loss.detach().float().cpu())})
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        values = {}
+        for name, metric in (state.eval_metrics.get(state.dataloader_label, {}) or {}).items():
+            value = metric.compute()
+            value = float(value.cpu()) if isinstance(value, torch.Tensor) else float(value)
+            values[f"eval/{name}"] = value
+            if name == "LanguageCrossEntropy" and math.isfinite(value):
+                values["eval/perplexity"] = math.exp(min(value, 50.0))
+        self._write(state, values)

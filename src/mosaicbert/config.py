@@ -1,0 +1,296 @@
+"""Typed, self-validating run configuration: YAML file + `key=value` command-line overrides.
+
+The schema is a tree of dataclasses. Before merging, every key the user wrote is checked against it, so a
+misspelled key is an error that names the key and the nearest valid ones instead of being silently ignored;
+OmegaConf then checks the value types. Free-form sections (`Dict[str, Any]`, e.g. model config overrides) are
+checked later by the code that consumes them (see `check_keys`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the offending key."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pretraining schema (main.py)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mosaic_bert"  # mosaic_bert | hf_bert
+    # Fields of MosaicBertConfig (mosaic_bert) or transformers.BertConfig (hf_bert) that differ from the defaults.
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+    # Start from these weights: a Composer checkpoint written by main.py or a Hugging Face folder.
+    pretrained_checkpoint: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    # Folder holding <split>/index.json MDS shards (python -m mosaicbert.data.convert writes them),
+    # or builtin://python-docs (the offline corpus used by the quickstart).
+    local: Optional[str] = None
+    # s3://, gs:// or https:// location of the shards; they are cached in `local`.
+    remote: Optional[str] = None
+    train_split: str = "train"
+    eval_split: str = "val"
+    max_seq_len: int = 128
+    mlm_probability: float = 0.30  # training masking rate (MosaicBERT recipe)
+    eval_mlm_probability: float = 0.15  # eval always at BERT's rate so numbers compare across recipes
+    shuffle: bool = True
+    num_workers: int = 4
+    pad_to_max_length: bool = False
+    prefetch_factor: int = 2
+    shuffle_block_size: Optional[int] = None
+    num_canonical_nodes: Optional[int] = None
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "decoupled_adamw"  # decoupled_adamw | adamw
+    lr: float = 5.0e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1.0e-6
+    weight_decay: float = 1.0e-5
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "linear_decay_with_warmup"  # linear_decay_with_warmup | constant_with_warmup | cosine_with_warmup
+    t_warmup: str = "0.06dur"
+    alpha_f: float = 0.02
+
+
+@dataclass
+class GradientClippingConfig:
+    clipping_type: str = "norm"  # norm | value | adaptive
+    clipping_threshold: float = 1.0
+
+
+@dataclass
+class AlgorithmsConfig:
+    gradient_clipping: Optional[GradientClippingConfig] = None
+
+
+@dataclass
+class SpeedMonitorConfig:
+    window_size: int = 100
+
+
+@dataclass
+class CallbacksConfig:
+    speed_monitor: Optional[SpeedMonitorConfig] = field(default_factory=SpeedMonitorConfig)
+    lr_monitor: bool = True
+    memory_monitor: bool = False
+    runtime_estimator: bool = True
+
+
+@dataclass
+class WandbConfig:
+    project: Optional[str] = None
+    entity: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TensorboardConfig:
+    log_dir: str = "runs/tensorboard"
+
+
+@dataclass
+class FileLoggerConfig:
+    filename: str = "{run_name}/log.txt"
+
+
+@dataclass
+class LoggersConfig:
+    console: bool = True
+    console_log_interval: str = "10ba"
+    progress_bar: bool = False
+    wandb: Optional[WandbConfig] = None
+    tensorboard: Optional[TensorboardConfig] = None
+    file: Optional[FileLoggerConfig] = None
+    # Eval points and training metrics as CSV/JSON lines, easy to plot: {save_folder or run dir}/metrics.jsonl
+    metrics_jsonl: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    run_name: Optional[str] = None
+    seed: int = 17
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: str = "bert-base-uncased"  # hub name, local folder, vocab.txt path, or builtin://python-docs
+    data: DataConfig = field(default_factory=DataConfig)
+
+    global_train_batch_size: int = 4096
+    # An int, or "auto" to let Composer pick the largest microbatch that fits on the GPU.
+    device_train_microbatch_size: Any = "auto"
+    device_eval_batch_size: int = 128
+    max_duration: str = "286720000sp"
+    eval_interval: str = "2000ba"
+    eval_subset_num_batches: int = -1
+
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    precision: str = "amp_bf16"  # fp32 | amp_bf16 | amp_fp16
+    device: Optional[str] = None  # cpu | gpu; None picks gpu when available
+    compile: bool = False  # torch.compile the model through Composer
+    # Composer's FSDP config (e.g. {sharding_strategy: FULL_SHARD}); null means plain data parallel (DDP).
+    fsdp: Optional[Dict[str, Any]] = None
+    algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    loggers: LoggersConfig = field(default_factory=LoggersConfig)
+
+    save_folder: Optional[str] = None
+    save_interval: str = "1000ba"
+    save_num_checkpoints_to_keep: int = -1
+    save_overwrite: bool = False
+    load_path: Optional[str] = None
+    load_weights_only: bool = False
+    autoresume: bool = False
+    dist_timeout: float = 600.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def suggest(key: str, valid: Sequence[str]) -> str:
+    """' (did you mean ...?)' for the closest valid names, or the list of valid names."""
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
+    if close:
+        return f"did you mean {' or '.join(repr(c) for c in close)}?"
+    return f"valid keys: {', '.join(sorted(valid))}"
+
+
+def check_keys(given: Any, valid: Sequence[str], where: str) -> None:
+    """Raise ConfigError for the first key of `given` that is not in `valid`."""
+    for key in given:
+        if key not in valid:
+            name = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"unknown config key '{name}': {suggest(str(key), valid)}")
+
+
+def _dataclass_of(tp: Any) -> Optional[type]:
+    """The dataclass inside `tp` (itself, or Optional[thatclass]), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _check_tree(user: Any, schema: type, where: str) -> None:
+    if not isinstance(user, dict):
+        raise ConfigError(f"config key '{where}' must be a mapping, got {type(user).__name__}: {user!r}")
+    hints = typing.get_type_hints(schema)
+    check_keys(user, list(hints), where)
+    for key, value in user.items():
+        sub = _dataclass_of(hints[key])
+        if sub is not None and value is not None:
+            _check_tree(value, sub, f"{where}.{key}" if where else key)
+
+
+def _load_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors come with line numbers; keep them
+        raise ConfigError(f"cannot parse config file {path}: {e}") from e
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"config file {path} must contain a mapping at top level")
+    return OmegaConf.to_container(raw, resolve=False)  # type: ignore[return-value]
+
+
+def _parse_overrides(overrides: Sequence[str]) -> dict:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"command-line override {item!r} must look like key=value (e.g. optimizer.lr=1e-4)")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False)  # type: ignore
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse command-line overrides {list(overrides)}: {e}") from e
+
+
+def load_config(schema: Type[T], yaml_path: Optional[str], overrides: Sequence[str] = ()) -> T:
+    """Load `yaml_path`, apply `key=value` overrides, validate against `schema`, return a schema instance."""
+    sources = []
+    if yaml_path is not None:
+        sources.append((yaml_path, _load_yaml(yaml_path)))
+    if overrides:
+        sources.append(("command line", _parse_overrides(overrides)))
+    merged = OmegaConf.structured(schema)
+    for origin, user in sources:
+        try:
+            _check_tree(user, schema, "")
+        except ConfigError as e:
+            raise ConfigError(f"{origin}: {e}") from None
+        try:
+            merged = OmegaConf.merge(merged, user)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            msg = str(e).splitlines()[0]
+            raise ConfigError(f"{origin}: bad value for config key '{key}': {msg}") from None
+    obj = OmegaConf.to_object(merged)
+    return obj  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def load_pretrain_config(yaml_path: str, overrides: Sequence[str] = ()) -> PretrainConfig:
+    cfg = load_config(PretrainConfig, yaml_path, overrides)
+    validate_pretrain_config(cfg)
+    return cfg
+
+
+def _one_of(value: Any, valid: Sequence[str], key: str) -> None:
+    if value not in valid:
+        raise ConfigError(f"config key '{key}' = {value!r} is not one of {list(valid)}: {suggest(str(value), valid)}")
+
+
+def validate_pretrain_config(cfg: PretrainConfig) -> None:
+    """Checks that need more than types: names from closed sets, ranges, combinations."""
+    _one_of(cfg.model.name, ["mosaic_bert", "hf_bert"], "model.name")
+    _one_of(cfg.optimizer.name, ["decoupled_adamw", "adamw"], "optimizer.name")
+    _one_of(cfg.scheduler.name, ["linear_decay_with_warmup", "constant_with_warmup", "cosine_with_warmup"],
+            "scheduler.name")
+    _one_of(cfg.precision, ["fp32", "amp_bf16", "amp_fp16"], "precision")
+    if cfg.device is not None:
+        _one_of(cfg.device, ["cpu", "gpu"], "device")
+    if cfg.algorithms.gradient_clipping is not None:
+        _one_of(cfg.algorithms.gradient_clipping.clipping_type, ["norm", "value", "adaptive"],
+                "algorithms.gradient_clipping.clipping_type")
+    for key in ("mlm_probability", "eval_mlm_probability"):
+        p = getattr(cfg.data, key)
+        if not 0.0 < p < 1.0:
+            raise ConfigError(f"config key 'data.{key}' = {p} must be between 0 and 1")
+    if len(cfg.optimizer.betas) != 2:
+        raise ConfigError(f"config key 'optimizer.betas' must have two values, got {cfg.optimizer.betas}")
+    mb = cfg.device_train_microbatch_size
+    if not (mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb > 0)):
+        raise ConfigError(f"config key 'device_train_microbatch_size' must be a positive int or 'auto', got {mb!r}")
+    for key in ("global_train_batch_size", "device_eval_batch_size"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {getattr(cfg, key)}")
+    if cfg.data.local is None and cfg.data.remote is None:
+        raise ConfigError("config key 'data.local' is not set: give a folder of MDS shards "
+                          "(python -m mosaicbert.data.convert writes them) or builtin://python-docs")

@@ -1,0 +1,461 @@
+"""Convert a text corpus to MDS shards for :class:`mosaicbert.data.mlm.MLMStreamingDataset`.
+
+Usage::
+
+    # C4 from the Hugging Face Hub (needs internet), the published recipe: one 128-token sample per doc
+    python -m mosaicbert.data.convert --source hf --hf_dataset allenai/c4 --hf_config en \\
+        --out_root ./data/c4 --mode truncate --max_seq_len 128
+
+    # Local C4-format files (*.json.gz / *.jsonl with a "text" field) or plain .txt files
+    python -m mosaicbert.data.convert --source local \\
+        --train_files '../shared/data/text/train/*.json.gz' \\
+        --val_files '../shared/data/text/validation/*.json.gz' \\
+        --tokenizer ../shared/data/vocab/bert-base-uncased --out_root ./data/local --mode split --tokenize
+
+    # The built-in offline corpus (Python stdlib docstrings) with its own tokenizer
+    python -m mosaicbert.data.convert --source builtin --tokenizer builtin://python-docs --out_root ./data/builtin
+
+Output: ``<out_root>/train`` and ``<out_root>/val``, each an MDS dataset (``index.json`` + zstd shards).
+
+Modes (``--mode``):
+
+* ``truncate``: one sample per document, truncated to ``max_seq_len`` tokens including [CLS]/[SEP]
+  (the published MosaicBERT C4 recipe; the rest of each document is discarded).
+* ``split``: each document is cut into consecutive chunks of ``max_seq_len - 2`` tokens; each chunk
+  becomes a sample ``[CLS] chunk [SEP]`` (nothing is discarded; the last chunk is shorter).
+* ``pack``: documents are concatenated, separated by [SEP], and cut into full-length samples
+  ``[CLS] <max_seq_len - 2 tokens> [SEP]`` (no padding at all; samples may straddle documents; only the
+  final sample of a split can be shorter). Needs ``--tokenize``.
+
+Columns (``--tokenize`` / ``--no-tokenize``, default ``--no-tokenize``):
+
+* raw text: column ``text: str``. The dataset tokenizes it on the fly (truncating to ``max_seq_len``
+  and adding [CLS]/[SEP]). In ``truncate`` and ``split`` modes the stored text is cut at token
+  boundaries using the fast tokenizer's offset mapping, so each stored span re-tokenizes to at most
+  ``max_seq_len - 2`` tokens (``truncate`` stores only the part of the document that is used).
+  Raw text keeps the shards tokenizer-independent, but cuts are made with ``--tokenizer``.
+* tokenized: column ``input_ids: ndarray:int32``, already including [CLS]/[SEP], length <= max_seq_len.
+
+Input files (``--source local``): ``*.json.gz``, ``*.jsonl``, ``*.jsonl.gz``, ``*.json`` (JSON lines with a
+``"text"`` field, C4's own format); ``*.txt`` / ``*.txt.gz``: plain text where each block of lines
+separated by one or more blank lines is one document (for one-document-per-file corpora, simply
+don't put blank lines inside documents). ``--train_files``/``--val_files`` accept globs (``**`` works),
+a directory, or several of those separated by commas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import io
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mosaicbert.data.builtin_corpus import BUILTIN_URI, atomic_build, builtin_corpus_files, cache_root
+
+__all__ = [
+    "MODES",
+    "SPLITS",
+    "ConvertStats",
+    "convert",
+    "ensure_builtin_mds",
+    "iter_documents",
+    "resolve_files",
+    "main",
+]
+
+MODES = ("truncate", "split", "pack")
+SPLITS = ("train", "val")
+_HF_SPLIT = {"train": "train", "val": "validation"}
+_JSON_SUFFIXES = (".json.gz", ".jsonl.gz", ".jsonl", ".json")
+_TXT_SUFFIXES = (".txt", ".txt.gz")
+_BATCH_DOCS = 256
+
+
+@dataclass
+class ConvertStats:
+    split: str
+    out: str
+    documents: int = 0
+    samples: int = 0
+    tokens: int = 0  # tokens in the written samples, including [CLS]/[SEP]
+
+    def line(self) -> str:
+        return f"{self.split}: {self.documents} documents read, {self.samples} samples written, {self.tokens} tokens -> {self.out}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading documents
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_files(spec: str | Sequence[str], what: str = "files") -> list[str]:
+    """Expand globs / directories / comma-separated lists into a sorted list of files.
+
+    Raises FileNotFoundError naming the glob when nothing matches.
+    """
+    patterns: list[str] = []
+    for item in [spec] if isinstance(spec, str) else list(spec):
+        patterns.extend(p.strip() for p in str(item).split(",") if p.strip())
+    if not patterns:
+        raise FileNotFoundError(f"No {what} given.")
+    files: list[str] = []
+    for pat in patterns:
+        pat = os.path.expanduser(pat)
+        if os.path.isdir(pat):
+            found = sorted(
+                str(p) for p in Path(pat).rglob("*") if p.is_file() and p.name.endswith(_JSON_SUFFIXES + _TXT_SUFFIXES)
+            )
+        else:
+            found = sorted(f for f in glob.glob(pat, recursive=True) if os.path.isfile(f))
+        if not found:
+            raise FileNotFoundError(f"No input {what} match {pat!r} (glob relative to {os.getcwd()}).")
+        files.extend(found)
+    return files
+
+
+def _open_text(path: str) -> io.TextIOBase:
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _iter_json_lines(path: str) -> Iterator[str]:
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}).") from e
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field 'text'.")
+            yield obj["text"]
+
+
+def _iter_txt_blocks(path: str) -> Iterator[str]:
+    block: list[str] = []
+    with _open_text(path) as fh:
+        for line in fh:
+            if line.strip():
+                block.append(line.rstrip("\n"))
+            elif block:
+                yield "\n".join(block)
+                block = []
+    if block:
+        yield "\n".join(block)
+
+
+def iter_documents(files: Iterable[str]) -> Iterator[str]:
+    """Yield documents (strings) from C4-format JSON-lines files and/or blank-line-separated .txt files."""
+    for path in files:
+        if path.endswith(_TXT_SUFFIXES):
+            yield from _iter_txt_blocks(path)
+        elif path.endswith(_JSON_SUFFIXES):
+            yield from _iter_json_lines(path)
+        else:
+            raise ValueError(
+                f"{path}: unsupported input file type; expected {', '.join(_JSON_SUFFIXES + _TXT_SUFFIXES)}."
+            )
+
+
+def _iter_hf(dataset: str, config: str | None, split: str) -> Iterator[str]:  # pragma: no cover - needs internet
+    try:
+        from datasets import load_dataset
+    except ImportError as e:
+        raise ImportError("--source hf needs the `datasets` package: pip install datasets") from e
+    try:
+        ds = load_dataset(dataset, config, split=_HF_SPLIT[split], streaming=True)
+    except Exception as e:
+        raise ConnectionError(
+            f"Could not open {dataset!r} (config {config!r}, split {_HF_SPLIT[split]!r}) on the Hugging Face Hub: {e}. "
+            "Offline? Download C4-format files and use --source local --train_files ... --val_files ..."
+        ) from e
+    for ex in ds:
+        yield ex["text"]
+
+
+def _limited(it: Iterator[str], limit: int | None) -> Iterator[str]:
+    for i, doc in enumerate(it):
+        if limit is not None and i >= limit:
+            return
+        yield doc
+
+
+def _batched(it: Iterable[str], n: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for x in it:
+        batch.append(x)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------------------------------
+# Building samples
+# --------------------------------------------------------------------------------------------------
+
+
+def _samples_tokenized(docs: Iterable[str], tokenizer, mode: str, max_seq_len: int, counter: ConvertStats) -> Iterator[np.ndarray]:
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    body = max_seq_len - 2
+    carry: list[int] = []  # pack mode: tokens not yet emitted
+    for batch in _batched(docs, _BATCH_DOCS):
+        counter.documents += len(batch)
+        if mode == "truncate":
+            enc = tokenizer(batch, add_special_tokens=True, truncation=True, max_length=max_seq_len,
+                            return_attention_mask=False, return_token_type_ids=False)
+            for ids in enc["input_ids"]:
+                if len(ids) > 2:  # skip empty documents
+                    yield np.asarray(ids, dtype=np.int32)
+            continue
+        enc = tokenizer(batch, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+        for ids in enc["input_ids"]:
+            if not ids:
+                continue
+            if mode == "split":
+                for s in range(0, len(ids), body):
+                    yield np.asarray([cls_id, *ids[s : s + body], sep_id], dtype=np.int32)
+            else:  # pack
+                carry.extend(ids)
+                carry.append(sep_id)
+                while len(carry) >= body:
+                    chunk, carry = carry[:body], carry[body:]
+                    yield np.asarray([cls_id, *chunk, sep_id], dtype=np.int32)
+    if mode == "pack":
+        while carry and carry[-1] == sep_id:  # the final document's separator is redundant
+            carry.pop()
+        if carry:
+            yield np.asarray([cls_id, *carry, sep_id], dtype=np.int32)
+
+
+def _samples_raw(docs: Iterable[str], tokenizer, mode: str, max_seq_len: int, counter: ConvertStats) -> Iterator[tuple[str, int]]:
+    """Yield ``(text_span, n_tokens_with_specials)``; spans are cut at token boundaries (offset mapping)."""
+    body = max_seq_len - 2
+    for batch in _batched(docs, _BATCH_DOCS):
+        counter.documents += len(batch)
+        enc = tokenizer(batch, add_special_tokens=False, return_offsets_mapping=True,
+                        return_attention_mask=False, return_token_type_ids=False)
+        for doc, ids, offsets in zip(batch, enc["input_ids"], enc["offset_mapping"]):
+            n = len(ids)
+            if n == 0:
+                continue
+            starts = range(0, n, body) if mode == "split" else range(0, 1)
+            for s in starts:
+                e = min(s + body, n)
+                begin = 0 if s == 0 else offsets[s][0]
+                end = offsets[e - 1][1]
+                text = doc[begin:end].strip()
+                if text:
+                    yield text, (e - s) + 2
+
+
+def _writer_columns(tokenize: bool) -> dict[str, str]:
+    return {"input_ids": "ndarray:int32"} if tokenize else {"text": "str"}
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"Output {str(out)!r} already exists and is not empty; pass --overwrite to replace it.")
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+
+
+def convert(
+    *,
+    out_root: str | os.PathLike,
+    source: str = "local",
+    train_files: str | Sequence[str] | None = None,
+    val_files: str | Sequence[str] | None = None,
+    hf_dataset: str = "allenai/c4",
+    hf_config: str | None = "en",
+    mode: str = "truncate",
+    tokenize: bool = False,
+    max_seq_len: int = 128,
+    tokenizer: str | object = "bert-base-uncased",
+    limit: int | None = None,
+    compression: str | None = "zstd",
+    splits: Sequence[str] = SPLITS,
+    overwrite: bool = False,
+    size_limit: int | str = 1 << 26,
+    progress: bool = True,
+) -> dict[str, ConvertStats]:
+    """Write MDS datasets ``<out_root>/train`` and ``<out_root>/val``; returns per-split statistics.
+
+    ``source``: ``"local"`` (``train_files``/``val_files`` globs), ``"hf"`` (``hf_dataset``/``hf_config`` via
+    ``datasets.load_dataset(..., streaming=True)``) or ``"builtin"`` (the Python-docs corpus).
+    ``tokenizer``: a name/path for :func:`load_tokenizer` or an already loaded tokenizer.
+    ``limit``: maximum number of documents read per split. See the module docstring for modes/columns.
+    """
+    from streaming import MDSWriter
+    from tqdm.auto import tqdm
+
+    from mosaicbert.data.tokenizer import load_tokenizer
+
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}.")
+    if mode == "pack" and not tokenize:
+        raise ValueError(
+            "--mode pack cannot store raw text (packed samples straddle documents and must be exactly "
+            "max_seq_len tokens); add --tokenize."
+        )
+    if max_seq_len < 3:
+        raise ValueError(f"max_seq_len must be >= 3 (room for [CLS] and [SEP]), got {max_seq_len}.")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}.")
+    if compression in ("", "none", "None"):
+        compression = None
+    for s in splits:
+        if s not in SPLITS:
+            raise ValueError(f"Unknown split {s!r}; expected a subset of {SPLITS}.")
+
+    # Resolve inputs before touching the output, so that typos fail fast.
+    inputs: dict[str, list[str] | None] = {}
+    if source == "local":
+        given = {"train": train_files, "val": val_files}
+        for s in splits:
+            if given[s] is None:
+                raise ValueError(f"--source local needs --{s}_files (a glob of *.json.gz / *.jsonl / *.txt files).")
+            inputs[s] = resolve_files(given[s], what=f"{s} files")
+    elif source == "builtin":
+        for s in splits:
+            inputs[s] = builtin_corpus_files(s)
+    elif source == "hf":
+        for s in splits:
+            inputs[s] = None
+    else:
+        raise ValueError(f"Unknown source {source!r}; choose 'hf', 'local' or 'builtin'.")
+
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+    root = Path(out_root)
+    for s in splits:
+        _prepare_out(root / s, overwrite)
+
+    stats: dict[str, ConvertStats] = {}
+    for s in splits:
+        out = root / s
+        st = ConvertStats(split=s, out=str(out))
+        docs = iter_documents(inputs[s]) if inputs[s] is not None else _iter_hf(hf_dataset, hf_config, s)
+        docs = _limited(docs, limit)
+        bar = tqdm(desc=f"{s} samples", unit=" samples", disable=not progress, file=sys.stderr)
+        with MDSWriter(out=str(out), columns=_writer_columns(tokenize), compression=compression, size_limit=size_limit) as w:
+            if tokenize:
+                for ids in _samples_tokenized(docs, tok, mode, max_seq_len, st):
+                    w.write({"input_ids": ids})
+                    st.samples += 1
+                    st.tokens += len(ids)
+                    bar.update(1)
+            else:
+                for text, ntok in _samples_raw(docs, tok, mode, max_seq_len, st):
+                    w.write({"text": text})
+                    st.samples += 1
+                    st.tokens += ntok
+                    bar.update(1)
+        bar.close()
+        if st.samples == 0:
+            shutil.rmtree(out, ignore_errors=True)
+            raise ValueError(f"No samples were produced for split {s!r} ({st.documents} documents read): empty input?")
+        stats[s] = st
+    return stats
+
+
+# --------------------------------------------------------------------------------------------------
+# The built-in corpus as MDS
+# --------------------------------------------------------------------------------------------------
+
+
+def ensure_builtin_mds(max_seq_len: int = 128, tokenizer: str = BUILTIN_URI) -> str:
+    """Materialize the built-in corpus as raw-text MDS (``split`` mode) in the cache; return the folder.
+
+    The folder has ``train/`` and ``val/`` subfolders. Built once, atomically (build in a temporary
+    folder, then rename; a file lock serializes concurrent builders, losers reuse the result).
+    """
+    import hashlib
+
+    key = hashlib.sha1(f"{tokenizer}|{max_seq_len}".encode()).hexdigest()[:10]
+    from mosaicbert.data.builtin_corpus import _corpus_key  # noqa: PLC0415
+
+    final = cache_root() / "builtin" / _corpus_key() / f"mds-split-raw-L{max_seq_len}-{key}"
+
+    def build(tmp: Path) -> None:
+        convert(out_root=tmp, source="builtin", mode="split", tokenize=False, max_seq_len=max_seq_len,
+                tokenizer=tokenizer, compression="zstd", progress=False)
+        (tmp / "convert_args.json").write_text(json.dumps({"source": "builtin", "mode": "split", "tokenize": False,
+                                                           "max_seq_len": max_seq_len, "tokenizer": tokenizer}))
+
+    return str(atomic_build(final, build))
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mosaicbert.data.convert",
+        description="Convert a text corpus (C4 from the hub, local C4-format/.txt files, or the built-in corpus) "
+        "into MDS shards for MosaicBERT MLM pretraining.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Output:", 1)[1] if __doc__ else None,
+    )
+    p.add_argument("--source", choices=("hf", "local", "builtin"), default="hf")
+    p.add_argument("--out_root", required=True, help="output folder; splits go to <out_root>/train and <out_root>/val")
+    p.add_argument("--hf_dataset", default="allenai/c4")
+    p.add_argument("--hf_config", default="en")
+    p.add_argument("--train_files", help="--source local: glob(s) of train files (comma-separated)")
+    p.add_argument("--val_files", help="--source local: glob(s) of validation files (comma-separated)")
+    p.add_argument("--splits", default="train,val", help="comma-separated subset of train,val (default both)")
+    p.add_argument("--mode", choices=MODES, default="truncate")
+    p.add_argument("--tokenize", action=argparse.BooleanOptionalAction, default=False,
+                   help="store input_ids (int32, with [CLS]/[SEP]) instead of raw text")
+    p.add_argument("--max_seq_len", type=int, default=128)
+    p.add_argument("--tokenizer", default="bert-base-uncased",
+                   help="hub name, local folder, vocab.txt path or builtin://python-docs")
+    p.add_argument("--limit", type=int, default=None, help="documents per split (for quick tests)")
+    p.add_argument("--compression", default="zstd", help="MDS shard compression (zstd, none, ...)")
+    p.add_argument("--size_limit", default="64mb", help="maximum shard size before compression")
+    p.add_argument("--overwrite", action="store_true", help="replace existing non-empty output folders")
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.source != "local" and (args.train_files or args.val_files):
+        print("warning: --train_files/--val_files are ignored unless --source local", file=sys.stderr)
+    try:
+        stats = convert(
+            out_root=args.out_root, source=args.source, train_files=args.train_files, val_files=args.val_files,
+            hf_dataset=args.hf_dataset, hf_config=args.hf_config or None, mode=args.mode, tokenize=args.tokenize,
+            max_seq_len=args.max_seq_len, tokenizer=args.tokenizer, limit=args.limit, compression=args.compression,
+            splits=[s.strip() for s in args.splits.split(",") if s.strip()], overwrite=args.overwrite,
+            size_limit=args.size_limit, progress=not args.no_progress,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for st in stats.values():
+        print(st.line())
+    total = {k: sum(getattr(st, k) for st in stats.values()) for k in ("documents", "samples", "tokens")}
+    print(f"total: {total['documents']} documents read, {total['samples']} samples written, {total['tokens']} tokens "
+          f"(mode={args.mode}, {'tokenized' if args.tokenize else 'raw text'}, max_seq_len={args.max_seq_len})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

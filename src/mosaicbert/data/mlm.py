@@ -1,0 +1,363 @@
+"""Streaming MLM dataset, collator and dataloader for MosaicBERT pretraining.
+
+* :class:`MLMStreamingDataset` reads MDS shards written by :mod:`mosaicbert.data.convert` (raw ``text``
+  or pre-tokenized ``input_ids``), tokenizes raw text on the fly and masks each sample with a generator
+  seeded from ``(seed, epoch, sample_index)`` (see :mod:`mosaicbert.data.masking` for why), so a run
+  resumed mid-epoch from a Composer checkpoint sees exactly the masks an uninterrupted run would.
+  StreamingDataset itself gives every rank/worker a disjoint, deterministic partition and supports
+  exact mid-epoch resumption (Composer calls ``dataset.state_dict``/``load_state_dict``).
+* :func:`pad_mlm_batch` pads a list of samples into int64 torch tensors.
+* :func:`build_mlm_dataloader` puts them together.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from streaming import StreamingDataset
+from torch.utils.data import DataLoader
+
+from mosaicbert.data.builtin_corpus import BUILTIN_PREFIX, BUILTIN_URI, cache_root
+from mosaicbert.data.masking import IGNORE_INDEX, mask_tokens, sample_rng
+
+__all__ = [
+    "CorruptShardError",
+    "MLMStreamingDataset",
+    "pad_mlm_batch",
+    "build_mlm_dataloader",
+    "check_mds_split",
+]
+
+_CONVERT_HINT = (
+    "Create it with `python -m mosaicbert.data.convert --out_root <folder> ...` (e.g. --source local "
+    "--train_files '<glob>' --val_files '<glob>', or --source builtin), or use local=builtin://python-docs."
+)
+
+
+class CorruptShardError(RuntimeError):
+    """A shard could not be decompressed or decoded."""
+
+
+def check_mds_split(local: str | os.PathLike, split: str | None) -> Path:
+    """Check that ``<local>/<split>`` is an MDS dataset folder; return it. Raises FileNotFoundError otherwise."""
+    root = Path(local).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"Data folder {str(root)!r} does not exist. {_CONVERT_HINT}")
+    folder = root / split if split else root
+    if not folder.is_dir():
+        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise FileNotFoundError(
+            f"Split folder {str(folder)!r} does not exist (subfolders of {str(root)!r}: {have}). {_CONVERT_HINT}"
+        )
+    index = folder / "index.json"
+    if not index.is_file():
+        what = "is empty" if not any(folder.iterdir()) else "has no index.json (an interrupted conversion?)"
+        raise FileNotFoundError(f"MDS split folder {str(folder)!r} {what}. {_CONVERT_HINT}")
+    try:
+        obj = json.loads(index.read_text())
+        shards = obj["shards"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptShardError(f"MDS index {str(index)!r} is unreadable ({type(e).__name__}: {e}); re-run the conversion.") from e
+    if not shards:
+        raise FileNotFoundError(f"MDS index {str(index)!r} lists no shards (empty dataset). {_CONVERT_HINT}")
+    return folder
+
+
+class MLMStreamingDataset(StreamingDataset):
+    """A :class:`streaming.StreamingDataset` of MDS samples turned into masked-LM examples.
+
+    Each sample is a dict of unpadded int64 numpy arrays ``input_ids`` (with [CLS] ... [SEP], masked),
+    ``labels`` (original ids at masked positions, -100 elsewhere), ``attention_mask`` (ones) and
+    ``token_type_ids`` (zeros).
+
+    The mask of sample ``idx`` is a pure function of ``(mask_seed, epoch, idx)``. ``epoch`` is the epoch
+    being iterated (captured in :meth:`_resume_incr_epoch`, which StreamingDataset calls at the start of
+    every ``__iter__`` in every worker, also when resuming from a checkpoint); outside iteration
+    (direct ``dataset[idx]``) the most recently started epoch is used, 0 before any iteration.
+
+    Args:
+        tokenizer: a fast tokenizer with [PAD]/[CLS]/[SEP]/[MASK].
+        max_seq_len: samples are truncated to this many tokens (including [CLS]/[SEP]).
+        mlm_probability: probability of selecting each non-special token.
+        mask_seed: seed for the masks; defaults to ``shuffle_seed``.
+        **kwargs: passed to :class:`streaming.StreamingDataset` (``local``, ``remote``, ``split``,
+            ``shuffle``, ``shuffle_seed``, ``batch_size``, ...).
+    """
+
+    def __init__(self, *, tokenizer, max_seq_len: int, mlm_probability: float = 0.3, mask_seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if max_seq_len < 3:
+            raise ValueError(f"max_seq_len must be >= 3, got {max_seq_len}")
+        for attr in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
+            if getattr(tokenizer, attr, None) is None:
+                raise ValueError(f"Tokenizer lacks {attr.replace('_id', '')}; BERT MLM needs [PAD], [CLS], [SEP], [MASK].")
+        self.tokenizer = tokenizer
+        self.max_seq_len = int(max_seq_len)
+        self.mlm_probability = float(mlm_probability)
+        self.mask_seed = int(self.shuffle_seed if mask_seed is None else mask_seed)
+        self.vocab_size = len(tokenizer)
+        self.special_ids = sorted({int(i) for i in tokenizer.all_special_ids} | {int(tokenizer.pad_token_id)})
+        self.pad_token_id = int(tokenizer.pad_token_id)
+        self.cls_token_id = int(tokenizer.cls_token_id)
+        self.sep_token_id = int(tokenizer.sep_token_id)
+        self.mask_token_id = int(tokenizer.mask_token_id)
+        self._mlm_epoch = 0
+        self._mlm_shard_error: CorruptShardError | None = None
+
+    # ---- epoch tracking -------------------------------------------------------------------------
+    def _resume_incr_epoch(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        epoch, sample_in_epoch = super()._resume_incr_epoch(*args, **kwargs)
+        self._mlm_epoch = int(epoch)
+        return epoch, sample_in_epoch
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch whose masks ``__getitem__`` produces (see class docstring)."""
+        return self._mlm_epoch
+
+    # ---- shard errors -----------------------------------------------------------------------------
+    def _shard_files(self, shard_id: int) -> str:
+        try:
+            stream = self.streams[self.stream_per_shard[shard_id]]
+            shard = self.shards[shard_id]
+            names = []
+            for raw_info, zip_info in shard.file_pairs:
+                names.append(os.path.join(stream.local, stream.split or "", raw_info.basename))
+                if zip_info is not None:
+                    names.append(os.path.join(stream.local, stream.split or "", zip_info.basename))
+            return " / ".join(names)
+        except Exception:  # pragma: no cover - best effort description
+            return f"shard #{shard_id}"
+
+    def _corrupt(self, shard_id: int, err: BaseException) -> CorruptShardError:
+        return CorruptShardError(
+            f"Corrupt or unreadable MDS shard {self._shard_files(shard_id)} ({type(err).__name__}: {err}). "
+            "Delete the split folder and re-run `python -m mosaicbert.data.convert` (or re-download it)."
+        )
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        try:
+            super().prepare_shard(shard_id, blocking)
+        except CorruptShardError:
+            raise
+        except Exception as e:
+            if isinstance(e, FileNotFoundError) and self.streams[self.stream_per_shard[shard_id]].remote not in (None, ""):
+                raise  # a remote download problem: streaming's own message is the useful one
+            err = self._corrupt(shard_id, e)
+            # This may run in streaming's background download thread, whose exceptions only stop the
+            # iteration; remember it so that __iter__/__getitem__ can raise it in the caller.
+            self._mlm_shard_error = err
+            raise err from e
+
+    def _read(self, idx: int) -> dict[str, Any]:
+        if self._mlm_shard_error is not None:
+            raise self._mlm_shard_error
+        try:
+            return super().get_item(idx)
+        except CorruptShardError:
+            raise
+        except RuntimeError as e:
+            if self._mlm_shard_error is not None:
+                raise self._mlm_shard_error from e
+            shard_id, _ = self.spanner[idx]
+            raise self._corrupt(shard_id, e) from e
+        except Exception as e:  # decoding garbage: struct.error, UnicodeDecodeError, ValueError, zstd errors ...
+            shard_id, _ = self.spanner[idx]
+            raise self._corrupt(shard_id, e) from e
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._mlm_shard_error = None
+        yield from super().__iter__()
+        if self._mlm_shard_error is not None:
+            raise self._mlm_shard_error
+
+    # ---- samples ------------------------------------------------------------------------------------
+    def tokenize_sample(self, raw: dict[str, Any]) -> np.ndarray:
+        """The unmasked token ids (int64, with [CLS]/[SEP], <= max_seq_len) of a raw MDS sample."""
+        if "input_ids" in raw:
+            ids = np.asarray(raw["input_ids"], dtype=np.int64).reshape(-1)
+            if len(ids) > self.max_seq_len:
+                ids = np.concatenate([ids[: self.max_seq_len - 1], [self.sep_token_id]]).astype(np.int64)
+            return ids
+        if "text" in raw:
+            enc = self.tokenizer(
+                raw["text"], add_special_tokens=True, truncation=True, max_length=self.max_seq_len,
+                return_attention_mask=False, return_token_type_ids=False,
+            )
+            return np.asarray(enc["input_ids"], dtype=np.int64)
+        raise KeyError(f"MDS sample has neither 'text' nor 'input_ids' (columns: {sorted(raw)}); was it written by mosaicbert.data.convert?")
+
+    def __getitem__(self, idx: Any) -> Any:
+        if not isinstance(idx, (int, np.integer)):
+            return super().__getitem__(idx)  # slices / arrays: Array.__getitem__ -> get_item per index
+        return self.get_item(int(idx))
+
+    def get_item(self, sample_id: int, retry: int = 7) -> dict[str, np.ndarray]:  # noqa: ARG002
+        if sample_id < 0:
+            sample_id += self.num_samples
+        if not 0 <= sample_id < self.num_samples:
+            raise IndexError(f"Sample index {sample_id} out of range [0, {self.num_samples}).")
+        ids = self.tokenize_sample(self._read(sample_id))
+        rng = sample_rng(self.mask_seed, max(self._mlm_epoch, 0), sample_id)
+        masked, labels = mask_tokens(
+            ids, self.special_ids, self.vocab_size, self.mlm_probability, rng, self.mask_token_id,
+            pad_token_id=self.pad_token_id,
+        )
+        return {
+            "input_ids": masked.astype(np.int64),
+            "labels": labels,
+            "attention_mask": np.ones(len(ids), dtype=np.int64),
+            "token_type_ids": np.zeros(len(ids), dtype=np.int64),
+        }
+
+
+def pad_mlm_batch(
+    samples: Sequence[dict[str, Any]],
+    pad_token_id: int,
+    pad_to: int | None = None,
+    vocab_size: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pad MLM samples into int64 tensors of shape ``(batch, length)``.
+
+    ``length`` is the longest sample in the batch (``pad_to=None``, default) or ``pad_to``. Padding:
+    ``input_ids`` with ``pad_token_id``, ``labels`` with -100, ``attention_mask``/``token_type_ids`` with 0.
+    When ``vocab_size`` is given, token ids are checked on the CPU (an out-of-range id would otherwise
+    surface as an opaque device-side assert in the embedding lookup on GPU).
+    """
+    if not samples:
+        raise ValueError("pad_mlm_batch got an empty batch.")
+    lengths = [len(s["input_ids"]) for s in samples]
+    length = max(lengths) if pad_to is None else int(pad_to)
+    if max(lengths) > length:
+        raise ValueError(f"A sample has {max(lengths)} tokens, more than pad_to={length}.")
+    fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0, "token_type_ids": 0}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in fill.items():
+        arr = np.full((len(samples), length), value, dtype=np.int64)
+        for i, s in enumerate(samples):
+            if key in s:
+                arr[i, : lengths[i]] = s[key]
+            elif key == "attention_mask":
+                arr[i, : lengths[i]] = 1
+        out[key] = torch.from_numpy(arr)
+    if vocab_size is not None:
+        ids, labels = out["input_ids"], out["labels"]
+        bad = (ids < 0) | (ids >= vocab_size)
+        if bool(bad.any()):
+            raise ValueError(
+                f"Token id {int(ids[bad][0])} in input_ids is outside the vocabulary [0, {vocab_size}): the data was "
+                "tokenized with a different (larger) tokenizer than the model's. Re-convert or fix --tokenizer/vocab_size."
+            )
+        bad = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab_size)
+        if bool(bad.any()):
+            raise ValueError(f"Label {int(labels[bad][0])} is outside the vocabulary [0, {vocab_size}) and is not -100.")
+    return out
+
+
+def _default_local_for_remote(remote: str, split: str) -> str:
+    key = hashlib.sha1(f"{remote}|{split}".encode()).hexdigest()[:16]
+    return str(cache_root() / "streaming" / key)
+
+
+def build_mlm_dataloader(
+    *,
+    local: str | None,
+    remote: str | None,
+    split: str,
+    tokenizer,
+    max_seq_len: int,
+    mlm_probability: float,
+    device_batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int,
+    drop_last: bool,
+    pad_to_max_length: bool = False,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = 2,
+    persistent_workers: bool = False,
+    shuffle_block_size: int | None = None,
+    num_canonical_nodes: int | None = None,
+    **streaming_kwargs: Any,
+) -> DataLoader:
+    """A DataLoader of padded MLM batches (dict of int64 tensors) over MDS data.
+
+    ``local``: a folder containing ``<split>/index.json`` (output of ``python -m mosaicbert.data.convert``),
+    or ``builtin://python-docs`` (the built-in offline corpus, materialized once in the cache), or None
+    when ``remote`` is given (then a cache folder under ``$MOSAICBERT_CACHE/streaming`` is used).
+    ``remote``: ``s3://``, ``gs://``, ``https://`` ... (streaming downloads shards into ``local``).
+    ``tokenizer``: a loaded tokenizer or a name/path for :func:`mosaicbert.data.tokenizer.load_tokenizer`.
+    ``seed``: the shuffle seed and the mask seed. The DataLoader gets its own seeded ``torch.Generator``
+    so building and iterating it never consumes the global torch RNG.
+    Extra keyword arguments go to :class:`streaming.StreamingDataset` (e.g. ``predownload``,
+    ``cache_limit``, ``epoch_size``, ``shuffle_algo``).
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from mosaicbert.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(str(tokenizer))
+
+    for name, value in (("local", local), ("remote", remote)):
+        if value is not None and str(value).startswith(BUILTIN_PREFIX):
+            if str(value) != BUILTIN_URI:
+                raise FileNotFoundError(f"Unknown built-in dataset {value!r}; the only one is {BUILTIN_URI}.")
+            from mosaicbert.data.convert import ensure_builtin_mds
+
+            local, remote = ensure_builtin_mds(max_seq_len), None
+            break
+    if split in ("validation", "eval") and local is not None and remote is None and not (Path(local) / split).exists() \
+            and (Path(local) / "val").exists():
+        split = "val"
+
+    if remote is None:
+        if local is None:
+            raise ValueError("build_mlm_dataloader needs `local` (a folder of MDS splits) or `remote`.")
+        local = str(Path(local).expanduser())
+        check_mds_split(local, split)
+    elif local is None:
+        local = _default_local_for_remote(str(remote), split)
+
+    kwargs: dict[str, Any] = dict(streaming_kwargs)
+    if shuffle_block_size is not None:
+        kwargs["shuffle_block_size"] = shuffle_block_size
+    if num_canonical_nodes is not None:
+        kwargs["num_canonical_nodes"] = num_canonical_nodes
+    try:
+        dataset = MLMStreamingDataset(
+            tokenizer=tokenizer, max_seq_len=max_seq_len, mlm_probability=mlm_probability, mask_seed=seed,
+            local=local, remote=remote, split=split, shuffle=shuffle, shuffle_seed=seed,
+            batch_size=device_batch_size, **kwargs,
+        )
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"Could not open MDS data (local={local!r}, remote={remote!r}, split={split!r}): {e}. {_CONVERT_HINT}") from e
+    except (json.JSONDecodeError, KeyError) as e:
+        raise CorruptShardError(f"Unreadable MDS index in {os.path.join(local, split)!r} ({type(e).__name__}: {e}); re-run the conversion.") from e
+
+    collate = functools.partial(
+        pad_mlm_batch, pad_token_id=int(tokenizer.pad_token_id),
+        pad_to=max_seq_len if pad_to_max_length else None, vocab_size=len(tokenizer),
+    )
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    loader_kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        loader_kwargs["prefetch_factor"] = prefetch_factor
+        loader_kwargs["persistent_workers"] = persistent_workers
+    return DataLoader(
+        dataset,
+        batch_size=device_batch_size,
+        collate_fn=collate,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        generator=generator,
+        **loader_kwargs,
+    )

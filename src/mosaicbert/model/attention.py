@@ -1,0 +1,302 @@
+"""ALiBi and the attention backends.
+
+Every backend computes the same function on the packed (unpadded) tokens of one batch:
+
+    out[i] = softmax_j( q_i . k_j / sqrt(D) - slope_h * |pos_i - pos_j| + mask_j ) @ v_j
+
+where j runs over the real tokens of the same sequence, pos is the position inside the padded row and
+mask_j is 0 for real keys and "minus infinity" for padding. Backends differ only in the kernel:
+
+  "flash_attn"  flash-attn >= 2.4 varlen kernel with native ALiBi slopes (CUDA, fp16/bf16), no padding at all
+  "sdpa"        torch scaled_dot_product_attention on re-padded [B, H, S, D] with an additive float bias
+  "flex"        torch FlexAttention on the packed tokens: ALiBi score_mod + same-sequence block mask (GPU)
+  "torch"       reference: padded matmul -> + bias -> softmax in fp32 -> matmul (runs anywhere)
+
+The registry `ATTENTION_BACKENDS` is a plain dict so new kernels are a function plus one entry.
+
+Self-contained on purpose (torch + stdlib + relative imports): `save_pretrained` copies this file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .padding import UnpadInfo, pad, unpad
+
+logger = logging.getLogger("mosaicbert")
+
+# flash-attn is optional (CUDA only). Imported in a try block so that transformers' remote-code import check
+# does not require it.
+try:
+    import flash_attn
+    from flash_attn import flash_attn_varlen_qkvpacked_func
+
+    _FLASH_VERSION = tuple(int(x) for x in flash_attn.__version__.split(".")[:2] if x.isdigit())
+    HAS_FLASH_ATTN = _FLASH_VERSION >= (2, 4)  # alibi_slopes appeared in 2.4
+except ImportError:
+    flash_attn_varlen_qkvpacked_func = None
+    HAS_FLASH_ATTN = False
+
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    HAS_FLEX_ATTN = True
+except ImportError:
+    create_block_mask = flex_attention = None
+    HAS_FLEX_ATTN = False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ALiBi
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """Per-head slopes from the ALiBi paper (Press et al. 2022).
+
+    Power of two n: geometric sequence starting at 2^(-8/n) with the same ratio. Otherwise: the slopes of the
+    closest lower power of two, then every other slope of the next power of two
+    (12 heads: 2^-1 ... 2^-8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5).
+    """
+
+    def power_of_2(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if num_heads & (num_heads - 1) == 0:
+        return power_of_2(num_heads)
+    closest = 2 ** math.floor(math.log2(num_heads))
+    return power_of_2(closest) + power_of_2(2 * closest)[0::2][: num_heads - closest]
+
+
+def alibi_matrix(slopes: torch.Tensor, size: int) -> torch.Tensor:
+    """[H] slopes -> [H, size, size] symmetric bias -slope * |i - j| (fp32)."""
+    pos = torch.arange(size, device=slopes.device)
+    dist = (pos[None, :] - pos[:, None]).abs().to(torch.float32)  # [size, size]
+    return -slopes.to(torch.float32)[:, None, None] * dist[None]
+
+
+class AlibiCache:
+    """Holds the slopes and the [H, n, n] bias matrix, growing it when a longer sequence shows up.
+
+    Deliberately not a buffer: nothing to save in checkpoints, and nothing for meta-device init to lose.
+    """
+
+    def __init__(self, num_heads: int, starting_size: int):
+        self.num_heads = num_heads
+        self.starting_size = starting_size
+        self._slopes: torch.Tensor | None = None  # [H] fp32
+        self._matrix: torch.Tensor | None = None  # [H, n, n] fp32
+
+    def slopes(self, device: torch.device) -> torch.Tensor:
+        if self._slopes is None or self._slopes.device != device:
+            self._slopes = torch.tensor(alibi_slopes(self.num_heads), dtype=torch.float32, device=device)
+        return self._slopes
+
+    def matrix(self, seqlen: int, device: torch.device) -> torch.Tensor:
+        """[H, seqlen, seqlen] view of the cached matrix; rebuilt (bigger) if the sequence is longer."""
+        m = self._matrix
+        if m is None or m.device != device or m.shape[-1] < seqlen:
+            size = max(seqlen, self.starting_size, 0 if m is None else m.shape[-1])
+            if m is not None and m.shape[-1] < seqlen:
+                logger.info("ALiBi bias grown from %d to %d positions", m.shape[-1], size)
+            self._matrix = m = alibi_matrix(self.slopes(device), size)
+        return m[:, :seqlen, :seqlen]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-forward context shared by all layers (built once by the encoder)
+
+
+@dataclass
+class AttentionContext:
+    info: UnpadInfo  # indices / cu_seqlens / max_seqlen / batch / seqlen
+    attention_mask: torch.Tensor  # [B, S] bool, True = real token
+    alibi: AlibiCache
+    num_heads: int
+    cache: dict = field(default_factory=dict)  # per-backend tensors built lazily once per forward
+
+    def padded_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """[B, H, S, S] additive bias = ALiBi + key padding mask, in `dtype`.
+
+        Padding uses min/2 of the dtype instead of -inf: finite, so fully padded rows give a uniform softmax
+        instead of NaN (NaN would leak into key gradients), and adding ALiBi cannot overflow to -inf.
+        """
+        key = ("padded_bias", dtype)
+        if key not in self.cache:
+            mask = self.attention_mask
+            S = mask.shape[1]
+            neg = torch.finfo(dtype).min / 2
+            key_bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+            key_bias = key_bias.masked_fill(~mask, neg)  # [B, S]
+            bias = self.alibi.matrix(S, mask.device)[None] + key_bias[:, None, None, :]  # [B, H, S, S]
+            self.cache[key] = bias.to(dtype)
+        return self.cache[key]
+
+
+def _pad_qkv(qkv: torch.Tensor, info: UnpadInfo):
+    """[T, 3, H, D] packed -> q, k, v each [B, H, S, D] (zeros at padded positions)."""
+    qkv = pad(qkv, info.indices, info.batch, info.seqlen)  # [B, S, 3, H, D]
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, v
+
+
+def _unpad_heads(out: torch.Tensor, info: UnpadInfo) -> torch.Tensor:
+    """[B, H, S, D] -> [T, H, D]."""
+    return unpad(out.transpose(1, 2), info.indices)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Backends: attend(qkv [T, 3, H, D], ctx, dropout_p) -> [T, H, D]
+
+
+def torch_attention(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: float) -> torch.Tensor:
+    """Reference implementation; softmax in fp32 whatever the input dtype."""
+    q, k, v = _pad_qkv(qkv, ctx.info)  # [B, H, S, D]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # [B, H, S, S]
+    scores = scores.float() + ctx.padded_bias(torch.float32)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    out = torch.matmul(probs, v)  # [B, H, S, D]
+    return _unpad_heads(out, ctx.info)
+
+
+def sdpa_attention(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: float) -> torch.Tensor:
+    """torch SDPA with an additive float mask (memory-efficient kernel on CUDA, math kernel on CPU)."""
+    q, k, v = _pad_qkv(qkv, ctx.info)  # [B, H, S, D]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.padded_bias(q.dtype), dropout_p=dropout_p)
+    return _unpad_heads(out, ctx.info)
+
+
+def flash_attention(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: float) -> torch.Tensor:
+    """flash-attn varlen on the packed tokens; no padding is ever materialised.
+
+    flash-attn's ALiBi (docs of flash_attn_varlen_func): a bias of -slope * |i + seqlen_k - seqlen_q - j| is
+    added to the (scaled) score of query i and key j when causal=False; with seqlen_q == seqlen_k that is
+    exactly -slope * |i - j|, our symmetric bias. Positions count from the first real token of each sequence,
+    which equals the padded position for right-padded batches (the only kind BERT data produces).
+    """
+    info = ctx.info
+    out = flash_attn_varlen_qkvpacked_func(
+        qkv,  # [T, 3, H, D]
+        info.cu_seqlens,
+        info.max_seqlen,
+        dropout_p=dropout_p,
+        softmax_scale=None,  # 1/sqrt(D)
+        causal=False,
+        alibi_slopes=ctx.alibi.slopes(qkv.device),  # [H] fp32
+    )
+    return out  # [T, H, D]
+
+
+_compiled_flex = None
+
+
+def _get_flex():
+    # flex_attention must be compiled to get the fused kernel (eager falls back to a slow math path).
+    global _compiled_flex
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex
+
+
+def flex_attention_backend(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: float) -> torch.Tensor:
+    """FlexAttention on the packed tokens as one long "document-masked" sequence [1, H, T, D]."""
+    if dropout_p > 0.0:
+        raise ValueError(
+            "attention_backend='flex' does not support attention dropout; set attention_probs_dropout_prob=0.0 "
+            "or use another backend"
+        )
+    info = ctx.info
+    if "flex" not in ctx.cache:
+        doc = (info.indices // info.seqlen).to(torch.int32)  # [T] which sequence each token belongs to
+        pos = (info.indices % info.seqlen).to(torch.int32)  # [T] position inside its (padded) row
+        slopes = ctx.alibi.slopes(qkv.device)  # [H]
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score - slopes[h] * (pos[q_idx] - pos[kv_idx]).abs()
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return doc[q_idx] == doc[kv_idx]
+
+        T = qkv.shape[0]
+        # _compile=True: evaluating mask_mod over T x T eagerly costs ~10 ms at T=32k; compiled it is cheap
+        block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=qkv.device,
+                                       _compile=True)
+        ctx.cache["flex"] = (score_mod, block_mask)
+    score_mod, block_mask = ctx.cache["flex"]
+    q, k, v = qkv.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # each [1, H, T, D]
+    out = _get_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask)  # [1, H, T, D]
+    return out[0].transpose(0, 1)  # [T, H, D]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registry and dispatch
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    name: str
+    attend: Callable[[torch.Tensor, AttentionContext, float], torch.Tensor]
+    installed: Callable[[], bool]  # can it be imported at all?
+    usable: Callable[[torch.device, torch.dtype], bool]  # can "auto" pick it for these inputs?
+
+
+ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
+    "flash_attn": AttentionBackend(
+        "flash_attn",
+        flash_attention,
+        installed=lambda: HAS_FLASH_ATTN,
+        usable=lambda dev, dt: HAS_FLASH_ATTN and dev.type == "cuda" and dt in (torch.float16, torch.bfloat16),
+    ),
+    "sdpa": AttentionBackend("sdpa", sdpa_attention, installed=lambda: True, usable=lambda dev, dt: True),
+    "flex": AttentionBackend(
+        "flex",
+        flex_attention_backend,
+        installed=lambda: HAS_FLEX_ATTN,
+        usable=lambda dev, dt: HAS_FLEX_ATTN and dev.type == "cuda",
+    ),
+    "torch": AttentionBackend("torch", torch_attention, installed=lambda: True, usable=lambda dev, dt: True),
+}
+VALID_BACKENDS = ("auto", *ATTENTION_BACKENDS)
+
+_logged: set[str] = set()
+
+
+def check_backend_name(name: str) -> None:
+    if name not in VALID_BACKENDS:
+        raise ValueError(f"attention_backend={name!r} is not valid; choose one of {list(VALID_BACKENDS)}")
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
+    """Map the configured name (possibly "auto") to a backend for inputs on `device` computed in `dtype`."""
+    check_backend_name(name)
+    if name == "auto":
+        if ATTENTION_BACKENDS["flash_attn"].usable(device, dtype):
+            chosen = "flash_attn"
+        elif device.type == "cuda":
+            chosen = "sdpa"
+        else:
+            chosen = "torch"
+    else:
+        chosen = name
+        backend = ATTENTION_BACKENDS[chosen]
+        if not backend.installed():
+            raise ValueError(f"attention_backend={name!r} requested but it is not available (not installed)")
+        if chosen == "flash_attn" and not backend.usable(device, dtype):
+            raise ValueError(
+                f"attention_backend='flash_attn' needs CUDA fp16/bf16 inputs, got device={device} dtype={dtype} "
+                "(run under torch.autocast or use attention_backend='auto')"
+            )
+    key = f"{name}->{chosen}@{device.type}"
+    if key not in _logged:
+        _logged.add(key)
+        logger.info("MosaicBERT attention backend: %s (configured %r, device %s, dtype %s)",
+                    chosen, name, device.type, dtype)
+    return ATTENTION_BACKENDS[chosen]

@@ -1,0 +1,72 @@
+"""MosaicBertConfig: BertConfig's field names plus the MosaicBERT knobs. Defaults = MosaicBERT-base (~137M)."""
+
+from __future__ import annotations
+
+try:  # transformers >= 5 spells it PreTrainedConfig; PretrainedConfig stays as an alias
+    from transformers import PreTrainedConfig as _BaseConfig
+except ImportError:  # pragma: no cover - transformers 4.x
+    from transformers import PretrainedConfig as _BaseConfig
+
+ATTENTION_BACKEND_NAMES = ("auto", "flash_attn", "sdpa", "flex", "torch")
+
+
+class MosaicBertConfig(_BaseConfig):
+    """Configuration of a MosaicBERT model.
+
+    Same fields as `BertConfig` (no `max_position_embeddings`: there are no position embeddings), plus
+      alibi_starting_size: size of the ALiBi bias built up front; longer inputs grow it on the fly.
+      attention_backend: "auto" | "flash_attn" | "sdpa" | "flex" | "torch" (see attention.py).
+      low_precision_layernorm: under autocast run LayerNorm in the autocast dtype instead of fp32.
+    """
+
+    model_type = "mosaic_bert"
+
+    def __init__(
+        self,
+        vocab_size: int = 30528,  # BERT's 30522 rounded up to a multiple of 64
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.0,
+        type_vocab_size: int = 2,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        pad_token_id: int = 0,
+        classifier_dropout: float | None = None,
+        alibi_starting_size: int = 512,
+        attention_backend: str = "auto",
+        low_precision_layernorm: bool = True,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        if hidden_size % num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})"
+            )
+        if attention_backend not in ATTENTION_BACKEND_NAMES:
+            raise ValueError(
+                f"attention_backend={attention_backend!r} is not valid; choose one of {list(ATTENTION_BACKEND_NAMES)}"
+            )
+        if not 0.0 <= attention_probs_dropout_prob < 1.0:
+            raise ValueError(f"attention_probs_dropout_prob must be in [0, 1), got {attention_probs_dropout_prob}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.pad_token_id = pad_token_id
+        self.classifier_dropout = classifier_dropout
+        self.alibi_starting_size = alibi_starting_size
+        self.attention_backend = attention_backend
+        self.low_precision_layernorm = low_precision_layernorm
+        self.tie_word_embeddings = tie_word_embeddings
+        super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)

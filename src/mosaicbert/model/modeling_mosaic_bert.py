@@ -1,0 +1,347 @@
+"""MosaicBERT: BERT with ALiBi, GeGLU, fused QKV, unpadding and low-precision LayerNorm (MosaicML, 2023).
+
+Data flow of one forward pass:
+    input_ids [B, S] -> embeddings [B, S, hidden] -> unpad -> [T, hidden]   (T = real tokens)
+    -> N x (attention -> post-LN -> GeGLU -> post-LN), all on [T, hidden]
+    -> pad back -> [B, S, hidden] (zeros at padding) -> heads
+
+Self-contained on purpose (torch + transformers + relative imports): `save_pretrained` copies this file and
+its relative imports next to the weights, so `AutoModel*.from_pretrained(dir, trust_remote_code=True)` works
+without the mosaicbert package installed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
+
+from .attention import AlibiCache, AttentionContext, check_backend_name, resolve_backend
+from .configuration_mosaic_bert import MosaicBertConfig
+from .layers import MosaicBertEmbeddings, MosaicBertLayer, make_layernorm
+from .padding import get_unpad_info, pad, unpad
+
+try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
+    from transformers import initialization as _init
+except ImportError:  # pragma: no cover
+    from torch.nn import init as _init
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling() if hasattr(torch, "compiler") else False
+
+
+def _check_ids(name: str, ids: torch.Tensor, upper: int) -> None:
+    """Out-of-range ids would be an opaque device-side assert on CUDA; fail loudly on every backend instead."""
+    if ids.numel() == 0 or _is_compiling():
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= upper:
+        raise ValueError(f"{name} must be in [0, {upper}), got values in [{lo}, {hi}]")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Encoder and base model
+
+
+class MosaicBertEncoder(nn.Module):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.config = config
+        self.layer = nn.ModuleList([MosaicBertLayer(config) for _ in range(config.num_hidden_layers)])
+        self.alibi = AlibiCache(config.num_attention_heads, config.alibi_starting_size)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False):
+        # x: [B, S, hidden], attention_mask: [B, S] (1 = real token)
+        B, S, _ = x.shape
+        info = get_unpad_info(attention_mask)
+        device = x.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
+        backend = resolve_backend(self.config.attention_backend, device, dtype)
+        ctx = AttentionContext(info, attention_mask.bool(), self.alibi, self.config.num_attention_heads)
+
+        h = unpad(x, info.indices)  # [T, hidden]
+        all_hidden = [x] if output_hidden_states else None
+        for layer in self.layer:
+            h = layer(h, ctx, backend)
+            if output_hidden_states:
+                all_hidden.append(pad(h, info.indices, B, S))
+        out = pad(h, info.indices, B, S)  # [B, S, hidden], zeros at padding
+        return out, (tuple(all_hidden) if output_hidden_states else None)
+
+
+class MosaicBertPooler(nn.Module):
+    """dense + tanh on the [CLS] (first) token, as in BERT."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))  # [B, hidden]
+
+
+class MosaicBertPreTrainedModel(PreTrainedModel):
+    config_class = MosaicBertConfig
+    base_model_prefix = "bert"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["MosaicBertLayer"]
+
+    def _init_weights(self, module):
+        """BERT init: N(0, initializer_range) for Linear/Embedding weights, zero biases, LayerNorm = identity."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            _init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                _init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            _init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            _init.ones_(module.weight)
+            _init.zeros_(module.bias)
+
+
+class MosaicBertModel(MosaicBertPreTrainedModel):
+    """The bare encoder. forward(input_ids [B, S], attention_mask [B, S]=None, token_type_ids [B, S]=None)
+    -> BaseModelOutputWithPooling(last_hidden_state [B, S, hidden] (zeros at padding), pooler_output [B, hidden]
+    or None, hidden_states (embeddings + each layer, padded) if output_hidden_states)."""
+
+    def __init__(self, config: MosaicBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        check_backend_name(config.attention_backend)
+        self.embeddings = MosaicBertEmbeddings(config)
+        self.encoder = MosaicBertEncoder(config)
+        self.pooler = MosaicBertPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seqlen], got shape {tuple(input_ids.shape)}")
+        _check_ids("input_ids", input_ids, self.config.vocab_size)
+        if token_type_ids is not None:
+            _check_ids("token_type_ids", token_type_ids, self.config.type_vocab_size)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        output_hidden_states = bool(output_hidden_states)
+
+        x = self.embeddings(input_ids, token_type_ids)  # [B, S, hidden]
+        sequence_output, hidden_states = self.encoder(x, attention_mask, output_hidden_states)
+        pooled = self.pooler(sequence_output) if self.pooler is not None else None
+        if not return_dict:
+            return tuple(v for v in (sequence_output, pooled, hidden_states) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output, pooler_output=pooled, hidden_states=hidden_states
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Heads
+
+
+class MosaicBertPredictionHeadTransform(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = make_layernorm(config, eps=1e-12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(x)))
+
+
+class MosaicBertLMPredictionHead(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.transform = MosaicBertPredictionHeadTransform(config)
+        # weight tied to the word embeddings by the model (_tied_weights_keys); the bias is its own
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(x))  # [..., vocab]
+
+
+class MosaicBertOnlyMLMHead(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.predictions = MosaicBertLMPredictionHead(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictions(x)
+
+
+class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
+    """MosaicBERT with the MLM head (no pooler, as in the published checkpoints).
+
+    forward(input_ids, attention_mask=None, token_type_ids=None, labels=None) -> MaskedLMOutput.
+    Output convention:
+      * labels is None: logits [B, S, vocab] for every position.
+      * labels given ([B, S], -100 = ignore): the head runs only on positions with labels != -100
+        ("masked-only prediction", saves the vocab projection on ~85% of tokens). Then
+        logits is [num_masked, vocab] with rows in the row-major order of `labels != -100`, i.e.
+        aligned with `labels[labels != -100]`; loss = mean cross-entropy over those rows.
+    """
+
+    _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.bert = MosaicBertModel(config, add_pooling_layer=False)
+        self.cls = MosaicBertOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden = outputs.last_hidden_state  # [B, S, hidden]
+        loss = None
+        if labels is None:
+            logits = self.cls(hidden)  # [B, S, vocab]
+        else:
+            flat_labels = labels.reshape(-1)  # [B*S]
+            masked = torch.nonzero(flat_labels != -100, as_tuple=False).flatten()  # row-major order
+            logits = self.cls(hidden.reshape(-1, hidden.shape[-1])[masked])  # [num_masked, vocab]
+            loss = F.cross_entropy(logits.float(), flat_labels[masked])
+        if not return_dict:
+            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
+    """Pooled [CLS] -> dropout -> classifier. forward(..., labels=None) -> SequenceClassifierOutput with logits
+    [B, num_labels]. Loss follows BertForSequenceClassification: MSE when num_labels == 1 (regression),
+    cross-entropy for integer labels, BCE-with-logits for multi-label (config.problem_type)."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = MosaicBertModel(config, add_pooling_layer=True)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))  # [B, num_labels]
+        loss = None
+        if labels is not None:
+            problem_type = self.config.problem_type
+            if problem_type is None:
+                if self.num_labels == 1:
+                    problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    problem_type = "single_label_classification"
+                else:
+                    problem_type = "multi_label_classification"
+            if problem_type == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.reshape(-1).float()) if self.num_labels == 1 \
+                    else F.mse_loss(logits.float(), labels.float())
+            elif problem_type == "single_label_classification":
+                loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        if not return_dict:
+            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint loading
+
+
+def load_mosaic_state_dict(model: nn.Module, state_dict: dict, strict: bool = False):
+    """Load a MosaicBERT state dict (HF-style keys, or Composer's with a leading `model.`) into `model`.
+
+    Returns (missing_keys, unexpected_keys) as lists; callers must report them. Keys that never hold
+    information are not reported: non-persistent buffers from older code (`*.alibi`, `*.token_type_ids`,
+    `*.position_ids`). With strict=True, a nonempty list raises RuntimeError instead.
+    """
+    cleaned = {}
+    for k, v in state_dict.items():
+        if k.startswith("model."):
+            k = k[len("model."):]
+        if k.endswith((".alibi", "embeddings.token_type_ids", "embeddings.position_ids")):
+            continue
+        cleaned[k] = v
+    # A bare MosaicBertModel has no `bert.` prefix; accept checkpoints of the task models too.
+    if isinstance(model, MosaicBertModel):
+        cleaned = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in cleaned.items()}
+    result = model.load_state_dict(cleaned, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    # The tied decoder weight is the word embedding: absent from deduplicated checkpoints and fine.
+    tied = "cls.predictions.decoder.weight"
+    if tied in missing and getattr(model.config, "tie_word_embeddings", True):
+        missing.remove(tied)
+    if isinstance(model, MosaicBertModel):
+        # A bare encoder ignores the task heads of a full checkpoint; report only if that is not the case.
+        unexpected = [k for k in unexpected if not k.startswith(("cls.", "classifier."))]
+    if strict and (missing or unexpected):
+        raise RuntimeError(f"state dict mismatch: missing={missing} unexpected={unexpected}")
+    return missing, unexpected
+
+
+MosaicBertConfig.register_for_auto_class()
+MosaicBertModel.register_for_auto_class("AutoModel")
+MosaicBertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+MosaicBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")

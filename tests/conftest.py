@@ -1,0 +1,49 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (PROJECT_ROOT / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real C4-format text, GLUE, the bert-base-uncased vocab), or skip."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"../shared/data not present: expected {SHARED_DATA} (local real data for offline tests)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bert_vocab_dir(shared_data: Path) -> Path:
+    """Folder holding the bert-base-uncased vocab.txt, or skip."""
+    folder = shared_data / "vocab" / "bert-base-uncased"
+    if not (folder / "vocab.txt").is_file():
+        pytest.skip(f"bert-base-uncased vocab not present: expected {folder / 'vocab.txt'}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(bert_vocab_dir: Path):
+    """The bert-base-uncased tokenizer loaded offline from ../shared/data (or skip)."""
+    from mosaicbert.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(bert_vocab_dir))
+
+
+@pytest.fixture(scope="session")
+def mosaicbert_cache(tmp_path_factory) -> Path:
+    """A session-wide private ``$MOSAICBERT_CACHE`` (built-in corpus/tokenizer/MDS are built once per session)."""
+    path = tmp_path_factory.mktemp("mosaicbert_cache")
+    old = os.environ.get("MOSAICBERT_CACHE")
+    os.environ["MOSAICBERT_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MOSAICBERT_CACHE", None)
+    else:
+        os.environ["MOSAICBERT_CACHE"] = old

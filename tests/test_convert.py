@@ -1,0 +1,198 @@
+"""MDS conversion: every mode, raw and tokenized, round-tripped through streaming.StreamingDataset."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streaming import StreamingDataset
+
+from mosaicbert.data.builtin_corpus import atomic_build
+from mosaicbert.data.convert import convert, main
+from mosaicbert.data.tokenizer import load_tokenizer
+
+WORDS = [f"w{i}" for i in range(300)]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MAX_LEN = 16
+
+
+@pytest.fixture(scope="module")
+def toy_vocab(tmp_path_factory) -> Path:
+    """A WordPiece vocab where every word ``w<i>`` is exactly one token (id i + 5)."""
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(SPECIALS + WORDS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_docs() -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    lengths = [1, 5, 14, 15, 30, 47, 3, 100] + rng.integers(1, 60, size=12).tolist()
+    return [rng.integers(0, len(WORDS), size=n).tolist() for n in lengths]
+
+
+def _doc_text(word_ids: list[int]) -> str:
+    # Mixed case and punctuation-free: each word is exactly one token after lowercasing.
+    return " ".join(("W" if i % 3 == 0 else "w") + str(w) for i, w in enumerate(word_ids))
+
+
+def _write_c4(path: Path, docs: list[list[int]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for i, d in enumerate(docs):
+            fh.write(json.dumps({"text": _doc_text(d), "timestamp": "2019-04-25T12:57:54Z", "url": f"https://x/{i}"}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def c4_files(tmp_path_factory, toy_docs) -> tuple[str, str]:
+    root = tmp_path_factory.mktemp("c4")
+    _write_c4(root / "train" / "c4-train.00000-of-00002.json.gz", toy_docs[:10])
+    _write_c4(root / "train" / "c4-train.00001-of-00002.json.gz", toy_docs[10:])
+    _write_c4(root / "validation" / "c4-validation.00000-of-00001.json.gz", toy_docs[:4])
+    return str(root / "train" / "*.json.gz"), str(root / "validation" / "*.json.gz")
+
+
+def _read_back(out_root: Path, split: str) -> list[dict]:
+    ds = StreamingDataset(local=str(out_root), split=split, batch_size=1, shuffle=False)
+    return [ds[i] for i in range(ds.num_samples)]
+
+
+def _ids_of(doc: list[int]) -> list[int]:
+    return [w + len(SPECIALS) for w in doc]
+
+
+@pytest.mark.parametrize(
+    "mode,tokenize",
+    [("truncate", False), ("truncate", True), ("split", False), ("split", True), ("pack", True)],
+)
+def test_round_trip(tmp_path, toy_vocab, toy_docs, c4_files, mode, tokenize):
+    tok = load_tokenizer(str(toy_vocab))
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    train_glob, val_glob = c4_files
+    stats = convert(out_root=tmp_path / "mds", source="local", train_files=train_glob, val_files=val_glob,
+                    mode=mode, tokenize=tokenize, max_seq_len=MAX_LEN, tokenizer=str(toy_vocab), progress=False)
+    assert set(stats) == {"train", "val"}
+    assert stats["train"].documents == len(toy_docs) and stats["val"].documents == 4
+    for split, docs in (("train", toy_docs), ("val", toy_docs[:4])):
+        samples = _read_back(tmp_path / "mds", split)
+        assert len(samples) == stats[split].samples
+        if tokenize:
+            seqs = [s["input_ids"] for s in samples]
+            assert all(isinstance(x, np.ndarray) and x.dtype == np.int32 for x in seqs)
+            seqs = [x.tolist() for x in seqs]
+        else:
+            assert all(set(s) == {"text"} and isinstance(s["text"], str) for s in samples)
+            seqs = [tok(s["text"])["input_ids"] for s in samples]
+        assert all(len(x) <= MAX_LEN and x[0] == cls and x[-1] == sep for x in seqs)
+        assert stats[split].tokens == sum(len(x) for x in seqs)
+        bodies = [x[1:-1] for x in seqs]
+        if mode == "truncate":
+            assert bodies == [_ids_of(d)[: MAX_LEN - 2] for d in docs]
+        elif mode == "split":
+            assert [t for b in bodies for t in b] == [t for d in docs for t in _ids_of(d)]
+            expected = sum(-(-len(d) // (MAX_LEN - 2)) for d in docs)
+            assert len(seqs) == expected
+        else:  # pack: full-length samples, docs joined with [SEP]
+            assert all(len(x) == MAX_LEN for x in seqs[:-1])
+            stream = []
+            for d in docs:
+                stream += _ids_of(d) + [sep]
+            assert [t for b in bodies for t in b] == stream[:-1]
+
+
+def test_pack_raw_text_is_refused(tmp_path, toy_vocab, c4_files):
+    with pytest.raises(ValueError, match="--tokenize"):
+        convert(out_root=tmp_path / "o", source="local", train_files=c4_files[0], val_files=c4_files[1],
+                mode="pack", tokenize=False, tokenizer=str(toy_vocab), progress=False)
+
+
+def test_txt_and_jsonl_inputs(tmp_path, toy_vocab):
+    (tmp_path / "a.txt").write_text("w1 w2 w3\nw4 w5\n\n\nw6 w7\n\nw8\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "w9 w10"}) + "\n\n" + json.dumps({"text": "w11"}) + "\n")
+    stats = convert(out_root=tmp_path / "o", source="local", train_files=str(tmp_path / "a.txt"),
+                    val_files=str(tmp_path / "b.jsonl"), mode="truncate", tokenize=True, tokenizer=str(toy_vocab),
+                    progress=False, compression=None)
+    assert stats["train"].documents == 3 and stats["val"].documents == 2
+    got = [s["input_ids"][1:-1].tolist() for s in _read_back(tmp_path / "o", "train")]
+    assert got == [[6, 7, 8, 9, 10], [11, 12], [13]]
+
+
+def test_malformed_json_names_file_and_line(tmp_path, toy_vocab):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "w1"}) + "\n" + json.dumps({"text": "w2"}) + "\n{\"text\": \"w3\n")
+    with pytest.raises(ValueError, match=rf"{bad}:3"):
+        convert(out_root=tmp_path / "o", source="local", train_files=str(bad), val_files=str(bad),
+                tokenizer=str(toy_vocab), progress=False)
+    nofield = tmp_path / "nofield.jsonl"
+    nofield.write_text(json.dumps({"body": "w1"}) + "\n")
+    with pytest.raises(ValueError, match=rf"{nofield}:1.*'text'"):
+        convert(out_root=tmp_path / "o2", source="local", train_files=str(nofield), val_files=str(nofield),
+                tokenizer=str(toy_vocab), progress=False)
+
+
+def test_missing_inputs_and_existing_output(tmp_path, toy_vocab, c4_files):
+    glob = str(tmp_path / "nothing" / "*.json.gz")
+    with pytest.raises(FileNotFoundError, match="nothing"):
+        convert(out_root=tmp_path / "o", source="local", train_files=glob, val_files=glob,
+                tokenizer=str(toy_vocab), progress=False)
+    assert not (tmp_path / "o").exists()
+    kwargs = dict(out_root=tmp_path / "o", source="local", train_files=c4_files[0], val_files=c4_files[1],
+                  tokenizer=str(toy_vocab), progress=False, limit=3)
+    convert(**kwargs)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert(**kwargs)
+    stats = convert(**kwargs, overwrite=True)
+    assert stats["train"].documents == 3 and len(_read_back(tmp_path / "o", "train")) == 3
+
+
+def test_cli_on_shared_data(tmp_path, shared_data, bert_vocab_dir, capsys):
+    text = shared_data / "text"
+    if not list((text / "train").glob("*.json.gz")):
+        pytest.skip(f"no C4-format files in {text / 'train'}")
+    out = tmp_path / "mds"
+    rc = main(["--source", "local", "--train_files", str(text / "train" / "*.json.gz"),
+               "--val_files", str(text / "validation" / "*.json.gz"), "--tokenizer", str(bert_vocab_dir),
+               "--out_root", str(out), "--mode", "split", "--tokenize", "--limit", "50", "--no_progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "train: 50 documents read" in printed and "total: 100 documents read" in printed
+    samples = _read_back(out, "train")
+    # Documents are 2-10 KB, so far more samples than documents; all but doc tails are full length.
+    assert len(samples) > 200
+    lengths = np.array([len(s["input_ids"]) for s in samples])
+    assert lengths.max() == 128 and (lengths == 128).mean() > 0.8
+    assert all(s["input_ids"][0] == 101 and s["input_ids"][-1] == 102 for s in samples)
+    # Not everything [UNK] (the 5-token-vocab trap).
+    ids = np.concatenate([s["input_ids"] for s in samples])
+    assert (ids == 100).mean() < 0.05
+    # Error path through the CLI: existing output without --overwrite -> exit code 2 and a message.
+    rc = main(["--source", "local", "--train_files", str(text / "train" / "*.json.gz"),
+               "--val_files", str(text / "validation" / "*.json.gz"), "--tokenizer", str(bert_vocab_dir),
+               "--out_root", str(out), "--limit", "5", "--no_progress"])
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def _racer(args):
+    final, marker_dir = args
+
+    def build(tmp: Path) -> None:
+        (Path(marker_dir) / f"built-{__import__('os').getpid()}").touch()
+        (tmp / "data.txt").write_text("ok")
+
+    return str(atomic_build(final, build))
+
+
+def test_atomic_build_concurrent(tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    final = tmp_path / "cache" / "thing"
+    with mp.get_context("fork").Pool(4) as pool:
+        results = pool.map(_racer, [(str(final), str(markers))] * 8)
+    assert set(results) == {str(final)}
+    assert (final / "data.txt").read_text() == "ok"
+    assert len(list(markers.iterdir())) == 1  # built exactly once
+    assert not [p for p in final.parent.iterdir() if ".tmp-" in p.name]

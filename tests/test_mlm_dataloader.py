@@ -1,0 +1,197 @@
+"""The streaming MLM dataloader: shapes, label/mask consistency, determinism, resumption and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mosaicbert.data.convert import convert
+from mosaicbert.data.masking import IGNORE_INDEX
+from mosaicbert.data.mlm import CorruptShardError, build_mlm_dataloader, pad_mlm_batch
+from mosaicbert.data.tokenizer import load_tokenizer
+
+WORDS = [f"w{i}" for i in range(300)]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MAX_LEN = 32
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlm")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(SPECIALS + WORDS) + "\n")
+    rng = np.random.default_rng(0)
+    with open(root / "docs.jsonl", "w") as fh:
+        for _ in range(60):
+            words = rng.integers(0, len(WORDS), size=int(rng.integers(5, 80)))
+            fh.write(json.dumps({"text": " ".join(WORDS[w] for w in words)}) + "\n")
+    tok = load_tokenizer(str(vocab))
+    for name, tokenize in (("raw", False), ("tok", True)):
+        convert(out_root=root / name, source="local", train_files=str(root / "docs.jsonl"),
+                val_files=str(root / "docs.jsonl"), mode="split", tokenize=tokenize, max_seq_len=MAX_LEN,
+                tokenizer=tok, progress=False)
+    return root, tok
+
+
+def _loader(local, tok, **kw):
+    args = dict(local=str(local), remote=None, split="train", tokenizer=tok, max_seq_len=MAX_LEN, mlm_probability=0.3,
+                device_batch_size=BATCH, shuffle=True, seed=7, num_workers=0, drop_last=False)
+    args.update(kw)
+    return build_mlm_dataloader(**args)
+
+
+def _batches(loader, n=None):
+    out = []
+    for i, b in enumerate(loader):
+        if n is not None and i >= n:
+            break
+        out.append(b)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["raw", "tok"])
+def test_batches_shapes_and_consistency(toy, kind):
+    root, tok = toy
+    rng_before = torch.get_rng_state()
+    batches = _batches(_loader(root / kind, tok))
+    assert torch.equal(rng_before, torch.get_rng_state()), "the global torch RNG must not be consumed"
+    assert sum(b["input_ids"].shape[0] for b in batches) == len(_loader(root / kind, tok).dataset)
+    special = torch.tensor([tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id, tok.unk_token_id])
+    n_sel = n_elig = 0
+    for b in batches:
+        assert set(b) == {"input_ids", "labels", "attention_mask", "token_type_ids"}
+        ids, labels, am, tt = b["input_ids"], b["labels"], b["attention_mask"], b["token_type_ids"]
+        assert all(t.dtype == torch.int64 for t in b.values())
+        assert ids.shape == labels.shape == am.shape == tt.shape
+        assert ids.shape[0] <= BATCH and ids.shape[1] <= MAX_LEN
+        assert ids.shape[1] == int(am.sum(1).max())  # padded to the longest in the batch
+        assert (tt == 0).all()
+        assert (ids[am == 0] == tok.pad_token_id).all() and (labels[am == 0] == IGNORE_INDEX).all()
+        assert (ids[:, 0] == tok.cls_token_id).all()
+        last = am.sum(1) - 1
+        assert (ids[torch.arange(len(ids)), last] == tok.sep_token_id).all()
+        selected = labels != IGNORE_INDEX
+        assert ((ids == tok.mask_token_id) <= selected).all()  # every [MASK] is a prediction target
+        assert not torch.isin(labels[selected], special).any()
+        assert (ids.max() < len(tok)) and (ids.min() >= 0)
+        eligible = (am == 1) & ~torch.isin(ids, special) | selected
+        n_sel += int(selected.sum())
+        n_elig += int(eligible.sum())
+    assert 0.2 < n_sel / n_elig < 0.4
+
+
+def test_pad_to_max_length(toy):
+    root, tok = toy
+    b = _batches(_loader(root / "tok", tok, pad_to_max_length=True), 1)[0]
+    assert b["input_ids"].shape == (BATCH, MAX_LEN)
+
+
+def test_same_seed_same_batches_different_seed_differs(toy):
+    root, tok = toy
+    a = _batches(_loader(root / "raw", tok))
+    b = _batches(_loader(root / "raw", tok))
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for k in x:
+            assert torch.equal(x[k], y[k])
+    c = _batches(_loader(root / "raw", tok, seed=8))
+    assert not all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, c))
+
+
+def test_masks_independent_of_workers(toy):
+    root, tok = toy
+    a = _batches(_loader(root / "tok", tok, shuffle=False, drop_last=True))
+    b = _batches(_loader(root / "tok", tok, shuffle=False, drop_last=True, num_workers=2))
+    key = lambda bs: sorted(tuple(r.tolist()) for bb in bs for r in torch.cat([bb["input_ids"], bb["labels"]], 1))  # noqa: E731
+    assert key(a) == key(b)
+
+
+def test_new_epoch_new_masks(toy):
+    root, tok = toy
+    loader = _loader(root / "tok", tok, shuffle=False)
+    e0 = _batches(loader)
+    e1 = _batches(loader)
+    assert loader.dataset.current_epoch == 1
+    assert all(torch.equal(torch.ne(x["labels"], -100) | torch.ne(x["input_ids"], 0), torch.ne(y["labels"], -100)
+                           | torch.ne(y["input_ids"], 0)) for x, y in zip(e0, e1))  # same samples/lengths
+    assert not all(torch.equal(x["labels"], y["labels"]) for x, y in zip(e0, e1))
+
+
+def test_mid_epoch_resume_gives_identical_batches(toy):
+    root, tok = toy
+    full = _batches(_loader(root / "raw", tok))
+    k = 3
+    first = _loader(root / "raw", tok)
+    _batches(first, k)
+    state = first.dataset.state_dict(num_samples=k * BATCH, from_beginning=False)
+    resumed = _loader(root / "raw", tok)
+    resumed.dataset.load_state_dict(state)
+    rest = _batches(resumed)
+    assert len(rest) == len(full) - k
+    for x, y in zip(full[k:], rest):
+        for key in x:
+            assert torch.equal(x[key], y[key])
+
+
+def test_builtin_corpus_loader(mosaicbert_cache):
+    tok = load_tokenizer("builtin://python-docs")
+    loader = build_mlm_dataloader(local="builtin://python-docs", remote=None, split="val", tokenizer=tok,
+                                  max_seq_len=64, mlm_probability=0.15, device_batch_size=4, shuffle=True, seed=1,
+                                  num_workers=0, drop_last=True)
+    b = next(iter(loader))
+    assert b["input_ids"].shape[0] == 4 and b["input_ids"].shape[1] <= 64
+    assert (b["input_ids"] < 8192).all()
+    unk = (b["input_ids"] == tok.unk_token_id) & (b["attention_mask"] == 1)
+    assert unk.float().mean() < 0.05
+    assert (mosaicbert_cache / "builtin").is_dir()
+
+
+def test_missing_and_empty_folders(toy, tmp_path):
+    _, tok = toy
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*mosaicbert\.data\.convert"):
+        _loader(tmp_path / "nowhere", tok)
+    (tmp_path / "root").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"train.*does not exist"):
+        _loader(tmp_path / "root", tok)
+    (tmp_path / "root" / "train").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"train.*empty"):
+        _loader(tmp_path / "root", tok)
+    (tmp_path / "root" / "train" / "shard.00000.mds").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="index.json"):
+        _loader(tmp_path / "root", tok)
+
+
+@pytest.mark.parametrize("compression", ["zstd", None])
+def test_corrupt_shard(toy, tmp_path, compression):
+    root, tok = toy
+    out = tmp_path / "mds"
+    convert(out_root=out, source="local", train_files=str(root / "docs.jsonl"), val_files=str(root / "docs.jsonl"),
+            mode="split", tokenize=True, max_seq_len=MAX_LEN, tokenizer=tok, progress=False, compression=compression,
+            splits=["train"])
+    shards = [p for p in (out / "train").iterdir() if p.name.startswith("shard.")]
+    assert len(shards) == 1
+    data = shards[0].read_bytes()
+    # Keep the size (some readers check it), scramble the content.
+    shards[0].write_bytes(bytes(reversed(data[:4])) + bytes(np.random.default_rng(0).integers(0, 256, len(data) - 4, dtype=np.uint8)))
+    with pytest.raises(CorruptShardError, match=r"shard\.00000\.mds") as info:
+        _batches(_loader(out, tok, num_workers=0))
+    print(info.value)
+
+
+def test_collator_validates_vocab():
+    samples = [{"input_ids": np.array([2, 50, 3]), "labels": np.array([-100, 50, -100])},
+               {"input_ids": np.array([2, 3]), "labels": np.array([-100, -100])}]
+    b = pad_mlm_batch(samples, pad_token_id=0, vocab_size=100)
+    assert b["input_ids"].tolist() == [[2, 50, 3], [2, 3, 0]]
+    assert b["labels"].tolist() == [[-100, 50, -100], [-100, -100, -100]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert pad_mlm_batch(samples, pad_token_id=0, pad_to=5)["input_ids"].shape == (2, 5)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        pad_mlm_batch(samples, pad_token_id=0, vocab_size=40)
+    with pytest.raises(ValueError, match="pad_to"):
+        pad_mlm_batch(samples, pad_token_id=0, pad_to=2)

@@ -1,0 +1,346 @@
+"""CPU fp32 checks of MosaicBERT against a plain padded implementation written here, from the spec."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification, MosaicBertModel
+from mosaicbert.model import load_mosaic_state_dict
+from mosaicbert.model.attention import ATTENTION_BACKENDS, AlibiCache, AttentionContext, resolve_backend
+from mosaicbert.model.padding import get_unpad_info
+
+CPU_BACKENDS = ["torch", "sdpa", "auto"]
+
+
+def tiny_config(**kw):
+    base = dict(
+        vocab_size=101,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        alibi_starting_size=32,
+    )
+    base.update(kw)
+    return MosaicBertConfig(**base)
+
+
+def randomize_(model, seed=0):
+    """Larger-than-init random weights so attention is far from uniform and every parameter matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "LayerNorm" in name or "layernorm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * noise)
+            else:
+                p.copy_(0.2 * noise)
+    return model
+
+
+def make_batch(lengths, seqlen, vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (len(lengths), seqlen), generator=g)
+    mask = (torch.arange(seqlen)[None, :] < torch.tensor(lengths)[:, None]).long()
+    ids = ids * mask  # pad id 0
+    token_types = torch.randint(0, 2, ids.shape, generator=g) * mask
+    return ids, mask, token_types
+
+
+def reference_slopes(n):
+    # written independently of the model: the paper's recipe
+    def pow2(m):
+        return [2.0 ** (-8.0 * (i + 1) / m) for i in range(m)]
+
+    if math.log2(n).is_integer():
+        return pow2(n)
+    c = 2 ** int(math.floor(math.log2(n)))
+    return pow2(c) + pow2(2 * c)[::2][: n - c]
+
+
+def reference_encoder(model: MosaicBertModel, ids, mask, token_types):
+    """Straightforward padded BERT-with-ALiBi-and-GeGLU using the model's own parameters. [B, S, hidden]"""
+    cfg = model.config
+    B, S = ids.shape
+    E, H = cfg.hidden_size, cfg.num_attention_heads
+    D, I = E // H, cfg.intermediate_size
+    eps = cfg.layer_norm_eps
+
+    def ln(x, mod):
+        return F.layer_norm(x, (E,), mod.weight, mod.bias, eps)
+
+    def lin(x, mod):
+        return x @ mod.weight.T + (mod.bias if mod.bias is not None else 0.0)
+
+    emb = model.embeddings
+    x = ln(emb.word_embeddings.weight[ids] + emb.token_type_embeddings.weight[token_types], emb.LayerNorm)
+    slopes = torch.tensor(reference_slopes(H))
+    pos = torch.arange(S)
+    alibi = -slopes[:, None, None] * (pos[:, None] - pos[None, :]).abs()[None].float()  # [H, S, S]
+    key_mask = torch.zeros(B, S).masked_fill(mask == 0, float("-inf"))[:, None, None, :]  # [B, 1, 1, S]
+    for layer in model.encoder.layer:
+        qkv = lin(x, layer.attention.self.Wqkv)  # [B, S, 3E]
+        q, k, v = (t.reshape(B, S, H, D).transpose(1, 2) for t in qkv.split(E, dim=-1))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(D) + alibi[None] + key_mask
+        a = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, S, E)
+        x = ln(lin(a, layer.attention.output.dense) + x, layer.attention.output.LayerNorm)
+        g = x @ layer.mlp.gated_layers.weight.T  # [B, S, 2I]
+        m = F.gelu(g[..., :I]) * g[..., I:]
+        x = ln(lin(m, layer.mlp.wo) + x, layer.mlp.layernorm)
+    return x
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("heads,hidden", [(12, 96), (4, 64), (8, 64)])
+def test_matches_reference(backend, heads, hidden):
+    cfg = tiny_config(num_attention_heads=heads, hidden_size=hidden, attention_backend=backend)
+    model = randomize_(MosaicBertModel(cfg)).eval()
+    ids, mask, tt = make_batch([13, 5, 1, 9], 13, cfg.vocab_size)
+    out = model(ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
+    with torch.no_grad():
+        ref = reference_encoder(model, ids, mask, tt)
+    real = mask.bool()
+    assert rel_err(out[real], ref[real]) <= 1e-5
+    assert torch.count_nonzero(out[~real]) == 0  # padding positions are zeros
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_padding_invariance(backend):
+    cfg = tiny_config(attention_backend=backend)
+    model = randomize_(MosaicBertModel(cfg)).eval()
+    ids, mask, tt = make_batch([7, 20, 15], 20, cfg.vocab_size, seed=1)
+    batched = model(ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
+    alone = model(ids[:1, :7], attention_mask=mask[:1, :7], token_type_ids=tt[:1, :7]).last_hidden_state
+    torch.testing.assert_close(batched[0, :7], alone[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "sdpa"])
+def test_extrapolation_beyond_alibi_starting_size(backend):
+    cfg = tiny_config(alibi_starting_size=128, num_hidden_layers=1, attention_backend=backend)
+    model = randomize_(MosaicBertModel(cfg)).eval()
+    ids, mask, tt = make_batch([512, 300], 512, cfg.vocab_size, seed=2)
+    out = model(ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
+    with torch.no_grad():
+        ref = reference_encoder(model, ids, mask, tt)
+    real = mask.bool()
+    assert rel_err(out[real], ref[real]) <= 1e-5
+
+
+def test_backends_agree_on_gradients():
+    cfg = tiny_config()
+    grads = {}
+    for backend in ["torch", "sdpa"]:
+        torch.manual_seed(0)
+        model = randomize_(MosaicBertForMaskedLM(tiny_config(attention_backend=backend)))
+        ids, mask, tt = make_batch([9, 4, 6], 9, cfg.vocab_size, seed=3)
+        model(ids, attention_mask=mask, token_type_ids=tt).logits[mask.bool()].square().mean().backward()
+        grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for n, g in grads["torch"].items():
+        torch.testing.assert_close(grads["sdpa"][n], g, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_only_head_matches_full_head():
+    cfg = tiny_config()
+    model = randomize_(MosaicBertForMaskedLM(cfg))
+    ids, mask, tt = make_batch([10, 6, 8], 10, cfg.vocab_size, seed=4)
+    g = torch.Generator().manual_seed(5)
+    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.3) & mask.bool(), ids, torch.full_like(ids, -100))
+    labels[0, 0] = 3  # at least one
+    sel = labels != -100
+
+    out = model(ids, attention_mask=mask, token_type_ids=tt, labels=labels)
+    assert out.logits.shape == (int(sel.sum()), cfg.vocab_size)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    full = model(ids, attention_mask=mask, token_type_ids=tt).logits  # [B, S, V]
+    assert full.shape == (3, 10, cfg.vocab_size)
+    torch.testing.assert_close(out.logits, full[sel], rtol=1e-5, atol=1e-5)  # row-major order of labels != -100
+    full_loss = F.cross_entropy(full[sel], labels[sel])
+    torch.testing.assert_close(out.loss, full_loss, rtol=1e-6, atol=1e-6)
+    full_loss.backward()
+    for n, p in model.named_parameters():
+        assert rel_err(grads[n], p.grad) < 1e-5, n
+    # accuracy convention used by the training wrapper
+    acc = (out.logits.argmax(-1) == labels[sel]).float().mean()
+    assert 0.0 <= acc.item() <= 1.0
+
+
+def test_tied_decoder_and_param_names():
+    model = MosaicBertForMaskedLM(tiny_config())
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    names = set(model.state_dict())
+    for n in [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.token_type_embeddings.weight",
+        "bert.embeddings.LayerNorm.weight",
+        "bert.encoder.layer.1.attention.self.Wqkv.weight",
+        "bert.encoder.layer.1.attention.output.dense.bias",
+        "bert.encoder.layer.1.attention.output.LayerNorm.weight",
+        "bert.encoder.layer.1.mlp.gated_layers.weight",
+        "bert.encoder.layer.1.mlp.wo.bias",
+        "bert.encoder.layer.1.mlp.layernorm.weight",
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.decoder.bias",
+    ]:
+        assert n in names, n
+    assert "bert.encoder.layer.0.mlp.gated_layers.bias" not in names
+    assert not any("position" in n or "pooler" in n for n in names)
+    clf = MosaicBertForSequenceClassification(tiny_config(num_labels=3))
+    assert {"bert.pooler.dense.weight", "classifier.weight", "classifier.bias"} <= set(clf.state_dict())
+
+
+def test_init():
+    model = MosaicBertForMaskedLM(tiny_config(hidden_size=256, intermediate_size=512, num_hidden_layers=1))
+    w = model.bert.encoder.layer[0].mlp.gated_layers.weight
+    assert abs(w.std().item() - 0.02) < 0.002
+    assert torch.count_nonzero(model.bert.encoder.layer[0].attention.self.Wqkv.bias) == 0
+    assert torch.count_nonzero(model.cls.predictions.decoder.bias) == 0
+    ln = model.bert.encoder.layer[0].mlp.layernorm
+    assert torch.all(ln.weight == 1) and torch.all(ln.bias == 0)
+
+
+def test_sequence_classification_losses():
+    ids, mask, tt = make_batch([6, 3], 6, 101, seed=6)
+    reg = MosaicBertForSequenceClassification(tiny_config(num_labels=1)).eval()
+    out = reg(ids, attention_mask=mask, labels=torch.tensor([0.5, -1.0]))
+    assert out.logits.shape == (2, 1)
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits.squeeze(-1), torch.tensor([0.5, -1.0])))
+    clf = MosaicBertForSequenceClassification(tiny_config(num_labels=3)).eval()
+    out = clf(ids, attention_mask=mask, labels=torch.tensor([2, 0]))
+    assert out.logits.shape == (2, 3)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, torch.tensor([2, 0])))
+
+
+def test_load_composer_state_dict():
+    src = randomize_(MosaicBertForMaskedLM(tiny_config()))
+    composer_sd = {"model." + k: v for k, v in src.state_dict().items()}
+    dst = MosaicBertForMaskedLM(tiny_config())
+    missing, unexpected = load_mosaic_state_dict(dst, composer_sd)
+    assert missing == [] and unexpected == []
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+    assert dst.cls.predictions.decoder.weight is dst.bert.embeddings.word_embeddings.weight
+
+    # deduplicated checkpoint (no tied decoder weight) and old non-persistent buffers: still clean
+    sd = {k: v for k, v in composer_sd.items() if k != "model.cls.predictions.decoder.weight"}
+    sd["model.bert.encoder.alibi"] = torch.zeros(1)
+    assert load_mosaic_state_dict(MosaicBertForMaskedLM(tiny_config()), sd) == ([], [])
+
+    # a mismatch is reported, not swallowed
+    sd = dict(composer_sd)
+    sd.pop("model.bert.encoder.layer.0.mlp.wo.weight")
+    sd["model.bert.encoder.layer.0.mlp.extra"] = torch.zeros(1)
+    missing, unexpected = load_mosaic_state_dict(MosaicBertForMaskedLM(tiny_config()), sd)
+    assert missing == ["bert.encoder.layer.0.mlp.wo.weight"]
+    assert unexpected == ["bert.encoder.layer.0.mlp.extra"]
+    with pytest.raises(RuntimeError):
+        load_mosaic_state_dict(MosaicBertForMaskedLM(tiny_config()), sd, strict=True)
+
+    # MLM checkpoint into a classifier: only the new head (pooler, classifier) is missing
+    missing, unexpected = load_mosaic_state_dict(MosaicBertForSequenceClassification(tiny_config()), composer_sd)
+    assert sorted(missing) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight", "classifier.bias",
+                               "classifier.weight"]
+    assert all(k.startswith("cls.") for k in unexpected)
+
+
+def test_bad_config_errors():
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        MosaicBertConfig(hidden_size=64, num_attention_heads=5)
+    with pytest.raises(ValueError, match="attention_backend"):
+        MosaicBertConfig(attention_backend="xformers")
+    cfg = tiny_config()
+    cfg.attention_backend = "nope"  # set after validation: caught at model construction
+    with pytest.raises(ValueError, match="attention_backend"):
+        MosaicBertModel(cfg)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_out_of_range_token_ids(backend):
+    cfg = tiny_config(attention_backend=backend)
+    model = MosaicBertForMaskedLM(cfg)
+    ids = torch.tensor([[1, 2, cfg.vocab_size]])
+    with pytest.raises(ValueError, match="input_ids"):
+        model(ids)
+    with pytest.raises(ValueError, match="input_ids"):
+        model(torch.tensor([[1, -1]]))
+    with pytest.raises(ValueError, match="token_type_ids"):
+        model(torch.tensor([[1, 2]]), token_type_ids=torch.tensor([[0, 2]]))
+
+
+def test_base_param_count():
+    with torch.device("meta"):
+        model = MosaicBertForMaskedLM(MosaicBertConfig())
+    n = sum(p.numel() for p in model.parameters())  # parameters() counts the tied decoder weight once
+    assert abs(n - 137e6) <= 1e6, n
+
+
+@pytest.mark.parametrize("backend", ["torch", "sdpa"])
+def test_attention_dropout_is_unbiased(backend):
+    """With dropout, E[out] equals the no-dropout output (inverted dropout on the attention probabilities)."""
+    torch.manual_seed(0)
+    B, S, H, D = 2, 6, 2, 4
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    info = get_unpad_info(mask)
+    ctx = AttentionContext(info, mask.bool(), AlibiCache(H, 8), H)
+    qkv = torch.randn(int(mask.sum()), 3, H, D)
+    attend = ATTENTION_BACKENDS[backend].attend
+    clean = attend(qkv, ctx, 0.0)
+    noisy = [attend(qkv, ctx, 0.5) for _ in range(4000)]
+    assert not torch.allclose(noisy[0], clean)
+    mean = torch.stack(noisy).mean(0)
+    assert rel_err(mean, clean) < 0.05
+
+
+def test_attention_dropout_in_model_train_mode():
+    cfg = tiny_config(attention_probs_dropout_prob=0.3)
+    model = randomize_(MosaicBertModel(cfg))
+    ids, mask, tt = make_batch([8, 5], 8, cfg.vocab_size)
+    model.train()
+    a = model(ids, attention_mask=mask).last_hidden_state
+    b = model(ids, attention_mask=mask).last_hidden_state
+    assert not torch.allclose(a, b)
+    model.eval()
+    torch.testing.assert_close(model(ids, attention_mask=mask).last_hidden_state,
+                               model(ids, attention_mask=mask).last_hidden_state)
+
+
+def test_auto_backend_on_cpu_is_torch():
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32).name == "torch"
+    assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16).name == "torch"
+    with pytest.raises(ValueError, match="attention_backend"):
+        resolve_backend("bogus", torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("low_precision", [True, False])
+def test_low_precision_layernorm(low_precision):
+    cfg = tiny_config(low_precision_layernorm=low_precision)
+    model = MosaicBertModel(cfg).eval()
+    ln = model.encoder.layer[0].mlp.layernorm
+    x = torch.randn(5, cfg.hidden_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ln(x)
+        out = model(torch.tensor([[1, 2, 3]])).last_hidden_state
+    assert y.dtype == (torch.bfloat16 if low_precision else torch.float32)
+    assert out.dtype == (torch.bfloat16 if low_precision else torch.float32)
+    torch.testing.assert_close(y.float(), F.layer_norm(x, (cfg.hidden_size,), ln.weight, ln.bias, ln.eps),
+                               rtol=2e-2, atol=2e-2)
+
+
+def test_output_hidden_states():
+    cfg = tiny_config()
+    model = MosaicBertModel(cfg).eval()
+    out = model(torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    assert len(out.hidden_states) == cfg.num_hidden_layers + 1
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    assert out.pooler_output.shape == (1, cfg.hidden_size)

@@ -1,0 +1,99 @@
+"""GPU backends vs the "torch" reference backend, same weights, bf16 autocast (and fp32 for sdpa)."""
+
+import pytest
+import torch
+
+from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
+from mosaicbert.model.attention import ATTENTION_BACKENDS, resolve_backend
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+GPU_BACKENDS = [name for name in ("sdpa", "flex", "flash_attn") if ATTENTION_BACKENDS[name].installed()]
+
+
+def _setup(seed=0, alibi_starting_size=64, seqlen=96):
+    torch.manual_seed(seed)
+    cfg = MosaicBertConfig(
+        vocab_size=1024, hidden_size=768, num_hidden_layers=2, num_attention_heads=12, intermediate_size=1536,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, alibi_starting_size=alibi_starting_size,
+    )
+    model = MosaicBertForMaskedLM(cfg).cuda()
+    with torch.no_grad():  # larger weights than init so attention patterns are far from uniform
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.mul_(2.0)
+    B = 6
+    lengths = torch.tensor([seqlen, 1, 17, seqlen - 5, 64, 33])  # mixed; seqlen > alibi_starting_size
+    mask = (torch.arange(seqlen)[None] < lengths[:, None]).long()
+    ids = torch.randint(1, cfg.vocab_size, (B, seqlen)) * mask
+    labels = torch.where((torch.rand(B, seqlen) < 0.3) & mask.bool(), ids, torch.full_like(ids, -100))
+    labels[0, 0] = 5
+    return model, ids.cuda(), mask.cuda(), labels.cuda()
+
+
+def _run(model, backend, ids, mask, labels, autocast=True):
+    model.config.attention_backend = backend
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        out = model.bert(ids, attention_mask=mask).last_hidden_state
+        loss = model(ids, attention_mask=mask, labels=labels).loss
+    (loss + out.float().square().mean()).backward()
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach().float()[mask.bool()], loss.detach().float(), grads
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_backend_matches_torch_reference_bf16(backend):
+    model, ids, mask, labels = _setup()
+    ref_out, ref_loss, ref_grads = _run(model, "torch", ids, mask, labels)
+    out, loss, grads = _run(model, backend, ids, mask, labels)
+    errs = {n: _rel(grads[n], g) for n, g in ref_grads.items()}
+    print(backend, "out", _rel(out, ref_out), "loss", abs(loss.item() - ref_loss.item()) / ref_loss.item(),
+          "worst grad", max(errs.items(), key=lambda kv: kv[1]))
+    assert _rel(out, ref_out) < 2e-2
+    assert abs(loss.item() - ref_loss.item()) / ref_loss.item() < 2e-2
+    assert grads.keys() == ref_grads.keys()
+    for n, e in errs.items():
+        assert e < 2e-2, (n, e)
+
+
+def test_sdpa_matches_torch_reference_fp32():
+    model, ids, mask, labels = _setup(seed=1)
+    ref_out, ref_loss, ref_grads = _run(model, "torch", ids, mask, labels, autocast=False)
+    out, loss, grads = _run(model, "sdpa", ids, mask, labels, autocast=False)
+    assert _rel(out, ref_out) < 1e-3
+    for n, g in ref_grads.items():
+        assert _rel(grads[n], g) < 1e-3, n
+
+
+def test_auto_picks_a_gpu_backend():
+    expected = "flash_attn" if ATTENTION_BACKENDS["flash_attn"].installed() else "sdpa"
+    assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16).name == expected
+    assert resolve_backend("auto", torch.device("cuda"), torch.float32).name == "sdpa"
+
+
+def test_out_of_range_ids_on_gpu():
+    model, ids, mask, labels = _setup()
+    ids[0, 0] = model.config.vocab_size
+    for backend in ["auto", *GPU_BACKENDS]:
+        model.config.attention_backend = backend
+        with pytest.raises(ValueError, match="input_ids"):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                model(ids, attention_mask=mask)
+
+
+def test_low_precision_layernorm_runs_in_bf16():
+    model, ids, mask, labels = _setup()
+    ln = model.bert.encoder.layer[0].mlp.layernorm
+    x = torch.randn(4, 768, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert ln(x).dtype == torch.bfloat16
+        ln.low_precision = False
+        assert ln(x).dtype == torch.float32
