@@ -127,6 +127,9 @@ def test_malformed_json_names_file_and_line(tmp_path, toy_vocab):
     with pytest.raises(ValueError, match=rf"{bad}:3"):
         convert(out_root=tmp_path / "o", source="local", train_files=str(bad), val_files=str(bad),
                 tokenizer=str(toy_vocab), progress=False)
+    # A failed conversion leaves no partial (valid-looking) dataset behind.
+    assert not (tmp_path / "o" / "train").exists()
+    assert not [p for p in (tmp_path / "o").iterdir()] if (tmp_path / "o").exists() else True
     nofield = tmp_path / "nofield.jsonl"
     nofield.write_text(json.dumps({"body": "w1"}) + "\n")
     with pytest.raises(ValueError, match=rf"{nofield}:1.*'text'"):
@@ -196,3 +199,28 @@ def test_atomic_build_concurrent(tmp_path):
     assert (final / "data.txt").read_text() == "ok"
     assert len(list(markers.iterdir())) == 1  # built exactly once
     assert not [p for p in final.parent.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("mode", ["split", "truncate"])
+def test_raw_text_spans_retokenize_exactly_on_shared_data(tmp_path, shared_data, bert_tokenizer, mode):
+    """Raw-text spans are cut between words, so they re-tokenize to exactly the tokens they were cut from."""
+    from mosaicbert.data.convert import iter_documents, resolve_files
+
+    val_glob = str(shared_data / "text" / "validation" / "*.json.gz")
+    try:
+        docs = list(iter_documents(resolve_files(val_glob)))[:30]
+    except FileNotFoundError:
+        pytest.skip(f"no C4-format files match {val_glob}")
+    convert(out_root=tmp_path / "o", source="local", train_files=val_glob, val_files=val_glob, splits=["val"],
+            mode=mode, tokenize=False, max_seq_len=128, tokenizer=bert_tokenizer, limit=30, progress=False)
+    texts = [s["text"] for s in _read_back(tmp_path / "o", "val")]
+    enc = lambda t: bert_tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]  # noqa: E731
+    if mode == "split":
+        pieces = [enc(t) for t in texts]
+        assert max(len(p) for p in pieces) <= 126
+        assert [t for p in pieces for t in p] == [t for d in docs for t in enc(d)]
+    else:
+        assert len(texts) == len(docs)
+        for t, d in zip(texts, docs):
+            assert enc(t)[:126] == enc(d)[:126]
+            assert len(t) < len(d)  # only the used part of each (long) document is stored

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +165,7 @@ def test_missing_and_empty_folders(toy, tmp_path):
         _loader(tmp_path / "root", tok)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("compression", ["zstd", None])
 def test_corrupt_shard(toy, tmp_path, compression):
     root, tok = toy

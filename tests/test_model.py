@@ -296,10 +296,11 @@ def test_attention_dropout_is_unbiased(backend):
     qkv = torch.randn(int(mask.sum()), 3, H, D)
     attend = ATTENTION_BACKENDS[backend].attend
     clean = attend(qkv, ctx, 0.0)
-    noisy = [attend(qkv, ctx, 0.5) for _ in range(4000)]
+    noisy = [attend(qkv, ctx, 0.5) for _ in range(1000)]
     assert not torch.allclose(noisy[0], clean)
     mean = torch.stack(noisy).mean(0)
-    assert rel_err(mean, clean) < 0.05
+    # sampling error ~3%; forgetting the 1/(1-p) rescale would give ~50%
+    assert ((mean - clean).norm() / clean.norm()).item() < 0.1
 
 
 def test_attention_dropout_in_model_train_mode():

@@ -25,7 +25,7 @@ from composer.optim import (
 from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDPConfig
 
-from mosaicbert.callbacks import FiniteLossCheck, MetricsJsonl
+from mosaicbert.callbacks import FiniteLossCheck, MetricsJsonl, StepSeededRNG
 from mosaicbert.composer_models import MaskedLMModel
 from mosaicbert.config import (
     AlgorithmsConfig,
@@ -137,8 +137,10 @@ def build_algorithms(cfg: AlgorithmsConfig) -> list:
     return algorithms
 
 
-def build_callbacks(cfg: CallbacksConfig, loggers: LoggersConfig, metrics_path: Optional[str]) -> list[Callback]:
-    callbacks: list[Callback] = [FiniteLossCheck()]
+def build_callbacks(
+    cfg: CallbacksConfig, loggers: LoggersConfig, metrics_path: Optional[str], seed: int
+) -> list[Callback]:
+    callbacks: list[Callback] = [FiniteLossCheck(), StepSeededRNG(seed)]
     if cfg.speed_monitor is not None:
         callbacks.append(SpeedMonitor(window_size=cfg.speed_monitor.window_size))
     if cfg.lr_monitor:
@@ -193,6 +195,35 @@ def resolve_device(device: Optional[str]) -> str:
     return device
 
 
+def set_aside_unfinished_checkpoints(save_folder: Optional[str]) -> None:
+    """Before autoresume: move aside checkpoints newer than the one `latest-rank*.pt` points to.
+
+    A process killed while saving (SIGKILL, preemption) can leave `ep0-ba20-rank0.pt` written (possibly truncated)
+    while `latest-rank0.pt` still points to ba10. Composer then resumes from ba10 and refuses to overwrite ba20.
+    Those files are renamed `*.unfinished`, never deleted.
+    """
+    import re
+
+    if not save_folder or "://" in save_folder or not os.path.isdir(save_folder):
+        return
+    pattern = re.compile(r"ba(\d+)-rank(\d+)\.pt$")
+    for name in os.listdir(save_folder):
+        m = re.fullmatch(r"latest-rank(\d+)\.pt", name)
+        path = os.path.join(save_folder, name)
+        if not m or not os.path.islink(path):
+            continue
+        target = pattern.search(os.readlink(path))
+        if not target:
+            continue
+        for other in os.listdir(save_folder):
+            o = pattern.search(other)
+            if o and o.group(2) == m.group(1) and int(o.group(1)) > int(target.group(1)):
+                src = os.path.join(save_folder, other)
+                log.warning("%s is newer than %s (its save was interrupted): renaming it to %s.unfinished",
+                            src, path, src)
+                os.replace(src, src + ".unfinished")
+
+
 def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     """Everything main.py needs, from a validated PretrainConfig."""
     reproducibility.seed_all(cfg.seed)
@@ -204,6 +235,10 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     # Composer's distributed setup must exist before the data loaders partition samples across ranks.
     if dist.get_world_size() > 1 and not dist.is_initialized():
         dist.initialize_dist(device, timeout=cfg.dist_timeout)
+
+    if cfg.autoresume and dist.get_local_rank() == 0:
+        set_aside_unfinished_checkpoints(cfg.save_folder)
+    dist.barrier() if dist.is_initialized() else None
 
     tokenizer = load_tokenizer(cfg.tokenizer)
     per_device_batch = device_batch_size(cfg.global_train_batch_size)
@@ -252,7 +287,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         optimizers=optimizer,
         schedulers=build_scheduler(cfg.scheduler),
         algorithms=build_algorithms(cfg.algorithms),
-        callbacks=build_callbacks(cfg.callbacks, cfg.loggers, metrics_path),
+        callbacks=build_callbacks(cfg.callbacks, cfg.loggers, metrics_path, cfg.seed),
         loggers=build_loggers(cfg.loggers),
         progress_bar=cfg.loggers.progress_bar,
         log_to_console=cfg.loggers.console,

@@ -72,3 +72,20 @@ class MetricsJsonl(Callback):
             if name == "LanguageCrossEntropy" and math.isfinite(value):
                 values["eval/perplexity"] = math.exp(min(value, 50.0))
         self._write(state, values)
+
+
+class StepSeededRNG(Callback):
+    """Reseed torch's RNG (dropout) at every batch from (seed, rank, batch index).
+
+    Composer 0.32 restores the saved RNG state on a mid-epoch resume only when it replays ("spins") the dataloader;
+    with a StreamingDataset, which resumes by itself, the RNG restarts from the seed, so dropout masks after a
+    resume differ from an uninterrupted run. Seeding from the batch index makes them identical. (MLM masks are
+    already a function of (seed, epoch, sample index); see mosaicbert.data.masking.)
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        rank, batch = dist.get_global_rank(), int(state.timestamp.batch)
+        torch.manual_seed((self.seed * 1_000_003 + rank * 65_537 + batch) % (2**63 - 1))

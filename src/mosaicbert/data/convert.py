@@ -53,6 +53,7 @@ import json
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,12 +216,12 @@ def _samples_tokenized(docs: Iterable[str], tokenizer, mode: str, max_seq_len: i
         counter.documents += len(batch)
         if mode == "truncate":
             enc = tokenizer(batch, add_special_tokens=True, truncation=True, max_length=max_seq_len,
-                            return_attention_mask=False, return_token_type_ids=False)
+                            return_attention_mask=False, return_token_type_ids=False, verbose=False)
             for ids in enc["input_ids"]:
                 if len(ids) > 2:  # skip empty documents
                     yield np.asarray(ids, dtype=np.int32)
             continue
-        enc = tokenizer(batch, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+        enc = tokenizer(batch, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False)
         for ids in enc["input_ids"]:
             if not ids:
                 continue
@@ -240,25 +241,51 @@ def _samples_tokenized(docs: Iterable[str], tokenizer, mode: str, max_seq_len: i
             yield np.asarray([cls_id, *carry, sep_id], dtype=np.int32)
 
 
+def _word_boundary_end(word_ids: list, s: int, limit: int, n: int) -> int:
+    """Largest ``e`` in ``(s, min(s + limit, n)]`` that does not split a word; ``s + limit`` if none does."""
+    e = min(s + limit, n)
+    if e == n:
+        return e
+    cut = e
+    while cut > s and word_ids[cut] is not None and word_ids[cut] == word_ids[cut - 1]:
+        cut -= 1
+    return cut if cut > s else e
+
+
 def _samples_raw(docs: Iterable[str], tokenizer, mode: str, max_seq_len: int, counter: ConvertStats) -> Iterator[tuple[str, int]]:
-    """Yield ``(text_span, n_tokens_with_specials)``; spans are cut at token boundaries (offset mapping)."""
+    """Yield ``(text_span, n_tokens_with_specials)``; spans are cut at word boundaries (offset mapping).
+
+    Cutting between words (never inside one) guarantees that a stored span re-tokenizes to exactly the
+    tokens it was cut from (WordPiece pieces a word independently of its neighbours): in ``split`` mode
+    each span has at most ``max_seq_len - 2`` tokens and the spans of a document concatenate to its
+    tokens; in ``truncate`` mode the span ends with the word containing the last kept token, so the
+    load-time truncation to ``max_seq_len`` reproduces the first ``max_seq_len - 2`` tokens exactly.
+    """
     body = max_seq_len - 2
     for batch in _batched(docs, _BATCH_DOCS):
         counter.documents += len(batch)
         enc = tokenizer(batch, add_special_tokens=False, return_offsets_mapping=True,
-                        return_attention_mask=False, return_token_type_ids=False)
-        for doc, ids, offsets in zip(batch, enc["input_ids"], enc["offset_mapping"]):
+                        return_attention_mask=False, return_token_type_ids=False, verbose=False)
+        for b, (doc, ids, offsets) in enumerate(zip(batch, enc["input_ids"], enc["offset_mapping"])):
             n = len(ids)
             if n == 0:
                 continue
-            starts = range(0, n, body) if mode == "split" else range(0, 1)
-            for s in starts:
-                e = min(s + body, n)
-                begin = 0 if s == 0 else offsets[s][0]
-                end = offsets[e - 1][1]
-                text = doc[begin:end].strip()
+            word_ids = enc.word_ids(b)
+            if mode == "truncate":
+                e = min(body, n)
+                while e < n and word_ids[e] is not None and word_ids[e] == word_ids[e - 1]:
+                    e += 1  # finish the word that contains the last kept token
+                text = doc[: offsets[e - 1][1]].strip()
+                if text:
+                    yield text, min(e, body) + 2
+                continue
+            s = 0
+            while s < n:
+                e = _word_boundary_end(word_ids, s, body, n)
+                text = doc[offsets[s][0] : offsets[e - 1][1]].strip()
                 if text:
                     yield text, (e - s) + 2
+                s = e
 
 
 def _writer_columns(tokenize: bool) -> dict[str, str]:
@@ -352,23 +379,33 @@ def convert(
         docs = iter_documents(inputs[s]) if inputs[s] is not None else _iter_hf(hf_dataset, hf_config, s)
         docs = _limited(docs, limit)
         bar = tqdm(desc=f"{s} samples", unit=" samples", disable=not progress, file=sys.stderr)
-        with MDSWriter(out=str(out), columns=_writer_columns(tokenize), compression=compression, size_limit=size_limit) as w:
-            if tokenize:
-                for ids in _samples_tokenized(docs, tok, mode, max_seq_len, st):
-                    w.write({"input_ids": ids})
-                    st.samples += 1
-                    st.tokens += len(ids)
-                    bar.update(1)
-            else:
-                for text, ntok in _samples_raw(docs, tok, mode, max_seq_len, st):
-                    w.write({"text": text})
-                    st.samples += 1
-                    st.tokens += ntok
-                    bar.update(1)
-        bar.close()
-        if st.samples == 0:
-            shutil.rmtree(out, ignore_errors=True)
-            raise ValueError(f"No samples were produced for split {s!r} ({st.documents} documents read): empty input?")
+        # Write into a private temporary folder and rename it into place only on success, so that an
+        # interrupted or failed conversion never leaves a valid-looking (index.json) partial dataset.
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with MDSWriter(out=str(tmp_out), columns=_writer_columns(tokenize), compression=compression,
+                           size_limit=size_limit) as w:
+                if tokenize:
+                    for ids in _samples_tokenized(docs, tok, mode, max_seq_len, st):
+                        w.write({"input_ids": ids})
+                        st.samples += 1
+                        st.tokens += len(ids)
+                        bar.update(1)
+                else:
+                    for text, ntok in _samples_raw(docs, tok, mode, max_seq_len, st):
+                        w.write({"text": text})
+                        st.samples += 1
+                        st.tokens += ntok
+                        bar.update(1)
+            bar.close()
+            if st.samples == 0:
+                raise ValueError(f"No samples were produced for split {s!r} ({st.documents} documents read): empty input?")
+            _prepare_out(out, overwrite)  # (re-check: another process may have written it meanwhile)
+            os.rename(tmp_out, out)
+        finally:
+            bar.close()
+            shutil.rmtree(tmp_out, ignore_errors=True)
         stats[s] = st
     return stats
 
@@ -380,6 +417,9 @@ def convert(
 
 def ensure_builtin_mds(max_seq_len: int = 128, tokenizer: str = BUILTIN_URI) -> str:
     """Materialize the built-in corpus as raw-text MDS (``split`` mode) in the cache; return the folder.
+
+    Shards are stored uncompressed (the corpus is small), so readers never write into the shared cache
+    (streaming decompresses zstd shards next to the compressed files when there is no remote).
 
     The folder has ``train/`` and ``val/`` subfolders. Built once, atomically (build in a temporary
     folder, then rename; a file lock serializes concurrent builders, losers reuse the result).
@@ -393,7 +433,7 @@ def ensure_builtin_mds(max_seq_len: int = 128, tokenizer: str = BUILTIN_URI) -> 
 
     def build(tmp: Path) -> None:
         convert(out_root=tmp, source="builtin", mode="split", tokenize=False, max_seq_len=max_seq_len,
-                tokenizer=tokenizer, compression="zstd", progress=False)
+                tokenizer=tokenizer, compression=None, progress=False)
         (tmp / "convert_args.json").write_text(json.dumps({"source": "builtin", "mode": "split", "tokenize": False,
                                                            "max_seq_len": max_seq_len, "tokenizer": tokenizer}))
 

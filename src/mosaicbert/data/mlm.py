@@ -157,11 +157,11 @@ class MLMStreamingDataset(StreamingDataset):
             self._mlm_shard_error = err
             raise err from e
 
-    def _read(self, idx: int) -> dict[str, Any]:
+    def _read(self, idx: int, retry: int = 7) -> dict[str, Any]:
         if self._mlm_shard_error is not None:
             raise self._mlm_shard_error
         try:
-            return super().get_item(idx)
+            return super().get_item(idx, retry)
         except CorruptShardError:
             raise
         except RuntimeError as e:
@@ -190,7 +190,7 @@ class MLMStreamingDataset(StreamingDataset):
         if "text" in raw:
             enc = self.tokenizer(
                 raw["text"], add_special_tokens=True, truncation=True, max_length=self.max_seq_len,
-                return_attention_mask=False, return_token_type_ids=False,
+                return_attention_mask=False, return_token_type_ids=False, verbose=False,
             )
             return np.asarray(enc["input_ids"], dtype=np.int64)
         raise KeyError(f"MDS sample has neither 'text' nor 'input_ids' (columns: {sorted(raw)}); was it written by mosaicbert.data.convert?")
@@ -200,12 +200,12 @@ class MLMStreamingDataset(StreamingDataset):
             return super().__getitem__(idx)  # slices / arrays: Array.__getitem__ -> get_item per index
         return self.get_item(int(idx))
 
-    def get_item(self, sample_id: int, retry: int = 7) -> dict[str, np.ndarray]:  # noqa: ARG002
+    def get_item(self, sample_id: int, retry: int = 7) -> dict[str, np.ndarray]:
         if sample_id < 0:
             sample_id += self.num_samples
         if not 0 <= sample_id < self.num_samples:
             raise IndexError(f"Sample index {sample_id} out of range [0, {self.num_samples}).")
-        ids = self.tokenize_sample(self._read(sample_id))
+        ids = self.tokenize_sample(self._read(sample_id, retry))
         rng = sample_rng(self.mask_seed, max(self._mlm_epoch, 0), sample_id)
         masked, labels = mask_tokens(
             ids, self.special_ids, self.vocab_size, self.mlm_probability, rng, self.mask_token_id,

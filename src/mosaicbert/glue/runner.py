@@ -81,6 +81,8 @@ class JobResult:
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Composer logs a dozen INFO lines per Trainer; keep the per-job start/end lines readable.
+    logging.getLogger("composer").setLevel(logging.WARNING)
 
 
 def _progress(msg: str) -> None:
@@ -167,7 +169,7 @@ def load_start_weights(model, source: str) -> Dict[str, Any]:
         result = model.load_state_dict(state, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
-    new_head = [k for k in missing if k.startswith("classifier.")]
+    new_head = sorted(k for k in missing if k.startswith("classifier."))
     missing = [k for k in missing if not k.startswith("classifier.")]
     loaded = [k for k in state if k in model_sd]
     if not loaded:
@@ -568,9 +570,18 @@ def preflight(cfg: GlueConfig) -> None:
         raise ConfigError(f"config key 'tokenizer' = {cfg.tokenizer!r}: cannot load it: {e}") from e
     for key, path in (("model.pretrained_checkpoint", cfg.model.pretrained_checkpoint),
                       ("mnli_checkpoint", cfg.mnli_checkpoint)):
-        if path and not os.path.exists(os.path.expanduser(path)) and not (
-                key == "model.pretrained_checkpoint" and _looks_like_hub_id(path)):
-            raise ConfigError(f"config key '{key}' = {path!r}: no such file or folder")
+        if not path or os.path.exists(os.path.expanduser(path)):
+            continue
+        if key == "model.pretrained_checkpoint" and _looks_like_hub_id(path):
+            try:  # download once, up front; the jobs then read the local cache
+                from huggingface_hub import snapshot_download
+
+                snapshot_download(path, allow_patterns=["*.safetensors", "pytorch_model.bin", "*.json"])
+                continue
+            except Exception as e:
+                raise ConfigError(f"config key '{key}' = {path!r} is not a local file or folder, and downloading "
+                                  f"it from the Hugging Face hub failed: {e}") from e
+        raise ConfigError(f"config key '{key}' = {path!r}: no such file or folder")
     if cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"config key 'data_dir' = {cfg.data_dir!r}: no such folder (null loads from the hub)")
 

@@ -10,23 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple, Union
 
-import torchmetrics
-from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy
-
 Column = Union[str, int]  # header name, or index for files without a header
 
-# Friendly metric name -> factory(num_labels). The class name of the built metric is what Composer keys it by.
-METRIC_FACTORIES = {
-    "accuracy": lambda n: MulticlassAccuracy(num_classes=n, average="micro"),
-    "f1": lambda n: BinaryF1Score(),
-    "matthews": lambda n: MatthewsCorrCoef(task="binary"),
-    "pearson": lambda n: torchmetrics.PearsonCorrCoef(),
-    "spearman": lambda n: torchmetrics.SpearmanCorrCoef(),
-}
+METRIC_NAMES = ("accuracy", "f1", "matthews", "pearson", "spearman")
 
 
-def build_metric(name: str, num_labels: int) -> torchmetrics.Metric:
-    return METRIC_FACTORIES[name](num_labels)
+def build_metric(name: str, num_labels: int):
+    """A torchmetrics metric by friendly name (Composer keys eval metrics by the metric's class name)."""
+    import torchmetrics
+    from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy
+
+    factories = {
+        "accuracy": lambda: MulticlassAccuracy(num_classes=num_labels, average="micro"),
+        "f1": lambda: BinaryF1Score(),
+        "matthews": lambda: MatthewsCorrCoef(task="binary"),
+        "pearson": lambda: torchmetrics.PearsonCorrCoef(),
+        "spearman": lambda: torchmetrics.SpearmanCorrCoef(),
+    }
+    return factories[name]()
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class GlueTask:
     folder: str  # folder name in the GLUE TSV layout
     hub_config: str  # config name in nyu-mll/glue
     num_labels: int  # 1 = regression
-    metrics: Tuple[str, ...]  # keys of METRIC_FACTORIES
+    metrics: Tuple[str, ...]  # METRIC_NAMES
     # TSV layout
     header: bool
     text_columns: Tuple[Column, ...]

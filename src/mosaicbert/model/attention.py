@@ -196,14 +196,18 @@ def flash_attention(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: float) 
 
 
 _compiled_flex = None
+_compiled_block_mask = None
 
 
 def _get_flex():
     # flex_attention must be compiled to get the fused kernel (eager falls back to a slow math path).
-    global _compiled_flex
+    # dynamic=True: the packed length T changes every batch; avoid one recompile per length.
+    global _compiled_flex, _compiled_block_mask
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=True)
-    return _compiled_flex
+        # evaluating mask_mod over T x T eagerly costs ~10 ms at T=32k; compiled it is a few ms
+        _compiled_block_mask = torch.compile(create_block_mask, dynamic=True)
+    return _compiled_flex, _compiled_block_mask
 
 
 def flex_attention_backend(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: float) -> torch.Tensor:
@@ -226,13 +230,11 @@ def flex_attention_backend(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: 
             return doc[q_idx] == doc[kv_idx]
 
         T = qkv.shape[0]
-        # _compile=True: evaluating mask_mod over T x T eagerly costs ~10 ms at T=32k; compiled it is cheap
-        block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=qkv.device,
-                                       _compile=True)
+        block_mask = _get_flex()[1](mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=qkv.device)
         ctx.cache["flex"] = (score_mod, block_mask)
     score_mod, block_mask = ctx.cache["flex"]
     q, k, v = qkv.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # each [1, H, T, D]
-    out = _get_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask)  # [1, H, T, D]
+    out = _get_flex()[0](q, k, v, score_mod=score_mod, block_mask=block_mask)  # [1, H, T, D]
     return out[0].transpose(0, 1)  # [T, H, D]
 
 

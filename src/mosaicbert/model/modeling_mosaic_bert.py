@@ -243,7 +243,10 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
             flat_labels = labels.reshape(-1)  # [B*S]
             masked = torch.nonzero(flat_labels != -100, as_tuple=False).flatten()  # row-major order
             logits = self.cls(hidden.reshape(-1, hidden.shape[-1])[masked])  # [num_masked, vocab]
-            loss = F.cross_entropy(logits.float(), flat_labels[masked])
+            if masked.numel() > 0:
+                loss = F.cross_entropy(logits.float(), flat_labels[masked])
+            else:  # no masked token in the batch: zero loss (not NaN) that still touches the graph
+                loss = logits.float().sum() * 0.0
         if not return_dict:
             out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + out) if loss is not None else out
