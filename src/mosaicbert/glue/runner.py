@@ -141,8 +141,6 @@ def load_start_weights(model, source: str) -> Dict[str, Any]:
     The source's heads (`cls.*` of MLM, `classifier.*` of another task) are never loaded; the model's new
     `classifier.*` is newly initialised. Every other key that does not load is reported in the log and the report.
     """
-    import torch
-
     from mosaicbert.model import MosaicBertForSequenceClassification, load_mosaic_state_dict
 
     state = read_start_state_dict(source)
@@ -591,8 +589,8 @@ def run_glue(cfg: GlueConfig, job_fn: Callable[[GlueConfig, Job], JobResult] = r
     _setup_logging()
     preflight(cfg)
     jobs, skipped = plan_jobs(cfg)
-    _progress(f"GLUE {cfg.run_name}: {len(jobs)} job(s) for {', '.join(sorted({j.task for j in jobs}, key=TASK_NAMES.index)) or 'no task'}"
-              + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+    names = ", ".join(sorted({j.task for j in jobs}, key=TASK_NAMES.index)) or "no task"
+    _progress(f"GLUE {cfg.run_name}: {len(jobs)} job(s) for {names}" + (f"; skipped {', '.join(skipped)}" if skipped else ""))
     job_results = run_jobs(cfg, jobs, job_fn)
     summary = summarize(cfg, job_results, skipped)
     json_path, md_path = write_results(cfg, summary)
