@@ -16,6 +16,8 @@ import functools
 import hashlib
 import json
 import os
+import random
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from streaming import StreamingDataset
+from streaming.base.dataset import _ShardState
 from torch.utils.data import DataLoader
 
 from mosaicbert.data.builtin_corpus import BUILTIN_PREFIX, BUILTIN_URI, cache_root
@@ -152,6 +155,12 @@ class MLMStreamingDataset(StreamingDataset):
             if isinstance(e, FileNotFoundError) and self.streams[self.stream_per_shard[shard_id]].remote not in (None, ""):
                 raise  # a remote download problem: streaming's own message is the useful one
             err = self._corrupt(shard_id, e)
+            # streaming left the shard in PREPARING state; a thread blocked in prepare_shard(blocking=True)
+            # would wait for it forever. Put it back so that waiters retry (and hit this same error).
+            try:
+                self._shard_states[shard_id] = _ShardState.REMOTE
+            except Exception:  # pragma: no cover
+                pass
             # This may run in streaming's background download thread, whose exceptions only stop the
             # iteration; remember it so that __iter__/__getitem__ can raise it in the caller.
             self._mlm_shard_error = err
@@ -331,11 +340,20 @@ def build_mlm_dataloader(
     if num_canonical_nodes is not None:
         kwargs["num_canonical_nodes"] = num_canonical_nodes
     try:
-        dataset = MLMStreamingDataset(
-            tokenizer=tokenizer, max_seq_len=max_seq_len, mlm_probability=mlm_probability, mask_seed=seed,
-            local=local, remote=remote, split=split, shuffle=shuffle, shuffle_seed=seed,
-            batch_size=device_batch_size, **kwargs,
-        )
+        for attempt in range(6):
+            try:
+                dataset = MLMStreamingDataset(
+                    tokenizer=tokenizer, max_seq_len=max_seq_len, mlm_probability=mlm_probability, mask_seed=seed,
+                    local=local, remote=remote, split=split, shuffle=shuffle, shuffle_seed=seed,
+                    batch_size=device_batch_size, **kwargs,
+                )
+                break
+            except FileExistsError:
+                # streaming registers its shared memory under the first free prefix; an unrelated process
+                # on the same machine registering at the same instant makes one of them fail. Retry.
+                if attempt == 5:
+                    raise
+                time.sleep(0.05 + 0.1 * random.Random(os.getpid() + attempt).random())
     except FileNotFoundError as e:
         raise FileNotFoundError(f"Could not open MDS data (local={local!r}, remote={remote!r}, split={split!r}): {e}. {_CONVERT_HINT}") from e
     except (json.JSONDecodeError, KeyError) as e:
