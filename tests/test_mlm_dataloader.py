@@ -180,7 +180,16 @@ def test_corrupt_shard(toy, tmp_path, compression):
     shards[0].write_bytes(bytes(reversed(data[:4])) + bytes(np.random.default_rng(0).integers(0, 256, len(data) - 4, dtype=np.uint8)))
     with pytest.raises(CorruptShardError, match=r"shard\.00000\.mds") as info:
         _batches(_loader(out, tok, num_workers=0))
-    print(info.value)
+    assert "re-run" in str(info.value)
+    # The other order of the race: streaming's background thread meets the bad shard first; a reader that
+    # then asks for the shard must get the error too, not wait forever for a shard stuck in "preparing".
+    ds = _loader(out, tok).dataset
+    if compression is not None:  # (uncompressed shards fail on decoding, not in prepare_shard)
+        with pytest.raises(CorruptShardError):
+            ds.prepare_shard(0, blocking=False)
+        ds._mlm_shard_error = None  # (as if the error were raised in another thread/worker)
+    with pytest.raises(CorruptShardError):
+        ds[0]
 
 
 def test_collator_validates_vocab():
