@@ -115,7 +115,7 @@ def test_two_process_data_parallel(tmp_path):
     assert list(folder.glob("*ba6-rank0.pt")), list(folder.iterdir())
     state = torch.load(next(folder.glob("*ba6-rank0.pt")), map_location="cpu", weights_only=False)["state"]
     # 6 batches of the global batch 32 were consumed in total: 16 per rank per batch.
-    assert int(state["timestamp"]["sample"]) == 6 * 32
+    assert int(state["timestamp"]["Timestamp"]["sample"]) == 6 * 32
 
 
 def test_export_checkpoint_to_hf_folder(uninterrupted, tmp_path):
