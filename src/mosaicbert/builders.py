@@ -42,6 +42,7 @@ from mosaicbert.data.mlm import build_mlm_dataloader
 from mosaicbert.data.tokenizer import load_tokenizer
 from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification
 from mosaicbert.model.modeling_mosaic_bert import load_mosaic_state_dict
+from mosaicbert.timing import WallClockBudget, WallClockLinearSchedule, every_seconds, parse_seconds
 
 log = logging.getLogger("mosaicbert")
 
@@ -132,7 +133,10 @@ def build_optimizer(cfg: OptimizerConfig, model: torch.nn.Module) -> torch.optim
     raise ConfigError(f"config key 'optimizer.name' = {cfg.name!r} is not one of ['decoupled_adamw', 'adamw']")
 
 
-def build_scheduler(cfg: SchedulerConfig):
+def build_scheduler(cfg: SchedulerConfig, max_train_time: Optional[str] = None):
+    budget_s = parse_seconds(max_train_time)
+    if budget_s is not None:  # the schedule runs over the wall-clock budget (validated: linear, t_warmup in dur)
+        return WallClockLinearSchedule(budget_s, float(cfg.t_warmup.removesuffix("dur")), cfg.alpha_f)
     if cfg.name == "linear_decay_with_warmup":
         return LinearWithWarmupScheduler(t_warmup=cfg.t_warmup, alpha_f=cfg.alpha_f)
     if cfg.name == "constant_with_warmup":
@@ -151,9 +155,12 @@ def build_algorithms(cfg: AlgorithmsConfig) -> list:
 
 
 def build_callbacks(
-    cfg: CallbacksConfig, loggers: LoggersConfig, metrics_path: Optional[str], seed: int
+    cfg: CallbacksConfig, loggers: LoggersConfig, metrics_path: Optional[str], seed: int,
+    budget_s: Optional[float] = None,
 ) -> list[Callback]:
     callbacks: list[Callback] = [FiniteLossCheck(), StepSeededRNG(seed)]
+    if budget_s is not None:
+        callbacks.append(WallClockBudget(budget_s))
     if cfg.speed_monitor is not None:
         callbacks.append(SpeedMonitor(window_size=cfg.speed_monitor.window_size))
     if cfg.lr_monitor:
@@ -188,6 +195,12 @@ def build_fsdp(fsdp: Optional[dict]) -> Optional[dict]:
 # ---------------------------------------------------------------------------------------------------------------
 # Trainer
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def time_or_composer_interval(interval: str):
+    """'60s'/'5min' -> a wall-clock interval callable; Composer time strings ('2000ba') pass through."""
+    seconds = parse_seconds(interval)
+    return every_seconds(seconds) if seconds is not None else interval
 
 
 def device_batch_size(global_batch_size: int) -> int:
@@ -281,7 +294,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     )
     eval_loader = build_mlm_dataloader(
         split=data.eval_split, mlm_probability=data.eval_mlm_probability, device_batch_size=cfg.device_eval_batch_size,
-        shuffle=False, drop_last=False, **common,
+        shuffle=False, drop_last=False, same_masks_every_epoch=True, **common,
     )
 
     model = build_mlm_model(cfg.model, tokenizer)
@@ -294,13 +307,13 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         model=model,
         train_dataloader=train_loader,
         eval_dataloader=eval_loader,
-        eval_interval=cfg.eval_interval,
+        eval_interval=time_or_composer_interval(cfg.eval_interval),
         eval_subset_num_batches=cfg.eval_subset_num_batches,
         max_duration=cfg.max_duration,
         optimizers=optimizer,
-        schedulers=build_scheduler(cfg.scheduler),
+        schedulers=build_scheduler(cfg.scheduler, cfg.max_train_time),
         algorithms=build_algorithms(cfg.algorithms),
-        callbacks=build_callbacks(cfg.callbacks, cfg.loggers, metrics_path, cfg.seed),
+        callbacks=build_callbacks(cfg.callbacks, cfg.loggers, metrics_path, cfg.seed, parse_seconds(cfg.max_train_time)),
         loggers=build_loggers(cfg.loggers),
         progress_bar=cfg.loggers.progress_bar,
         log_to_console=cfg.loggers.console,
@@ -312,7 +325,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         compile_config={} if cfg.compile else None,
         seed=cfg.seed,
         save_folder=cfg.save_folder,
-        save_interval=cfg.save_interval,
+        save_interval=time_or_composer_interval(cfg.save_interval),
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
         save_overwrite=cfg.save_overwrite,
         load_path=cfg.load_path,

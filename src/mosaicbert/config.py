@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
@@ -19,6 +20,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|h)\s*$")
+_SECONDS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_seconds(text: Optional[str]) -> Optional[float]:
+    """'90s' -> 90.0, '10min' -> 600.0, '1.5h' -> 5400.0; None for anything else (e.g. Composer's '100ba')."""
+    if text is None:
+        return None
+    m = _DURATION.match(str(text))
+    return float(m.group(1)) * _SECONDS[m.group(2)] if m else None
 
 
 class ConfigError(ValueError):
@@ -143,6 +156,10 @@ class PretrainConfig:
     device_train_microbatch_size: Any = "auto"
     device_eval_batch_size: int = 128
     max_duration: str = "286720000sp"
+    # Wall-clock training budget ("30min", "600s", "2h"; eval time excluded). Training stops when it is spent,
+    # and the learning-rate schedule (linear_decay_with_warmup, t_warmup in "dur") runs over the budget.
+    max_train_time: Optional[str] = None
+    # Composer time ("2000ba", "1ep") or wall-clock training time ("60s", "5min"); the same for save_interval.
     eval_interval: str = "2000ba"
     eval_subset_num_batches: int = -1
 
@@ -269,8 +286,8 @@ def _one_of(value: Any, valid: Sequence[str], key: str) -> None:
         raise ConfigError(f"config key '{key}' = {value!r} is not one of {list(valid)}: {suggest(str(value), valid)}")
 
 
-def validate_pretrain_config(cfg: PretrainConfig) -> None:
-    """Checks that need more than types: names from closed sets, ranges, combinations."""
+def validate_training_choices(cfg: Any) -> None:
+    """Names from closed sets shared by the pretraining and GLUE schemas (model, optimizer, scheduler, precision)."""
     _one_of(cfg.model.name, ["mosaic_bert", "hf_bert"], "model.name")
     _one_of(cfg.optimizer.name, ["decoupled_adamw", "adamw"], "optimizer.name")
     _one_of(cfg.scheduler.name, ["linear_decay_with_warmup", "constant_with_warmup", "cosine_with_warmup"],
@@ -278,6 +295,13 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
     _one_of(cfg.precision, ["fp32", "amp_bf16", "amp_fp16"], "precision")
     if cfg.device is not None:
         _one_of(cfg.device, ["cpu", "gpu"], "device")
+    if len(cfg.optimizer.betas) != 2:
+        raise ConfigError(f"config key 'optimizer.betas' must have two values, got {cfg.optimizer.betas}")
+
+
+def validate_pretrain_config(cfg: PretrainConfig) -> None:
+    """Checks that need more than types: names from closed sets, ranges, combinations."""
+    validate_training_choices(cfg)
     if cfg.algorithms.gradient_clipping is not None:
         _one_of(cfg.algorithms.gradient_clipping.clipping_type, ["norm", "value", "adaptive"],
                 "algorithms.gradient_clipping.clipping_type")
@@ -285,14 +309,19 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
         p = getattr(cfg.data, key)
         if not 0.0 < p < 1.0:
             raise ConfigError(f"config key 'data.{key}' = {p} must be between 0 and 1")
-    if len(cfg.optimizer.betas) != 2:
-        raise ConfigError(f"config key 'optimizer.betas' must have two values, got {cfg.optimizer.betas}")
     mb = cfg.device_train_microbatch_size
     if not (mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb > 0)):
         raise ConfigError(f"config key 'device_train_microbatch_size' must be a positive int or 'auto', got {mb!r}")
     for key in ("global_train_batch_size", "device_eval_batch_size"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {getattr(cfg, key)}")
+    if cfg.max_train_time is not None:
+        if parse_seconds(cfg.max_train_time) is None:
+            raise ConfigError(f"config key 'max_train_time' = {cfg.max_train_time!r}: use seconds, minutes or hours "
+                              f"such as '600s', '10min' or '1.5h'")
+        if cfg.scheduler.name != "linear_decay_with_warmup" or not cfg.scheduler.t_warmup.endswith("dur"):
+            raise ConfigError("config key 'max_train_time' needs scheduler.name=linear_decay_with_warmup with "
+                              "scheduler.t_warmup as a fraction of the budget, e.g. 0.06dur")
     if cfg.data.local is None and cfg.data.remote is None:
         raise ConfigError("config key 'data.local' is not set: give a folder of MDS shards "
                           "(python -m mosaicbert.data.convert writes them) or builtin://python-docs")

@@ -95,8 +95,19 @@ class MLMStreamingDataset(StreamingDataset):
             ``shuffle``, ``shuffle_seed``, ``batch_size``, ...).
     """
 
-    def __init__(self, *, tokenizer, max_seq_len: int, mlm_probability: float = 0.3, mask_seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        tokenizer,
+        max_seq_len: int,
+        mlm_probability: float = 0.3,
+        mask_seed: int | None = None,
+        same_masks_every_epoch: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        # Eval sets: the same masks at every evaluation, so successive eval losses compare like for like.
+        self.same_masks_every_epoch = bool(same_masks_every_epoch)
         if max_seq_len < 3:
             raise ValueError(f"max_seq_len must be >= 3, got {max_seq_len}")
         for attr in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
@@ -215,7 +226,8 @@ class MLMStreamingDataset(StreamingDataset):
         if not 0 <= sample_id < self.num_samples:
             raise IndexError(f"Sample index {sample_id} out of range [0, {self.num_samples}).")
         ids = self.tokenize_sample(self._read(sample_id, retry))
-        rng = sample_rng(self.mask_seed, max(self._mlm_epoch, 0), sample_id)
+        epoch = 0 if self.same_masks_every_epoch else max(self._mlm_epoch, 0)
+        rng = sample_rng(self.mask_seed, epoch, sample_id)
         masked, labels = mask_tokens(
             ids, self.special_ids, self.vocab_size, self.mlm_probability, rng, self.mask_token_id,
             pad_token_id=self.pad_token_id,
@@ -295,6 +307,7 @@ def build_mlm_dataloader(
     persistent_workers: bool = False,
     shuffle_block_size: int | None = None,
     num_canonical_nodes: int | None = None,
+    same_masks_every_epoch: bool = False,
     **streaming_kwargs: Any,
 ) -> DataLoader:
     """A DataLoader of padded MLM batches (dict of int64 tensors) over MDS data.
@@ -344,6 +357,7 @@ def build_mlm_dataloader(
             try:
                 dataset = MLMStreamingDataset(
                     tokenizer=tokenizer, max_seq_len=max_seq_len, mlm_probability=mlm_probability, mask_seed=seed,
+                    same_masks_every_epoch=same_masks_every_epoch,
                     local=local, remote=remote, split=split, shuffle=shuffle, shuffle_seed=seed,
                     batch_size=device_batch_size, **kwargs,
                 )

@@ -10,7 +10,15 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, List, Optional, Sequence
 
-from mosaicbert.config import ConfigError, ModelConfig, OptimizerConfig, SchedulerConfig, load_config, suggest
+from mosaicbert.config import (
+    ConfigError,
+    ModelConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    load_config,
+    suggest,
+    validate_training_choices,
+)
 from mosaicbert.glue.tasks import TASK_NAMES, canonical_task_name
 
 PUBLISHED_SEEDS = [19, 8364, 717, 10536, 90166]
@@ -91,11 +99,6 @@ class GlueConfig:
     save_folder: Optional[str] = None  # default runs/glue/<run_name>
 
 
-def _one_of(value: Any, valid: Sequence[str], key: str) -> None:
-    if value not in valid:
-        raise ConfigError(f"config key '{key}' = {value!r} is not one of {list(valid)}: {suggest(str(value), valid)}")
-
-
 def _task_list(names: Sequence[str], key: str) -> list[str]:
     out = []
     for name in names:
@@ -109,15 +112,7 @@ def _task_list(names: Sequence[str], key: str) -> list[str]:
 
 def validate_glue_config(cfg: GlueConfig) -> GlueConfig:
     """Checks beyond types; normalises task names (SST-2 -> sst2) in place."""
-    _one_of(cfg.model.name, ["mosaic_bert", "hf_bert"], "model.name")
-    _one_of(cfg.optimizer.name, ["decoupled_adamw", "adamw"], "optimizer.name")
-    _one_of(cfg.scheduler.name, ["linear_decay_with_warmup", "constant_with_warmup", "cosine_with_warmup"],
-            "scheduler.name")
-    _one_of(cfg.precision, ["fp32", "amp_bf16", "amp_fp16"], "precision")
-    if cfg.device is not None:
-        _one_of(cfg.device, ["cpu", "gpu"], "device")
-    if len(cfg.optimizer.betas) != 2:
-        raise ConfigError(f"config key 'optimizer.betas' must have two values, got {cfg.optimizer.betas}")
+    validate_training_choices(cfg)
     cfg.tasks_to_run = _task_list(cfg.tasks_to_run, "tasks_to_run")
     if not cfg.tasks_to_run:
         raise ConfigError("config key 'tasks_to_run' is empty: name at least one task, e.g. tasks_to_run=[rte]")
