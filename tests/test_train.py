@@ -160,3 +160,15 @@ torch.save({{"batch": dict(batch), "logits": logits}}, {str(tmp_path / "remote.p
     with torch.no_grad():
         expected = reference(**remote["batch"]).logits
     assert torch.equal(remote["logits"], expected)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_stops_with_clear_error(bad):
+    from types import SimpleNamespace
+
+    from mosaicbert.callbacks import FiniteLossCheck
+
+    state = SimpleNamespace(loss=torch.tensor(bad), timestamp=SimpleNamespace(batch=123))
+    with pytest.raises(RuntimeError, match=r"not finite\) at batch 123: the run diverged. Lower optimizer.lr"):
+        FiniteLossCheck().after_loss(state, logger=None)
+    FiniteLossCheck().after_loss(SimpleNamespace(loss=torch.tensor(1.5), timestamp=state.timestamp), logger=None)
