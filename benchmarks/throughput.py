@@ -120,6 +120,39 @@ def build(model_name: str, size: str, attention_backend: str | None):
     return BertForMaskedLM(cfg), cfg
 
 
+# Kernel-name patterns -> where the step's GPU time goes (first match wins).
+KERNEL_CATEGORIES = [
+    ("attention", ("flash", "fmha", "attention", "sdpa", "flex")),
+    ("matmul", ("gemm", "cutlass", "matmul", "mm_", "addmm", "bmm", "wgmma", "sm90_xmma", "nvjet")),
+    ("layernorm", ("layer_norm", "layernorm")),
+    ("optimizer", ("adam", "foreach", "multi_tensor")),
+    ("index/pad/unpad", ("index", "gather", "scatter", "nonzero", "masked")),
+    ("cross-entropy/softmax", ("softmax", "nll", "cross_entropy", "log_softmax")),
+    ("elementwise (incl. fused triton)", ("triton", "elementwise", "vectorized", "reduce", "copy", "fill")),
+]
+
+
+def profile_steps(step, batches, n: int, device) -> dict:
+    """GPU (or CPU) time per step by kernel category, from torch.profiler over `n` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        for i in range(n):
+            step(batches[i % len(batches)])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for evt in prof.key_averages():
+        us = evt.self_device_time_total if device.type == "cuda" else evt.self_cpu_time_total
+        if us <= 0 or (device.type == "cuda" and evt.device_type != torch.autograd.DeviceType.CUDA):
+            continue
+        name = evt.key.lower()
+        cat = next((c for c, keys in KERNEL_CATEGORIES if any(k in name for k in keys)), "other")
+        totals[cat] = totals.get(cat, 0.0) + us / 1e3 / n
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def run_one(model_name, compiled, args, batches, device, peak):
     torch.manual_seed(0)
     model, cfg = build(model_name, args.size, args.attention_backend)
@@ -159,6 +192,7 @@ def run_one(model_name, compiled, args, batches, device, peak):
             loss = step(b)
             times.append(time.perf_counter() - t)
         flops.append(useful_flops(model_name, cfg, batches[(args.warmup + i) % len(batches)]))
+    profile = profile_steps(step, dev_batches, args.profile, device) if args.profile else None
     med = statistics.median(times)
     bsz = batches[0]["input_ids"].shape[0]
     real_tokens = statistics.mean(float(b["attention_mask"].sum()) for b in batches)
@@ -169,7 +203,7 @@ def run_one(model_name, compiled, args, batches, device, peak):
         ms_per_step=med * 1e3, seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
         useful_tflops=tflops, mfu=tflops * 1e12 / peak if math.isfinite(peak) else float("nan"),
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
-        warmup_s=warm_s, final_loss=float(loss),
+        warmup_s=warm_s, final_loss=float(loss), profile_ms_per_step=profile,
     )
     del model, opt, step_model
     if device.type == "cuda":
@@ -192,6 +226,7 @@ def main(argv=None) -> int:
     p.add_argument("--attention_backend", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
+    p.add_argument("--profile", type=int, default=0, help="also profile this many steps: time per kernel category")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -213,6 +248,10 @@ def main(argv=None) -> int:
         print(f"| {r['model']} | {'compiled' if r['compiled'] else 'eager'} | {r['ms_per_step']:.1f} | "
               f"{r['seq_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {r['useful_tflops']:.0f} | "
               f"{r['mfu']:.1%} | {r['peak_mem_gib']:.1f} |")
+    for r in rows:
+        if r["profile_ms_per_step"]:
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in r["profile_ms_per_step"].items())
+            print(f"profile {r['model']} {'compiled' if r['compiled'] else 'eager'} (ms/step): {parts}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(env=env, rows=rows), indent=2))
     return 0
