@@ -14,7 +14,18 @@ from composer.models import HuggingFaceModel
 from torchmetrics import Metric
 
 
-class MaskedLMModel(HuggingFaceModel):
+class _Wrapper(HuggingFaceModel):
+    """HuggingFaceModel with its logits-style evaluation and no embedding resizing (vocab sizes are checked)."""
+
+    def __init__(self, model, tokenizer, eval_metrics: list[Metric]):
+        super().__init__(model, tokenizer=tokenizer, use_logits=True, shift_labels=False, metrics=[],
+                         eval_metrics=eval_metrics, allow_embedding_resizing=False)
+
+    def loss(self, outputs, batch):
+        return outputs["loss"]  # the model computed it (masked-only head / classification head)
+
+
+class MaskedLMModel(_Wrapper):
     """MLM training: loss from the model; eval metrics on masked positions only.
 
     MosaicBERT's head returns logits for the masked positions only ([num_masked, vocab], in row-major order of
@@ -23,15 +34,7 @@ class MaskedLMModel(HuggingFaceModel):
     """
 
     def __init__(self, model, tokenizer=None):
-        super().__init__(
-            model,
-            tokenizer=tokenizer,
-            use_logits=True,
-            shift_labels=False,
-            metrics=[],
-            eval_metrics=[LanguageCrossEntropy(ignore_index=-100), MaskedAccuracy(ignore_index=-100)],
-            allow_embedding_resizing=False,
-        )
+        super().__init__(model, tokenizer, [LanguageCrossEntropy(ignore_index=-100), MaskedAccuracy(ignore_index=-100)])
 
     def eval_forward(self, batch, outputs: Optional[Any] = None):
         self.labels = batch["labels"]
@@ -47,19 +50,11 @@ class MaskedLMModel(HuggingFaceModel):
         return {}
 
 
-class SequenceClassificationModel(HuggingFaceModel):
+class SequenceClassificationModel(_Wrapper):
     """Sequence classification / regression finetuning (GLUE) with task-specific torchmetrics."""
 
     def __init__(self, model, tokenizer=None, eval_metrics: Optional[list[Metric]] = None):
-        super().__init__(
-            model,
-            tokenizer=tokenizer,
-            use_logits=True,
-            shift_labels=False,
-            metrics=[],
-            eval_metrics=eval_metrics or [],
-            allow_embedding_resizing=False,
-        )
+        super().__init__(model, tokenizer, eval_metrics or [])
 
     def eval_forward(self, batch, outputs: Optional[Any] = None):
         self.labels = batch["labels"]
