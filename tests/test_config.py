@@ -67,6 +67,11 @@ def test_misspelled_key_in_yaml_file(tmp_path):
         (["data.mlm_probability=1.5"], "data.mlm_probability"),
         (["device_train_microbatch_size=-3"], "device_train_microbatch_size"),
         (["optimizer.betas=[0.9]"], "optimizer.betas"),
+        (["eval_interval=banana"], "'eval_interval' = 'banana' is not a duration"),
+        (["max_duration=10min"], "'max_duration'"),
+        (["scheduler.t_warmup=soon"], "scheduler.t_warmup"),
+        (["seed=-1"], "'seed' must be >= 0"),
+        (["data.max_seq_len=2"], "data.max_seq_len"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):

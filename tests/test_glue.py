@@ -361,3 +361,21 @@ def test_failed_mnli_job_is_reported_and_dependents_fall_back(tmp_path, monkeypa
     assert rte["status"] == "ok" and rte["init_kind"] == "random"  # no MNLI checkpoint: pretrained (here random)
     assert summary["glue_average_tasks"] == ["rte"] and summary["glue_average"] == pytest.approx(0.5)
     assert "| mnli | failed" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_glue_optimizer_lr_is_per_task_only():
+    """lr and weight decay live in tasks.<task>; a global optimizer.lr would be ignored, so it is an error."""
+    from mosaicbert.config import ConfigError
+    from mosaicbert.glue.config import load_glue_config
+
+    with pytest.raises(ConfigError, match="unknown config key 'optimizer.lr'"):
+        load_glue_config(str(ROOT / "yamls/glue/base.yaml"), ["optimizer.lr=1e-3"])
+
+
+@pytest.mark.parametrize("override", ["max_duration=abc", "tasks.rte.eval_interval=often"])
+def test_glue_durations_are_checked_up_front(override):
+    from mosaicbert.config import ConfigError
+    from mosaicbert.glue.config import load_glue_config
+
+    with pytest.raises(ConfigError, match="is not a duration"):
+        load_glue_config(str(ROOT / "yamls/glue/base.yaml"), [override])

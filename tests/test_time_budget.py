@@ -52,3 +52,30 @@ def test_budgeted_run_stops_and_evaluates_on_the_clock(tmp_path):
     assert all(b["train_seconds"] > a["train_seconds"] for a, b in zip(evals, evals[1:]))
     assert 12.0 <= evals[-1]["train_seconds"] < 16.0 and evals[-1]["batch"] == last_batch
     assert list(tmp_path.glob(f"*ba{last_batch}-rank0.pt")), "no checkpoint at the end of the budget"
+
+
+def test_wall_clock_interval_fires_once_per_slot_and_not_right_after_resume():
+    from composer.core import Event
+
+    from mosaicbert.timing import every_seconds
+
+    def state(seconds, batch, max_batch=1000):
+        return SimpleNamespace(timestamp=_Time(seconds, batch), max_duration=_Time(0, max_batch))
+
+    fresh = every_seconds(10.0)
+    fired = [t for t in (1, 5, 9, 11, 12, 19, 21) if fresh(state(t, int(t)), Event.BATCH_END)]
+    assert fired == [11, 21]
+    resumed = every_seconds(10.0)  # a run resumed at 35 s of training time
+    assert not resumed(state(35, 350), Event.BATCH_END)
+    assert resumed(state(41, 410), Event.BATCH_END)
+    assert resumed(state(45, 1000), Event.BATCH_END)  # the last batch always fires
+
+
+class _Time:
+    """Just enough of Composer's Timestamp for every_seconds: wall-clock, batch, and >= on batches."""
+
+    def __init__(self, seconds, batch):
+        self.total_wct, self.batch = timedelta(seconds=seconds), batch
+
+    def __ge__(self, other):
+        return self.batch >= other.batch

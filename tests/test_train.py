@@ -144,6 +144,12 @@ batch = tok(["the quick brown fox", "a longer second sentence about parsing file
 with torch.no_grad():
     logits = model(**batch).logits
 torch.save({{"batch": dict(batch), "logits": logits}}, {str(tmp_path / "remote.pt")!r})
+# The same folder also serves the bare encoder and a new classification head.
+from transformers import AutoModel, AutoModelForSequenceClassification
+encoder = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)
+classifier = AutoModelForSequenceClassification.from_pretrained({str(out)!r}, trust_remote_code=True, num_labels=3)
+assert type(encoder).__name__ == "MosaicBertModel", type(encoder)
+assert classifier(**batch).logits.shape == (2, 3)
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**_env(tmp_path), "HF_HUB_OFFLINE": "1"},
                           capture_output=True, text=True, timeout=300)
@@ -169,6 +175,6 @@ def test_non_finite_loss_stops_with_clear_error(bad):
     from mosaicbert.callbacks import FiniteLossCheck
 
     state = SimpleNamespace(loss=torch.tensor(bad), timestamp=SimpleNamespace(batch=123))
-    with pytest.raises(RuntimeError, match=r"not finite\) at batch 123: the run diverged. Lower optimizer.lr"):
+    with pytest.raises(RuntimeError, match=r"not finite at batch 123: the run diverged. Lower optimizer.lr"):
         FiniteLossCheck().after_loss(state, logger=None)
     FiniteLossCheck().after_loss(SimpleNamespace(loss=torch.tensor(1.5), timestamp=state.timestamp), logger=None)

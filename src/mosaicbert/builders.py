@@ -37,17 +37,15 @@ from mosaicbert.config import (
     PretrainConfig,
     SchedulerConfig,
     check_keys,
+    parse_seconds,
 )
 from mosaicbert.data.mlm import build_mlm_dataloader
 from mosaicbert.data.tokenizer import load_tokenizer
 from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification
 from mosaicbert.model.modeling_mosaic_bert import load_mosaic_state_dict
-from mosaicbert.timing import WallClockBudget, WallClockLinearSchedule, every_seconds, parse_seconds
+from mosaicbert.timing import WallClockBudget, WallClockLinearSchedule, every_seconds
 
 log = logging.getLogger("mosaicbert")
-
-MODEL_NAMES = ("mosaic_bert", "hf_bert")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Models
@@ -64,7 +62,7 @@ def build_hf_config(model_cfg: ModelConfig, **extra: Any):
         # The baseline: transformers' BERT, padded to the same 30528 vocab, with BERT's attention dropout.
         config_cls, defaults = BertConfig, {"vocab_size": 30528, "attention_probs_dropout_prob": 0.1}
     else:
-        raise ConfigError(f"config key 'model.name' = {model_cfg.name!r} is not one of {list(MODEL_NAMES)}")
+        raise ConfigError(f"config key 'model.name' = {model_cfg.name!r} is not one of ['mosaic_bert', 'hf_bert']")
     check_keys(model_cfg.config_overrides, list(config_cls().to_dict()), "model.config_overrides")
     try:
         return config_cls(**{**defaults, **dict(model_cfg.config_overrides), **extra})
@@ -299,7 +297,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
 
     model = build_mlm_model(cfg.model, tokenizer)
     optimizer = build_optimizer(cfg.optimizer, model)
-    run_name = cfg.run_name or os.environ.get("RUN_NAME") or "mosaicbert"
+    run_name = cfg.run_name or "mosaicbert"
     metrics_path = os.path.join(cfg.save_folder or os.path.join("runs", run_name), "metrics.jsonl")
 
     return Trainer(

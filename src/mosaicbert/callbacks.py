@@ -23,14 +23,21 @@ class FiniteLossCheck(Callback):
     def after_loss(self, state: State, logger: Logger) -> None:
         loss = state.loss
         losses = loss.values() if isinstance(loss, dict) else loss if isinstance(loss, (list, tuple)) else [loss]
-        for value in losses:
-            if isinstance(value, torch.Tensor) and not torch.isfinite(value.detach()).all():
-                raise RuntimeError(
-                    f"training loss is {value.detach().float().cpu().tolist()} (not finite) at batch "
-                    f"{int(state.timestamp.batch)}: the run diverged. Lower optimizer.lr, lengthen the warmup "
-                    f"(scheduler.t_warmup), enable algorithms.gradient_clipping, or try precision=fp32 to check "
-                    f"for a numerics problem; resume from the last checkpoint with load_path/autoresume."
-                )
+        tensors = [v.detach().float().reshape(-1) for v in losses if isinstance(v, torch.Tensor)]
+        if not tensors:
+            return
+        values = torch.cat(tensors)
+        bad = (~torch.isfinite(values)).any().to(torch.int32).reshape(1)
+        if dist.get_world_size() > 1:  # every rank stops, not just the one that saw it (the others would hang)
+            dist.all_reduce(bad, reduce_operation="MAX")
+        if bad.item():
+            where = "" if dist.get_world_size() == 1 else f" (this rank's loss: {values.cpu().tolist()})"
+            raise RuntimeError(
+                f"training loss is not finite at batch {int(state.timestamp.batch)}{where}: the run diverged. "
+                f"Lower optimizer.lr, lengthen the warmup (scheduler.t_warmup), enable algorithms.gradient_clipping, "
+                f"or try precision=fp32 to check for a numerics problem; resume from the last checkpoint with "
+                f"load_path/autoresume."
+            )
 
 
 class MetricsJsonl(Callback):
@@ -58,6 +65,18 @@ class MetricsJsonl(Callback):
         }
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        """After a resume, drop rows logged past the checkpoint: those batches are trained (and logged) again."""
+        if dist.get_global_rank() != 0 or not os.path.exists(self.path):
+            return
+        resumed_at = int(state.timestamp.batch)
+        with open(self.path) as f:
+            rows = [line for line in f if line.strip()]
+        kept = [line for line in rows if json.loads(line).get("batch", 0) <= resumed_at]
+        if len(kept) != len(rows):
+            with open(self.path, "w") as f:
+                f.writelines(kept)
 
     def batch_end(self, state: State, logger: Logger) -> None:
         if int(state.timestamp.batch) % self.interval == 0 and isinstance(state.loss, torch.Tensor):

@@ -26,6 +26,17 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|min|h)\s*$")
 _SECONDS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
 
 
+_COMPOSER_TIME = re.compile(r"^\s*\d+(\.\d+)?\s*(ep|ba|sp|tok|dur)\s*$")
+
+
+def check_interval(value: Any, key: str, wall_clock: bool = True) -> None:
+    """A Composer time string ('100ba', '1ep', '0.06dur', ...) or, where allowed, wall-clock time ('60s')."""
+    if _COMPOSER_TIME.match(str(value)) or (wall_clock and parse_seconds(value) is not None):
+        return
+    kinds = "'100ba', '1ep', '50000sp', '0.5dur'" + (" or wall-clock '60s' / '5min'" if wall_clock else "")
+    raise ConfigError(f"config key '{key}' = {value!r} is not a duration: use {kinds}")
+
+
 def parse_seconds(text: Optional[str]) -> Optional[float]:
     """'90s' -> 90.0, '10min' -> 600.0, '1.5h' -> 5400.0; None for anything else (e.g. Composer's '100ba')."""
     if text is None:
@@ -309,6 +320,14 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
         p = getattr(cfg.data, key)
         if not 0.0 < p < 1.0:
             raise ConfigError(f"config key 'data.{key}' = {p} must be between 0 and 1")
+    check_interval(cfg.max_duration, "max_duration", wall_clock=False)
+    check_interval(cfg.eval_interval, "eval_interval")
+    check_interval(cfg.save_interval, "save_interval")
+    check_interval(cfg.scheduler.t_warmup, "scheduler.t_warmup", wall_clock=False)
+    if cfg.seed < 0:
+        raise ConfigError(f"config key 'seed' must be >= 0, got {cfg.seed}")
+    if cfg.data.max_seq_len < 3:
+        raise ConfigError(f"config key 'data.max_seq_len' must be >= 3 ([CLS] x [SEP]), got {cfg.data.max_seq_len}")
     mb = cfg.device_train_microbatch_size
     if not (mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb > 0)):
         raise ConfigError(f"config key 'device_train_microbatch_size' must be a positive int or 'auto', got {mb!r}")

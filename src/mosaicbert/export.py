@@ -80,6 +80,15 @@ def export(checkpoint: str, out_dir: str) -> str:
         raise RuntimeError(f"{checkpoint}: weights do not match the model: missing {missing}, unexpected {unexpected}")
 
     os.makedirs(out_dir, exist_ok=True)
+    if model_type == MosaicBertConfig.model_type:
+        # save_pretrained maps only this class; the same files also serve the encoder and a new classifier head.
+        module = "modeling_mosaic_bert"
+        model.config.auto_map = {
+            "AutoConfig": "configuration_mosaic_bert.MosaicBertConfig",
+            "AutoModel": f"{module}.MosaicBertModel",
+            "AutoModelForMaskedLM": f"{module}.MosaicBertForMaskedLM",
+            "AutoModelForSequenceClassification": f"{module}.MosaicBertForSequenceClassification",
+        }
     model.save_pretrained(out_dir)
     tokenizer_files = (meta.get("tokenizer") or {})
     if tokenizer_files:
@@ -98,7 +107,7 @@ def export(checkpoint: str, out_dir: str) -> str:
             else:
                 with open(path, "w", encoding="utf-8") as f:
                     json.dump(content, f, indent=2)
-        AutoTokenizer.from_pretrained(out_dir)  # fail here, not at the user's first load
+        AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)  # fail here, not at the user's first load
     return out_dir
 
 

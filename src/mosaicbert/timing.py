@@ -13,8 +13,6 @@ from composer.core import Callback, Event, State
 from composer.loggers import Logger
 from composer.optim import ComposerScheduler
 
-from mosaicbert.config import parse_seconds  # noqa: F401  (re-exported: time strings are parsed there)
-
 def train_seconds(state: State) -> float:
     return state.timestamp.total_wct.total_seconds()
 
@@ -33,12 +31,14 @@ class WallClockBudget(Callback):
 def every_seconds(interval_s: float) -> Callable[[State, Event], bool]:
     """An eval or save interval for Composer: true at the first batch after each multiple of `interval_s` of
     training time, and at the last batch. Use one per consumer: it remembers the last slot it fired in."""
-    last = {"slot": 0}
+    last: dict = {"slot": None}
 
     def due(state: State, event: Event) -> bool:
         if event not in (Event.BATCH_END, Event.BATCH_CHECKPOINT):
             return False
         slot = int(train_seconds(state) // interval_s)
+        if last["slot"] is None:  # first call: a fresh run starts in slot 0, a resumed one wherever it stopped
+            last["slot"] = 0 if int(state.timestamp.batch) <= 1 else slot
         if slot > last["slot"] or state.timestamp >= state.max_duration:
             last["slot"] = slot
             return True

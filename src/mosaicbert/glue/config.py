@@ -17,6 +17,7 @@ from mosaicbert.config import (
     SchedulerConfig,
     load_config,
     suggest,
+    check_interval,
     validate_training_choices,
 )
 from mosaicbert.glue.tasks import TASK_NAMES, canonical_task_name
@@ -55,9 +56,18 @@ class TasksConfig:
     stsb: TaskConfig = _task(3.0e-5, 3.0e-6, 10, 32, 5)
 
 
-def _glue_optimizer() -> OptimizerConfig:
-    # lr and weight_decay come from each task's entry; name, betas and eps from here.
-    return OptimizerConfig(name="decoupled_adamw", lr=5.0e-5, betas=[0.9, 0.98], eps=1.0e-6, weight_decay=5.0e-6)
+@dataclass
+class GlueOptimizerConfig:
+    """Shared optimizer settings; lr and weight_decay are per task (tasks.<task>.lr / .weight_decay)."""
+
+    name: str = "decoupled_adamw"
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1.0e-6
+    fused: bool = True
+
+    def for_task(self, lr: float, weight_decay: float) -> OptimizerConfig:
+        return OptimizerConfig(name=self.name, lr=lr, betas=list(self.betas), eps=self.eps,
+                               weight_decay=weight_decay, fused=self.fused)
 
 
 @dataclass
@@ -80,7 +90,7 @@ class GlueConfig:
     mnli_start_tasks: List[str] = field(default_factory=lambda: ["rte", "mrpc", "stsb"])
     mnli_checkpoint: Optional[str] = None  # reuse an MNLI checkpoint of an earlier run instead of running MNLI
 
-    optimizer: OptimizerConfig = field(default_factory=_glue_optimizer)
+    optimizer: GlueOptimizerConfig = field(default_factory=GlueOptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(t_warmup="0.06dur", alpha_f=0.0))
 
     # Quick-run limits (null = no limit), applied to every task.
@@ -128,12 +138,17 @@ def validate_glue_config(cfg: GlueConfig) -> GlueConfig:
             raise ConfigError(f"config key '{where}.epochs' must be positive, got {t.epochs}")
         if t.max_seq_len <= 0:
             raise ConfigError(f"config key '{where}.max_seq_len' must be positive, got {t.max_seq_len}")
+        for key in ("max_duration", "eval_interval"):
+            if getattr(t, key) is not None:
+                check_interval(getattr(t, key), f"{where}.{key}", wall_clock=False)
         if not t.seeds and f.name in cfg.tasks_to_run:
             raise ConfigError(f"config key '{where}.seeds' is empty: give at least one seed")
     for key in ("max_train_samples", "max_eval_samples", "parallel_jobs"):
         v = getattr(cfg, key)
         if v is not None and v <= 0:
             raise ConfigError(f"config key '{key}' must be positive or null, got {v}")
+    if cfg.max_duration is not None:
+        check_interval(cfg.max_duration, "max_duration", wall_clock=False)
     if cfg.eval_batch_size <= 0:
         raise ConfigError(f"config key 'eval_batch_size' must be positive, got {cfg.eval_batch_size}")
     mb = cfg.device_train_microbatch_size

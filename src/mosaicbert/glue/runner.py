@@ -262,8 +262,7 @@ def train_job(cfg: GlueConfig, job: Job) -> JobResult:
                   dataloader=build_dataloader(ds, tokenizer, cfg.eval_batch_size, train=False, **loader_kw))
         for ev, ds in eval_sets.items()
     ]
-    optimizer = build_optimizer(dataclasses.replace(cfg.optimizer, lr=tcfg.lr, weight_decay=tcfg.weight_decay),
-                                composer_model)
+    optimizer = build_optimizer(cfg.optimizer.for_task(tcfg.lr, tcfg.weight_decay), composer_model)
     microbatch: Any = cfg.device_train_microbatch_size
     if microbatch is None or (microbatch == "auto" and device == "cpu"):
         microbatch = tcfg.batch_size
