@@ -72,13 +72,12 @@ def build_hf_config(model_cfg: ModelConfig, **extra: Any):
 
 def load_encoder_weights(model: torch.nn.Module, checkpoint: str) -> None:
     """Load weights from a Composer checkpoint (main.py) or a Hugging Face folder; report every key not loaded."""
-    from mosaicbert.export import read_state_dict
+    from mosaicbert.export import read_weights
 
-    state_dict = read_state_dict(checkpoint)
+    state_dict = read_weights(checkpoint)
     if isinstance(model, (MosaicBertForMaskedLM, MosaicBertForSequenceClassification)):
         missing, unexpected = load_mosaic_state_dict(model, state_dict)
     else:
-        state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing:
         log.warning("%s: %d weights not in the checkpoint, newly initialised: %s", checkpoint, len(missing), missing)

@@ -53,6 +53,39 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return read_composer_checkpoint(path)["model"]
 
 
+def looks_like_hub_id(name: str) -> bool:
+    return (not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not name.endswith((".pt", ".pth"))
+            and not os.path.exists(name))
+
+
+def read_weights(source: str) -> dict[str, torch.Tensor]:
+    """Weights of a Composer checkpoint (main.py, a GLUE job), a Hugging Face folder or a hub model name, with
+    Composer's `model.` prefix removed and old `gamma`/`beta` LayerNorm names renamed."""
+
+    path = os.path.expanduser(source)
+    if not os.path.exists(path) and looks_like_hub_id(source):
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(source, allow_patterns=["*.safetensors", "pytorch_model.bin", "*.json"])
+        except Exception as e:
+            raise FileNotFoundError(f"model.pretrained_checkpoint {source!r} is not a local file or folder, and "
+                                    f"downloading it from the Hugging Face hub failed: {e}") from e
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {source}")
+    state = read_state_dict(path)
+    out = {}
+    for k, v in state.items():
+        k = k.removeprefix("model.")
+        # Old TF-converted BERT checkpoints (bert-base-uncased) name LayerNorm parameters gamma/beta.
+        if "LayerNorm" in k and k.endswith(".gamma"):
+            k = k[: -len("gamma")] + "weight"
+        elif "LayerNorm" in k and k.endswith(".beta"):
+            k = k[: -len("beta")] + "bias"
+        out[k] = v
+    return out
+
+
 def export(checkpoint: str, out_dir: str) -> str:
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 

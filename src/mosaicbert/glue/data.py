@@ -223,9 +223,6 @@ def load_tokenized(task: GlueTask, split: str, tokenizer, max_seq_len: int, *, d
     return _CACHE[key]
 
 
-def clear_cache() -> None:
-    _CACHE.clear()
-
 
 def build_dataloader(dataset: TokenizedDataset, tokenizer, batch_size: int, *, train: bool, seed: int,
                      regression: bool, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:

@@ -36,6 +36,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+from mosaicbert.export import looks_like_hub_id, read_weights
 from mosaicbert.glue.config import GlueConfig, TaskConfig
 from mosaicbert.glue.tasks import TASK_NAMES, TASKS, GlueTask, task_score
 
@@ -102,39 +103,6 @@ def task_duration(cfg: GlueConfig, tcfg: TaskConfig) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    return (not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not name.endswith((".pt", ".pth"))
-            and not os.path.exists(name))
-
-
-def read_start_state_dict(source: str) -> dict:
-    """Weights of a Composer checkpoint (main.py / an MNLI job), a Hugging Face folder, or a hub model name."""
-    from mosaicbert.export import read_state_dict
-
-    path = os.path.expanduser(source)
-    if not os.path.exists(path) and _looks_like_hub_id(source):
-        try:
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(source, allow_patterns=["*.safetensors", "pytorch_model.bin", "*.json"])
-        except Exception as e:
-            raise FileNotFoundError(f"model.pretrained_checkpoint {source!r} is not a local file or folder, and "
-                                    f"downloading it from the Hugging Face hub failed: {e}") from e
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {source}")
-    state = read_state_dict(path)
-    out = {}
-    for k, v in state.items():
-        k = k.removeprefix("model.")
-        # Old TF-converted BERT checkpoints (bert-base-uncased) name LayerNorm parameters gamma/beta.
-        if "LayerNorm" in k and k.endswith(".gamma"):
-            k = k[: -len("gamma")] + "weight"
-        elif "LayerNorm" in k and k.endswith(".beta"):
-            k = k[: -len("beta")] + "bias"
-        out[k] = v
-    return out
-
-
 def load_start_weights(model, source: str) -> Dict[str, Any]:
     """Load the encoder (and pooler) of `source` into a sequence classification model; returns a report.
 
@@ -143,7 +111,7 @@ def load_start_weights(model, source: str) -> Dict[str, Any]:
     """
     from mosaicbert.model import MosaicBertForSequenceClassification, load_mosaic_state_dict
 
-    state = read_start_state_dict(source)
+    state = read_weights(source)
     head = sorted(k for k in state if k.startswith(HEAD_PREFIXES))
     state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
     model_sd = model.state_dict()
@@ -569,7 +537,7 @@ def preflight(cfg: GlueConfig) -> None:
                       ("mnli_checkpoint", cfg.mnli_checkpoint)):
         if not path or os.path.exists(os.path.expanduser(path)):
             continue
-        if key == "model.pretrained_checkpoint" and _looks_like_hub_id(path):
+        if key == "model.pretrained_checkpoint" and looks_like_hub_id(path):
             try:  # download once, up front; the jobs then read the local cache
                 from huggingface_hub import snapshot_download
 

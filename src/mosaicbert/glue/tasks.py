@@ -91,6 +91,3 @@ def task_score(task: GlueTask, metrics: Dict[str, float]) -> float:
     values = [metrics[k] for k in task.metric_keys()]
     return sum(values) / len(values)
 
-
-def tasks_in_order(names: Sequence[str]) -> list[str]:
-    return [n for n in TASK_NAMES if n in set(names)]
