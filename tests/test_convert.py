@@ -224,3 +224,24 @@ def test_raw_text_spans_retokenize_exactly_on_shared_data(tmp_path, shared_data,
         for t, d in zip(texts, docs):
             assert enc(t)[:126] == enc(d)[:126]
             assert len(t) < len(d)  # only the used part of each (long) document is stored
+
+
+def test_hub_source_streams_c4_through_datasets(tmp_path, toy_vocab, toy_docs, monkeypatch):
+    """--source hf: `datasets.load_dataset(allenai/c4, en, split=..., streaming=True)` is what gets called, and its
+    records are converted like local files (the hub itself is unreachable here, so load_dataset is faked)."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+        docs = toy_docs[:6] if split == "train" else toy_docs[:2]
+        return iter([{"text": _doc_text(d), "timestamp": "", "url": ""} for d in docs])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    stats = convert(out_root=str(tmp_path / "out"), source="hf", mode="truncate", tokenize=True,
+                    max_seq_len=MAX_LEN, tokenizer=str(toy_vocab), progress=False)
+    assert calls == [("allenai/c4", "en", "train", True), ("allenai/c4", "en", "validation", True)]
+    assert stats["train"].documents == 6 and stats["val"].documents == 2
+    rows = _read_back(tmp_path / "out", "train")
+    assert [list(r["input_ids"][1:-1]) for r in rows] == [_ids_of(d)[: MAX_LEN - 2] for d in toy_docs[:6]]

@@ -204,3 +204,23 @@ def test_collator_validates_vocab():
         pad_mlm_batch(samples, pad_token_id=0, vocab_size=40)
     with pytest.raises(ValueError, match="pad_to"):
         pad_mlm_batch(samples, pad_token_id=0, pad_to=2)
+
+
+def test_remote_shards_are_cached_into_local(toy, tmp_path):
+    """`remote` (s3://, gs://, https:// — or any folder streaming can read) is downloaded into `local`; the batches
+    equal those read from the shards directly."""
+    root, tok = toy
+    cache = tmp_path / "cache"
+    from_remote = _batches(_loader(cache, tok, remote=str(root / "tok"), shuffle=False))
+    direct = _batches(_loader(root / "tok", tok, shuffle=False))
+    assert (cache / "train" / "index.json").exists() and list((cache / "train").glob("shard.*.mds*"))
+    assert len(from_remote) == len(direct)
+    for x, y in zip(from_remote, direct):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_eval_masks_are_the_same_every_epoch(toy):
+    root, tok = toy
+    loader = _loader(root / "tok", tok, shuffle=False, same_masks_every_epoch=True)
+    first, second = _batches(loader), _batches(loader)
+    assert all(torch.equal(x["labels"], y["labels"]) for x, y in zip(first, second))

@@ -266,7 +266,6 @@ def ensure_builtin_tokenizer() -> Path:
 
     def build(tmp: Path) -> None:
         from tokenizers import BertWordPieceTokenizer
-        from transformers import BertTokenizerFast
 
         wp = BertWordPieceTokenizer(lowercase=True, clean_text=True, handle_chinese_chars=True, strip_accents=None)
         wp.train_from_iterator(
@@ -278,16 +277,9 @@ def ensure_builtin_tokenizer() -> Path:
             wordpieces_prefix="##",
         )
         wp.save_model(str(tmp))  # vocab.txt
-        tok = BertTokenizerFast(
-            tokenizer_object=wp._tokenizer,
-            do_lower_case=True,
-            unk_token="[UNK]",
-            sep_token="[SEP]",
-            pad_token="[PAD]",
-            cls_token="[CLS]",
-            mask_token="[MASK]",
-            model_max_length=512,
-        )
+        from .tokenizer import wordpiece_to_fast  # here: tokenizer.py imports this module for builtin://
+
+        tok = wordpiece_to_fast(wp, lowercase=True)
         if len(tok) <= 100 or tok.pad_token_id != 0:
             raise RuntimeError(f"Training the built-in tokenizer failed: vocab size {len(tok)}, pad id {tok.pad_token_id}")
         tok.save_pretrained(str(tmp))

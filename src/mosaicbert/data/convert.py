@@ -169,7 +169,7 @@ def iter_documents(files: Iterable[str]) -> Iterator[str]:
             )
 
 
-def _iter_hf(dataset: str, config: str | None, split: str) -> Iterator[str]:  # pragma: no cover - needs internet
+def _iter_hf(dataset: str, config: str | None, split: str) -> Iterator[str]:
     try:
         from datasets import load_dataset
     except ImportError as e:

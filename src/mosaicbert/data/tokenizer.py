@@ -58,13 +58,19 @@ def _check(tokenizer: PreTrainedTokenizerFast, source: str) -> PreTrainedTokeniz
 
 def _from_vocab_txt(vocab_file: Path) -> PreTrainedTokenizerFast:
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
 
     with open(vocab_file, encoding="utf-8") as fh:
         tokens = [line.rstrip("\n") for line in fh]
     # A cased vocab (bert-base-cased) contains capitalized whole words; an uncased one doesn't.
     lowercase = not any("A" <= t[:1] <= "Z" for t in tokens)
     wp = BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase, strip_accents=None if lowercase else False)
+    return wordpiece_to_fast(wp, lowercase)
+
+
+def wordpiece_to_fast(wp, lowercase: bool = True) -> PreTrainedTokenizerFast:
+    """A `tokenizers.BertWordPieceTokenizer` as a transformers BertTokenizerFast with BERT's special tokens."""
+    from transformers import BertTokenizerFast
+
     return BertTokenizerFast(
         tokenizer_object=wp._tokenizer,
         do_lower_case=lowercase,

@@ -8,7 +8,7 @@ Hugging Face `nyu-mll/glue` dataset, so a model finetuned on either source predi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 Column = Union[str, int]  # header name, or index for files without a header
 
