@@ -61,11 +61,26 @@ def make_batches(n: int, batch: int, seq: int, mask_prob: float, seed: int, text
 
 
 def load_texts(path: str, vocab: str, seq: int, limit: int = 20000) -> list[list[int]]:
-    """Real token rows from C4-format *.json.gz files (one row per document, truncated)."""
+    """Real token rows: from an MDS folder written by mosaicbert.data.convert (its train/ split; raw text or token
+    ids), or from C4-format *.json.gz files (one row per document, truncated)."""
     from mosaicbert.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(vocab)
-    files = sorted(Path(path).glob("*.json.gz")) if Path(path).is_dir() else [Path(path)]
+    root = Path(path)
+    split = root / "train" if (root / "train" / "index.json").exists() else root
+    if (split / "index.json").exists():
+        from streaming import StreamingDataset
+
+        ds = StreamingDataset(local=str(split), shuffle=False, batch_size=1)
+        rows, docs = [], []
+        for i in range(min(limit, ds.num_samples)):
+            sample = ds[i]
+            if "input_ids" in sample:
+                rows.append([int(t) for t in sample["input_ids"][:seq]])
+            else:
+                docs.append(sample["text"])
+        return rows + (tok(docs, truncation=True, max_length=seq)["input_ids"] if docs else [])
+    files = sorted(root.glob("*.json.gz")) if root.is_dir() else [root]
     docs = []
     for f in files:
         with gzip.open(f, "rt") as fh:
@@ -221,7 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--mask_prob", type=float, default=0.30)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--data", default=None, help="C4-format *.json.gz file or folder for real token rows")
+    p.add_argument("--data", default=None,
+                   help="real token rows: an MDS folder (as main.py reads) or C4-format *.json.gz file/folder")
     p.add_argument("--tokenizer", default="bert-base-uncased")
     p.add_argument("--attention_backend", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
