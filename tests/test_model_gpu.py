@@ -11,7 +11,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-GPU_BACKENDS = [name for name in ("sdpa", "flex", "flash_attn") if ATTENTION_BACKENDS[name].installed()]
+GPU_BACKENDS = [name for name in ("sdpa", "flex", "flash_attn", "triton") if ATTENTION_BACKENDS[name].installed()]
 
 
 def _setup(seed=0, alibi_starting_size=64, seqlen=96):

@@ -11,6 +11,7 @@ mask_j is 0 for real keys and "minus infinity" for padding. Backends differ only
   "sdpa"        torch scaled_dot_product_attention on re-padded [B, H, S, D] with an additive float bias
   "flex"        torch FlexAttention on the packed tokens: ALiBi score_mod + same-sequence block mask (GPU)
   "torch"       reference: padded matmul -> + bias -> softmax in fp32 -> matmul (runs anywhere)
+  "triton"      experimental: our own varlen ALiBi kernel (triton_attention.py); explicit opt-in only
 
 The registry `ATTENTION_BACKENDS` is a plain dict so new kernels are a function plus one entry.
 
@@ -50,6 +51,8 @@ try:
 except ImportError:
     create_block_mask = flex_attention = None
     HAS_FLEX_ATTN = False
+
+from .triton_attention import HAS_TRITON, TRITON_INTERPRET, triton_attention  # triton import guarded there
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -265,6 +268,8 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
         usable=lambda dev, dt: HAS_FLEX_ATTN and dev.type == "cuda",
     ),
     "torch": AttentionBackend("torch", torch_attention, installed=lambda: True, usable=lambda dev, dt: True),
+    # usable=False: "auto" never picks it until it has been measured on the GPU; select it explicitly
+    "triton": AttentionBackend("triton", triton_attention, installed=lambda: HAS_TRITON, usable=lambda dev, dt: False),
 }
 VALID_BACKENDS = ("auto", *ATTENTION_BACKENDS)
 
@@ -295,6 +300,11 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> Atte
             raise ValueError(
                 f"attention_backend='flash_attn' needs CUDA fp16/bf16 inputs, got device={device} dtype={dtype} "
                 "(run under torch.autocast or use attention_backend='auto')"
+            )
+        if chosen == "triton" and device.type != "cuda" and not TRITON_INTERPRET:
+            raise ValueError(
+                f"attention_backend='triton' needs CUDA, got device={device} "
+                "(on CPU it runs only under the Triton interpreter, TRITON_INTERPRET=1)"
             )
     key = f"{name}->{chosen}@{device.type}"
     if key not in _logged:

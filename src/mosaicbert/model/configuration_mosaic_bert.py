@@ -7,7 +7,7 @@ try:  # transformers >= 5 spells it PreTrainedConfig; PretrainedConfig stays as 
 except ImportError:  # pragma: no cover - transformers 4.x
     from transformers import PretrainedConfig as _BaseConfig
 
-ATTENTION_BACKEND_NAMES = ("auto", "flash_attn", "sdpa", "flex", "torch")
+ATTENTION_BACKEND_NAMES = ("auto", "flash_attn", "sdpa", "flex", "torch", "triton")
 
 
 class MosaicBertConfig(_BaseConfig):
@@ -15,7 +15,7 @@ class MosaicBertConfig(_BaseConfig):
 
     Same fields as `BertConfig` (no `max_position_embeddings`: there are no position embeddings), plus
       alibi_starting_size: size of the ALiBi bias built up front; longer inputs grow it on the fly.
-      attention_backend: "auto" | "flash_attn" | "sdpa" | "flex" | "torch" (see attention.py).
+      attention_backend: "auto" | "flash_attn" | "sdpa" | "flex" | "torch" | "triton" (see attention.py).
       low_precision_layernorm: under autocast run LayerNorm in the autocast dtype instead of fp32.
     """
 

@@ -1,0 +1,303 @@
+"""Experimental Triton kernel: varlen bidirectional attention with ALiBi (FlashAttention-2 style).
+
+Computes, on the packed tokens of a right-padded batch (no padding materialised, no [S, S] bias in memory):
+
+    out[i] = softmax_j( q_i . k_j / sqrt(D) - slope_h * |pos_i - pos_j| ) @ v_j,   j in the sequence of i
+
+Forward: one program per (query block, sequence, head) streams the key blocks of its own sequence with an
+online softmax and saves the row logsumexp. Backward recomputes the probabilities from that logsumexp
+(no [T, T] matrix is ever stored): delta = rowsum(dO * O), then one kernel for dK/dV (loop over query
+blocks) and one for dQ (loop over key blocks), so no atomics are needed.
+
+Self-contained on purpose (torch + triton + stdlib): `save_pretrained` copies this file next to the weights.
+Triton is imported in a try block so that transformers' remote-code import check does not require it.
+Only long-standing Triton features are used (tl.load/store/dot/exp2 with masks) so it survives upgrades.
+Run on CPU with TRITON_INTERPRET=1 set before this module is imported (that is how the tests run it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:
+    triton = tl = None
+    HAS_TRITON = False
+
+# The interpreter is chosen when the kernels are decorated (at import), so read the variable once here.
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+_LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): exp2 is the native instruction
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        # fp32-accumulating matmul. UPCAST only under the interpreter with bf16: it keeps bf16 as raw uint16
+        # and would multiply the bit patterns as integers (Triton 3.8), so compute in fp32 there.
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        return tl.dot(a, b, input_precision=PRECISION)
+
+    @triton.jit
+    def _fwd_kernel(
+        Q, K, V, O, LSE, CU, SLOPES,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+        stride_ot, stride_oh, stride_lh,
+        qk_scale,  # 1/sqrt(D) * log2(e): scores live in the log2 domain
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr,
+    ):
+        pid_m, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        start = tl.load(CU + b).to(tl.int64)  # int64: token * stride can exceed 2^31 for big batches
+        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
+        if pid_m * BLOCK_M >= seqlen:  # grid is sized by the longest sequence; shorter ones exit early
+            return
+        slope = tl.load(SLOPES + h) * 1.4426950408889634  # ALiBi slope in the log2 domain too
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # positions inside the sequence
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        mask_m = offs_m < seqlen
+
+        q = tl.load(Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+                    mask=mask_m[:, None], other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max
+        l_i = tl.zeros([BLOCK_M], tl.float32)  # running row sum of exp2(s - m_i)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        for start_n in range(0, seqlen, BLOCK_N):  # bidirectional: every key block of the sequence
+            offs_n = start_n + offs_n0
+            mask_n = offs_n < seqlen
+            k = tl.load(K + (start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
+                        mask=mask_n[:, None], other=0.0)
+            v = tl.load(V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
+                        mask=mask_n[:, None], other=0.0)
+            s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale  # [BLOCK_M, BLOCK_N] fp32
+            dist = tl.abs(offs_m[:, None] - offs_n[None, :]).to(tl.float32)
+            s = s - slope * dist
+            s = tl.where(mask_n[None, :], s, float("-inf"))  # keys past the end of the sequence
+            # online softmax; the first block always holds key 0, so m_new is finite from the start
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST)
+            m_i = m_new
+        acc = acc / l_i[:, None]
+        tl.store(O + (start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+                 acc.to(O.dtype.element_ty), mask=mask_m[:, None])
+        tl.store(LSE + h * stride_lh + start + offs_m, m_i + tl.log2(l_i), mask=mask_m)  # log2 domain
+
+    @triton.jit
+    def _bwd_dkdv_kernel(
+        Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+        stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
+        qk_scale, sm_scale,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr,
+    ):
+        # one program owns a key block and loops over the query blocks: dK, dV accumulate in registers
+        pid_n, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        start = tl.load(CU + b).to(tl.int64)
+        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
+        if pid_n * BLOCK_N >= seqlen:
+            return
+        slope = tl.load(SLOPES + h) * 1.4426950408889634
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m0 = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        mask_n = offs_n < seqlen
+        k = tl.load(K + (start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
+                    mask=mask_n[:, None], other=0.0)
+        v = tl.load(V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
+                    mask=mask_n[:, None], other=0.0)
+        dk = tl.zeros([BLOCK_N, D], tl.float32)
+        dv = tl.zeros([BLOCK_N, D], tl.float32)
+        for start_m in range(0, seqlen, BLOCK_M):
+            offs_m = start_m + offs_m0
+            mask_m = offs_m < seqlen
+            q = tl.load(Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+                        mask=mask_m[:, None], other=0.0)
+            do = tl.load(DO + (start + offs_m)[:, None] * stride_dot + h * stride_doh + offs_d[None, :],
+                         mask=mask_m[:, None], other=0.0)
+            lse = tl.load(LSE + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
+            delta = tl.load(DELTA + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
+            s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale  # [BLOCK_M, BLOCK_N]
+            s = s - slope * tl.abs(offs_m[:, None] - offs_n[None, :]).to(tl.float32)
+            p = tl.exp2(s - lse[:, None])  # recomputed probabilities
+            p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+            dv += _dot(tl.trans(p.to(do.dtype)), do, PRECISION, UPCAST)
+            dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
+            ds = p * (dp - delta[:, None])  # softmax backward; the ALiBi bias is constant
+            dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
+        dk = dk * sm_scale
+        tl.store(DK + (start + offs_n)[:, None] * stride_dkt + h * stride_dkh + offs_d[None, :],
+                 dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
+        tl.store(DV + (start + offs_n)[:, None] * stride_dvt + h * stride_dvh + offs_d[None, :],
+                 dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
+
+    @triton.jit
+    def _bwd_dq_kernel(
+        Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+        stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lh,
+        qk_scale, sm_scale,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr,
+    ):
+        # one program owns a query block and loops over the key blocks: dQ accumulates in registers
+        pid_m, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        start = tl.load(CU + b).to(tl.int64)
+        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
+        if pid_m * BLOCK_M >= seqlen:
+            return
+        slope = tl.load(SLOPES + h) * 1.4426950408889634
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n0 = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        mask_m = offs_m < seqlen
+        q = tl.load(Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+                    mask=mask_m[:, None], other=0.0)
+        do = tl.load(DO + (start + offs_m)[:, None] * stride_dot + h * stride_doh + offs_d[None, :],
+                     mask=mask_m[:, None], other=0.0)
+        lse = tl.load(LSE + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
+        delta = tl.load(DELTA + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
+        dq = tl.zeros([BLOCK_M, D], tl.float32)
+        for start_n in range(0, seqlen, BLOCK_N):
+            offs_n = start_n + offs_n0
+            mask_n = offs_n < seqlen
+            k = tl.load(K + (start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
+                        mask=mask_n[:, None], other=0.0)
+            v = tl.load(V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
+                        mask=mask_n[:, None], other=0.0)
+            s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
+            s = s - slope * tl.abs(offs_m[:, None] - offs_n[None, :]).to(tl.float32)
+            p = tl.exp2(s - lse[:, None])
+            p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+            dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
+            ds = p * (dp - delta[:, None])
+            dq += _dot(ds.to(k.dtype), k, PRECISION, UPCAST)
+        dq = dq * sm_scale
+        tl.store(DQ + (start + offs_m)[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
+                 dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
+
+
+def _check_inputs(qkv: torch.Tensor) -> None:
+    if not HAS_TRITON:
+        raise ValueError("attention_backend='triton' requested but triton is not installed")
+    if not (qkv.is_cuda or TRITON_INTERPRET):
+        raise ValueError(
+            f"attention_backend='triton' needs CUDA tensors (got device={qkv.device}); on CPU it only runs "
+            "under the Triton interpreter (TRITON_INTERPRET=1 set before import, for tests)"
+        )
+    if qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError(f"expected qkv of shape [T, 3, H, D], got {tuple(qkv.shape)}")
+    if qkv.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"attention_backend='triton' supports head dims {SUPPORTED_HEAD_DIMS}, got {qkv.shape[-1]}")
+    if qkv.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"attention_backend='triton' supports fp32/fp16/bf16, got {qkv.dtype}")
+    if qkv.stride(-1) != 1:
+        raise ValueError("attention_backend='triton' needs qkv with a contiguous last (head_dim) axis")
+
+
+def _config(D: int, dtype: torch.dtype, block_m: int | None, block_n: int | None):
+    # Starting points, not tuned. Powers of two >= 16 (tl.dot's minimum tile). 64x64 fp16/bf16 tiles need at
+    # most ~75 KB of shared memory (D=128 dK/dV); fp32 tiles are twice the bytes and D=128 would need ~210 KB
+    # (more than an A100 has), so fp32 with D >= 64 uses 32x32 tiles.
+    default = 32 if dtype == torch.float32 and D >= 64 else 64
+    bm = block_m or default
+    bn = block_n or default
+    num_warps = 4 if D <= 64 else 8
+    return bm, bn, num_warps
+
+
+def _dot_args(dtype: torch.dtype) -> dict:
+    # fp32 inputs: full-precision dots (Triton would use TF32 on Ampere+ otherwise); ignored for fp16/bf16
+    upcast = TRITON_INTERPRET and dtype == torch.bfloat16
+    return dict(PRECISION="ieee" if dtype == torch.float32 or upcast else "tf32", UPCAST=upcast)
+
+
+class TritonAlibiVarlenAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, cu_seqlens, max_seqlen, slopes, block_m=None, block_n=None):
+        # qkv: [T, 3, H, D]; q, k, v are strided views into it (no copies)
+        T, _, H, D = qkv.shape
+        q, k, v = qkv.unbind(1)  # each [T, H, D], stride (3*H*D, D, 1) when qkv is contiguous
+        out = torch.empty(T, H, D, device=qkv.device, dtype=qkv.dtype)
+        lse = torch.empty(H, T, device=qkv.device, dtype=torch.float32)  # log2-domain logsumexp per row
+        cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
+        slopes = slopes.to(device=qkv.device, dtype=torch.float32).contiguous()
+        bm, bn, num_warps = _config(D, qkv.dtype, block_m, block_n)
+        sm_scale = 1.0 / math.sqrt(D)
+        batch = cu_seqlens.numel() - 1
+        if T > 0 and batch > 0 and max_seqlen > 0:
+            grid = (triton.cdiv(max_seqlen, bm), batch, H)
+            _fwd_kernel[grid](
+                q, k, v, out, lse, cu_seqlens, slopes,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                out.stride(0), out.stride(1), lse.stride(0),
+                sm_scale * _LOG2E,
+                D=D, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps, **_dot_args(qkv.dtype),
+            )
+        ctx.save_for_backward(qkv, out, lse, cu_seqlens, slopes)
+        ctx.max_seqlen, ctx.block_m, ctx.block_n = max_seqlen, block_m, block_n
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, out, lse, cu_seqlens, slopes = ctx.saved_tensors
+        T, _, H, D = qkv.shape
+        max_seqlen = ctx.max_seqlen
+        bm, bn, num_warps = _config(D, qkv.dtype, ctx.block_m, ctx.block_n)
+        sm_scale = 1.0 / math.sqrt(D)
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij: the softmax-backward correction, [H, T] fp32
+        delta = (dout.float() * out.float()).sum(-1).transpose(0, 1).contiguous()
+        dqkv = torch.empty_like(qkv)  # dq, dk, dv are written straight into its three slices
+        q, k, v = qkv.unbind(1)
+        dq, dk, dv = dqkv.unbind(1)
+        batch = cu_seqlens.numel() - 1
+        if T > 0 and batch > 0 and max_seqlen > 0:
+            common = dict(D=D, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps, **_dot_args(qkv.dtype))
+            _bwd_dkdv_kernel[(triton.cdiv(max_seqlen, bn), batch, H)](
+                q, k, v, dout, lse, delta, dk, dv, cu_seqlens, slopes,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+                lse.stride(0), sm_scale * _LOG2E, sm_scale, **common,
+            )
+            _bwd_dq_kernel[(triton.cdiv(max_seqlen, bm), batch, H)](
+                q, k, v, dout, lse, delta, dq, cu_seqlens, slopes,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
+                lse.stride(0), sm_scale * _LOG2E, sm_scale, **common,
+            )
+        else:
+            dqkv.zero_()
+        return dqkv, None, None, None, None, None
+
+
+def triton_alibi_varlen_attention(qkv, cu_seqlens, max_seqlen, slopes, block_m=None, block_n=None):
+    """qkv [T, 3, H, D] packed tokens, cu_seqlens [B+1] int32, slopes [H] fp32 -> out [T, H, D]."""
+    _check_inputs(qkv)
+    return TritonAlibiVarlenAttention.apply(qkv, cu_seqlens, int(max_seqlen), slopes, block_m, block_n)
+
+
+def triton_attention(qkv: torch.Tensor, ctx, dropout_p: float) -> torch.Tensor:
+    """Backend entry point: attend(qkv [T, 3, H, D], AttentionContext, dropout_p) -> [T, H, D]."""
+    if dropout_p > 0.0:
+        raise ValueError(
+            "attention_backend='triton' does not support attention dropout; set attention_probs_dropout_prob=0.0 "
+            "or use another backend"
+        )
+    info = ctx.info
+    return triton_alibi_varlen_attention(qkv, info.cu_seqlens, info.max_seqlen, ctx.alibi.slopes(qkv.device))
