@@ -149,9 +149,9 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
         raise FileNotFoundError(
             f"Could not load tokenizer {name!r} from the Hugging Face Hub or the local HF cache "
             f"(offline or not cached: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            f"Pass a local tokenizer folder or a path to a WordPiece vocab.txt instead (e.g. "
-            f"--tokenizer ../shared/data/vocab/bert-base-uncased), or use {BUILTIN_PREFIX}{BUILTIN_NAME} "
-            "for the built-in offline tokenizer."
+            f"Pass a local tokenizer folder or a path to a WordPiece vocab.txt instead (main.py / glue.py: "
+            f"tokenizer=../shared/data/vocab/bert-base-uncased; the converter: --tokenizer ...), or use "
+            f"{BUILTIN_PREFIX}{BUILTIN_NAME} for the built-in offline tokenizer."
         ) from e
     if not isinstance(tok, PreTrainedTokenizerFast):
         raise ValueError(f"Tokenizer {name!r} has no fast (Rust) implementation; offsets are needed for conversion.")
