@@ -25,7 +25,11 @@ class UnpadInfo(NamedTuple):
 
 
 def get_unpad_info(attention_mask: torch.Tensor) -> UnpadInfo:
-    """attention_mask: [B, S], nonzero/True for real tokens."""
+    """attention_mask: [B, S], nonzero/True for real tokens.
+
+    Batches must be right-padded (real tokens first), as BERT tokenizers and our collators produce: ALiBi
+    positions are positions in the row, and the flash-attn backend counts them from each sequence's first token.
+    """
     batch, seqlen = attention_mask.shape
     mask = attention_mask.bool()
     seqlens = mask.sum(dim=-1, dtype=torch.int32)  # [B]
