@@ -12,6 +12,11 @@ budget) and budget, evaluating both on the same held-out split with the same fix
 training time. Runs autoresume from their checkpoints, so a budget longer than one session is split over several
 calls (use --segment_timeout to stop cleanly before a machine's limit). `glue` finetunes both final checkpoints with
 glue.py on the given tasks. `report` writes loss_vs_time.png, loss_vs_time.csv and time_to_quality.md.
+
+Several GPUs: `train --gpus 0,1` trains the two models at the same time, each on its own GPU; `pick` chooses, per
+model, the best of several `train` runs (e.g. one --out per learning rate) by final eval loss; `glue
+--concurrent_glue` runs the GLUE runs at once; `--random_init_baseline mosaic_bert` adds a random-init GLUE run.
+`benchmarks/gpu_ttq_session.sh` chains all of it for one 4-GPU machine.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,46 +45,113 @@ def size_overrides(size: str) -> list[str]:
     return [f"model.config_overrides.{k}={v}" for k, v in SIZES[size].items()]
 
 
+def run_all(cmds: list[list[str]], gpus: list[str] | None, concurrent: bool, timeout: float | None) -> int:
+    """Run the commands one after another, or all at once (command i on GPU gpus[i % len(gpus)] when given).
+
+    Returns the OR of the exit codes; 3 marks a command stopped at `timeout` (resume by running it again).
+    """
+    def env_for(i: int) -> dict:
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        return env
+
+    status, deadline = 0, None if timeout is None else time.monotonic() + timeout
+    batches = [list(enumerate(cmds))] if concurrent else [[ic] for ic in enumerate(cmds)]
+    for batch in batches:
+        procs = []
+        for i, cmd in batch:
+            where = f" (CUDA_VISIBLE_DEVICES={gpus[i % len(gpus)]})" if gpus else ""
+            print("+" + where, " ".join(cmd), flush=True)
+            procs.append((cmd, subprocess.Popen(cmd, cwd=ROOT, env=env_for(i))))
+        for cmd, proc in procs:
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                status |= proc.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                print(f"segment time limit reached for `{' '.join(cmd[:6])} ...`; run the step again to resume "
+                      "from the last checkpoint", flush=True)
+                status |= 3
+    return status
+
+
 def train(args) -> int:
-    status = 0
+    cmds = []
     for model in args.models.split(","):
         folder = Path(args.out) / model
-        cmd = [sys.executable, "-m", "composer.cli.launcher", "-n", "1", "main.py", MODELS[model],
-               f"data.local={args.data}", f"tokenizer={args.tokenizer}", f"run_name=ttq-{model}",
-               f"save_folder={folder}", "autoresume=true", "max_duration=100000000ba",
-               f"max_train_time={args.budget}", f"eval_interval={args.eval_every}", f"save_interval={args.eval_every}",
-               "save_num_checkpoints_to_keep=2", f"global_train_batch_size={args.batch}",
-               f"device_train_microbatch_size={args.batch}", f"optimizer.lr={args.lr}",
-               f"scheduler.t_warmup={args.warmup}dur", f"eval_subset_num_batches={args.eval_batches}",
-               f"compile={str(args.compile).lower()}", f"data.num_workers={args.num_workers}",
-               "algorithms.gradient_clipping.clipping_type=norm",
-               f"algorithms.gradient_clipping.clipping_threshold={args.clip}",
-               *size_overrides(args.size), *args.extra]
-        print("+", " ".join(cmd), flush=True)
-        try:
-            proc = subprocess.run(cmd, cwd=ROOT, timeout=args.segment_timeout)
-            status |= proc.returncode
-        except subprocess.TimeoutExpired:
-            print(f"{model}: segment time limit reached; run `train` again to resume from the last checkpoint",
-                  flush=True)
-            status |= 3
-    return status
+        cmds.append([
+            sys.executable, "-m", "composer.cli.launcher", "-n", "1", "main.py", MODELS[model],
+            f"data.local={args.data}", f"tokenizer={args.tokenizer}", f"run_name=ttq-{model}",
+            f"save_folder={folder}", "autoresume=true", "max_duration=100000000ba",
+            f"max_train_time={args.budget}", f"eval_interval={args.eval_every}", f"save_interval={args.eval_every}",
+            "save_num_checkpoints_to_keep=2", f"global_train_batch_size={args.batch}",
+            f"device_train_microbatch_size={args.batch}", f"optimizer.lr={args.lr}",
+            f"scheduler.t_warmup={args.warmup}dur", f"eval_subset_num_batches={args.eval_batches}",
+            f"compile={str(args.compile).lower()}", f"data.num_workers={args.num_workers}",
+            "algorithms.gradient_clipping.clipping_type=norm",
+            f"algorithms.gradient_clipping.clipping_threshold={args.clip}",
+            *size_overrides(args.size), *args.extra])
+    gpus = args.gpus.split(",") if args.gpus else None
+    return run_all(cmds, gpus, concurrent=bool(gpus and len(gpus) > 1), timeout=args.segment_timeout)
+
+
+def final_eval_loss(folder: Path) -> float | None:
+    metrics = folder / "metrics.jsonl"
+    points = read_eval_points(metrics) if metrics.exists() else []
+    return points[-1]["eval/LanguageCrossEntropy"] if points else None
+
+
+def pick(args) -> int:
+    """Per model, link the `train` run (one --out folder per setting) with the lowest final eval loss into --out."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for model in args.models.split(","):
+        losses = {Path(f): final_eval_loss(Path(f) / model) for f in args.candidates}
+        finished = {f: v for f, v in losses.items() if v is not None}
+        if not finished:
+            print(f"{model}: no eval results in any of {args.candidates}", file=sys.stderr)
+            return 2
+        best = min(finished, key=finished.get)
+        link = out / model
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to((best / model).resolve(), target_is_directory=True)
+        tried = ", ".join(f"{f}: {v:.3f}" if v is not None else f"{f}: no result" for f, v in losses.items())
+        lines.append(f"{model}: picked {best} (final eval loss; {tried})")
+    (out / "picked.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def glue_variants(args) -> list[tuple[str, str, str | None]]:
+    """(model, folder name under --out, starting checkpoint) per GLUE run; None = random init."""
+    variants = []
+    random_init = set(filter(None, (args.random_init_baseline or "").split(",")))
+    for model in args.models.split(","):
+        variants.append((model, f"glue-{model}", str(Path(args.out) / model / "latest-rank0.pt")))
+        if model in random_init:
+            variants.append((model, f"glue-{model}-random-init", None))
+    return variants
 
 
 def glue(args) -> int:
-    status = 0
-    for model in args.models.split(","):
-        ckpt = Path(args.out) / model / "latest-rank0.pt"
-        if not ckpt.exists():
+    cmds = []
+    for model, name, ckpt in glue_variants(args):
+        if ckpt is not None and not Path(ckpt).exists():
             print(f"{model}: no checkpoint at {ckpt}; run `train` first", file=sys.stderr)
             return 2
-        cmd = [sys.executable, "glue.py", GLUE_YAMLS[model], f"model.pretrained_checkpoint={ckpt}",
-               f"tokenizer={args.tokenizer}", f"data_dir={args.glue_data}", f"tasks_to_run=[{args.tasks}]",
-               "mnli_start_tasks=[]", f"save_folder={Path(args.out) / ('glue-' + model)}", f"run_name=ttq-{model}",
-               *size_overrides(args.size), *args.extra]
-        print("+", " ".join(cmd), flush=True)
-        status |= subprocess.run(cmd, cwd=ROOT).returncode
-    return status
+        cmds.append([sys.executable, "glue.py", GLUE_YAMLS[model], f"model.pretrained_checkpoint={ckpt or 'null'}",
+                     f"tokenizer={args.tokenizer}", f"data_dir={args.glue_data}", f"tasks_to_run=[{args.tasks}]",
+                     "mnli_start_tasks=[]", f"save_folder={Path(args.out) / name}", f"run_name=ttq-{name}",
+                     *size_overrides(args.size), *args.glue_extra, *args.extra])
+    # Concurrent runs each spread their jobs over every visible GPU (small models leave a GPU mostly idle).
+    return run_all(cmds, None, concurrent=args.concurrent_glue, timeout=None)
 
 
 def read_eval_points(metrics: Path) -> list[dict]:
@@ -158,7 +232,12 @@ def report(args) -> int:
                  else "not reached within the budget")
         lines += ["", f"MosaicBERT reaches HF BERT's final eval loss ({target:.3f}): {reach}."]
 
-    glue_rows = {m: glue_scores(Path(args.out) / f"glue-{m}") for m in curves}
+    glue_rows = {}
+    for model in curves:
+        glue_rows[LABELS.get(model, model)] = glue_scores(Path(args.out) / f"glue-{model}")
+        random_init = glue_scores(Path(args.out) / f"glue-{model}-random-init")
+        if random_init:
+            glue_rows[f"{LABELS.get(model, model)}, random init (no pretraining)"] = random_init
     if any(glue_rows.values()):
         tasks = sorted({t for r in glue_rows.values() if r for t, e in r["tasks"].items() if "score" in e})
         lines += ["", "GLUE (dev, x100; task score = mean over seeds, two-metric tasks averaged):", "",
@@ -168,7 +247,7 @@ def report(args) -> int:
                 continue
             cells = [f"{100 * r['tasks'][t]['score']:.1f}" if "score" in r["tasks"].get(t, {}) else "—" for t in tasks]
             avg = "—" if r["glue_average"] is None else f"{100 * r['glue_average']:.1f}"
-            lines.append(f"| {LABELS.get(model, model)} | " + " | ".join(cells) + f" | {avg} |")
+            lines.append(f"| {model} | " + " | ".join(cells) + f" | {avg} |")
     (dest / "time_to_quality.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
@@ -176,7 +255,7 @@ def report(args) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=["train", "glue", "report"])
+    p.add_argument("step", choices=["train", "pick", "glue", "report"])
     p.add_argument("--out", default="runs/ttq", help="folder for checkpoints, metrics and GLUE runs")
     p.add_argument("--models", default="mosaic_bert,hf_bert")
     p.add_argument("--size", default="small", choices=sorted(SIZES), help="the same shape for both models")
@@ -192,6 +271,17 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--num_workers", type=int, default=8)
     p.add_argument("--segment_timeout", type=float, default=None, help="stop `train` after this many seconds")
+    p.add_argument("--gpus", default=None,
+                   help="train: comma-separated GPU ids; with several, the models train at the same time, "
+                        "model i on GPU i (each still on one GPU)")
+    p.add_argument("--random_init_baseline", default="", metavar="MODELS",
+                   help="glue: also finetune these models (comma-separated) from random init: what pretraining adds")
+    p.add_argument("--candidates", nargs="+", default=[], metavar="DIR",
+                   help="pick: `train` --out folders of different settings (e.g. learning rates) to choose from")
+    p.add_argument("--concurrent_glue", action="store_true",
+                   help="glue: run the GLUE runs at the same time, each spreading its jobs over all visible GPUs")
+    p.add_argument("--glue_extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for glue.py only, e.g. tasks.sst2.seeds=[19] (repeatable)")
     p.add_argument("--glue_data", default="../shared/data/glue")
     p.add_argument("--tasks", default="cola,sst2,mrpc,stsb,rte")
     p.add_argument("--dest", default="benchmarks/time_to_quality")
@@ -200,7 +290,7 @@ def main(argv=None) -> int:
     args = p.parse_intermixed_args(argv)
     if args.step == "train" and not args.data:
         p.error("train needs --data (an MDS folder written by python -m mosaicbert.data.convert)")
-    return {"train": train, "glue": glue, "report": report}[args.step](args)
+    return {"train": train, "pick": pick, "glue": glue, "report": report}[args.step](args)
 
 
 if __name__ == "__main__":

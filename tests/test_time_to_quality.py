@@ -34,6 +34,9 @@ def test_report_writes_plot_csv_and_table(tmp_path):
     (tmp_path / "glue-mosaic_bert").mkdir()
     (tmp_path / "glue-mosaic_bert" / "results.json").write_text(json.dumps(
         {"glue_average": 0.7, "tasks": {"rte": {"status": "ok", "score": 0.6}, "cola": {"status": "ok", "score": 0.8}}}))
+    (tmp_path / "glue-mosaic_bert-random-init").mkdir()
+    (tmp_path / "glue-mosaic_bert-random-init" / "results.json").write_text(json.dumps(
+        {"glue_average": 0.5, "tasks": {"rte": {"status": "ok", "score": 0.5}, "cola": {"status": "ok", "score": 0.5}}}))
     dest = tmp_path / "report"
     assert ttq.main(["report", "--out", str(tmp_path), "--dest", str(dest)]) == 0
     assert (dest / "loss_vs_time.png").stat().st_size > 1000
@@ -42,6 +45,7 @@ def test_report_writes_plot_csv_and_table(tmp_path):
     md = (dest / "time_to_quality.md").read_text()
     assert "reaches HF BERT's final eval loss (6.000): 15 s = 0.50" in md
     assert "| MosaicBERT | 80.0 | 60.0 | 70.0 |" in md
+    assert "| MosaicBERT, random init (no pretraining) | 50.0 | 50.0 | 50.0 |" in md
 
 
 @pytest.mark.slow
@@ -55,3 +59,44 @@ def test_train_step_runs_a_budgeted_model(tmp_path):
     points = ttq.read_eval_points(tmp_path / "mosaic_bert" / "metrics.jsonl")
     assert len(points) >= 2 and points[-1]["train_seconds"] >= 6.0
     assert (tmp_path / "mosaic_bert" / "latest-rank0.pt").exists()
+
+
+def test_run_all_concurrent_pins_one_gpu_per_command(tmp_path):
+    # Each command waits for the other's file, so this only finishes if the two really run at the same time.
+    script = ("import os, sys, time, pathlib; d = pathlib.Path(sys.argv[1]); me, other = sys.argv[2], sys.argv[3]\n"
+              "(d / me).write_text(os.environ['CUDA_VISIBLE_DEVICES'])\n"
+              "t = time.time()\n"
+              "while not (d / other).exists():\n"
+              "    assert time.time() - t < 60; time.sleep(0.05)\n")
+    cmds = [[sys.executable, "-c", script, str(tmp_path), "a", "b"],
+            [sys.executable, "-c", script, str(tmp_path), "b", "a"]]
+    assert ttq.run_all(cmds, ["2", "3"], concurrent=True, timeout=120) == 0
+    assert (tmp_path / "a").read_text() == "2" and (tmp_path / "b").read_text() == "3"
+
+
+def test_run_all_stops_at_the_segment_timeout():
+    cmds = [[sys.executable, "-c", "import time; time.sleep(60)"]]
+    assert ttq.run_all(cmds, None, concurrent=False, timeout=1) == 3
+
+
+def test_pick_links_the_setting_with_the_lowest_final_loss(tmp_path):
+    for lr, losses in {"lr1": {"mosaic_bert": 4.0, "hf_bert": 6.5}, "lr2": {"mosaic_bert": 4.5, "hf_bert": 6.0}}.items():
+        for model, loss in losses.items():
+            (tmp_path / lr / model).mkdir(parents=True)
+            (tmp_path / lr / model / "metrics.jsonl").write_text(
+                json.dumps(_point(10, 9.0, 1)) + "\n" + json.dumps(_point(20, loss, 2)) + "\n")
+    (tmp_path / "lr3").mkdir()  # a setting that never ran is reported, not picked
+    best = tmp_path / "best"
+    assert ttq.main(["pick", "--out", str(best), "--candidates", *(str(tmp_path / d) for d in ("lr1", "lr2", "lr3"))]) == 0
+    assert (best / "mosaic_bert").resolve() == (tmp_path / "lr1" / "mosaic_bert").resolve()
+    assert (best / "hf_bert").resolve() == (tmp_path / "lr2" / "hf_bert").resolve()
+    assert "lr3: no result" in (best / "picked.txt").read_text()
+
+
+def test_glue_variants_add_the_random_init_baseline(tmp_path):
+    args = ttq.argparse.Namespace(out=str(tmp_path), models="mosaic_bert,hf_bert", random_init_baseline="mosaic_bert")
+    assert ttq.glue_variants(args) == [
+        ("mosaic_bert", "glue-mosaic_bert", str(tmp_path / "mosaic_bert" / "latest-rank0.pt")),
+        ("mosaic_bert", "glue-mosaic_bert-random-init", None),
+        ("hf_bert", "glue-hf_bert", str(tmp_path / "hf_bert" / "latest-rank0.pt")),
+    ]
