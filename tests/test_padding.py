@@ -112,3 +112,26 @@ def test_gather_rows_with_keep_masks():
     (gref,) = torch.autograd.grad(ref, x, gy)
     assert torch.equal(out, ref)
     assert torch.equal(g, gref)
+
+
+def test_gather_pad_unpad_compiled_path():
+    """Under torch.compile the re-pad takes the gather branch (eager takes index_copy): same values and grads."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    mask = _rand_mask(4, 7, seed=3)
+    mask[1, :] = 1
+    info = get_unpad_info(mask, with_max_seqlen=False)
+
+    def roundtrip(x):
+        packed = unpad_rows(x, info) * 3.0
+        return pad_rows(packed, info).square()
+
+    x = torch.randn(4, 7, 5, requires_grad=True)
+    gy = torch.randn(4, 7, 5)
+    ref = roundtrip(x)
+    (gref,) = torch.autograd.grad(ref, x, gy)
+    out = torch.compile(roundtrip, backend="aot_eager", fullgraph=True)(x)
+    (gout,) = torch.autograd.grad(out, x, gy)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(gout, gref)

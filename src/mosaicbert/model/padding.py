@@ -72,6 +72,11 @@ def pad(x: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torc
     return out.view(batch, seqlen, *x.shape[1:])
 
 
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 def _masked_index_select(x: torch.Tensor, idx: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
     """y[m] = x[idx[m]] if keep[m] (or keep is None) else 0."""
     if x.shape[0] == 0:  # nothing to gather from (no real token at all): every row is a zero row
@@ -93,6 +98,11 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, idx, keep, inv, inv_keep):
         ctx.save_for_backward(inv, inv_keep)
+        if keep is not None and inv_keep is None and not _is_compiling():
+            # Every source row lands in a kept row (re-padding): in eager mode a zero fill plus a scatter of
+            # the N source rows is cheaper than gathering all M rows and then zeroing the unkept ones. Under
+            # torch.compile the gather below is one fused kernel, so it is used there.
+            return x.new_zeros(idx.shape[0], *x.shape[1:]).index_copy_(0, inv, x)
         return _masked_index_select(x, idx, keep)
 
     @staticmethod
