@@ -298,6 +298,8 @@ def main(argv=None) -> int:
                 row = run_one(model_name, mode == "compiled", args, batches, device, peak, variant)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                if args.out:  # after every row, so a run cut short by a timeout keeps what it measured
+                    Path(args.out).write_text(json.dumps(dict(env=env, rows=rows), indent=2))
     hdr = f"| model | mode | ms/step | seq/s | real tok/s | useful TFLOP/s | MFU | peak GiB |"
     print("\n" + hdr + "\n|" + "---|" * 8)
 
