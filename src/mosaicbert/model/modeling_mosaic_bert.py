@@ -209,13 +209,18 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        output_hidden_states = bool(output_hidden_states)
         attention_mask, backend, info, _ = self._prepare(input_ids, attention_mask, token_type_ids, None)
+        out = self._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend, output_hidden_states)
+        if not return_dict:
+            return tuple(v for v in (out.last_hidden_state, out.pooler_output, out.hidden_states) if v is not None)
+        return out
+
+    def _forward_prepared(self, input_ids, attention_mask, token_type_ids, info, backend, output_hidden_states):
+        """forward() after `_prepare` (task models call `_prepare` themselves, first, to keep one graph)."""
+        output_hidden_states = bool(output_hidden_states)
         h, hidden_states = self._encode(input_ids, attention_mask, token_type_ids, info, backend, output_hidden_states)
         sequence_output = pad_rows(h, info)  # [B, S, hidden], zeros at padding
         pooled = self.pooler(sequence_output) if self.pooler is not None else None
-        if not return_dict:
-            return tuple(v for v in (sequence_output, pooled, hidden_states) if v is not None)
         return BaseModelOutputWithPooling(
             last_hidden_state=sequence_output, pooler_output=pooled, hidden_states=hidden_states
         )
@@ -295,13 +300,9 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         loss = None
         if labels is None:
-            outputs = self.bert(
-                input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                output_hidden_states=output_hidden_states,
-                return_dict=True,
-            )
+            attention_mask, backend, info, _ = self.bert._prepare(input_ids, attention_mask, token_type_ids, None)
+            outputs = self.bert._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend,
+                                                  output_hidden_states)
             hidden_states = outputs.hidden_states
             logits = self.cls(outputs.last_hidden_state)  # [B, S, vocab]
         else:
@@ -355,13 +356,9 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        outputs = self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
+        attention_mask, backend, info, _ = self.bert._prepare(input_ids, attention_mask, token_type_ids, None)
+        outputs = self.bert._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend,
+                                              output_hidden_states)
         logits = self.classifier(self.dropout(outputs.pooler_output))  # [B, num_labels]
         loss = None
         if labels is not None:
