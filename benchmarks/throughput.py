@@ -122,6 +122,26 @@ def matmul_peak(device) -> float:
     return 2 * 8192**3 * 10 / (start.elapsed_time(end) / 1e3)
 
 
+# Benchmark-only ablations of MosaicBERT (monkeypatches, undone after the row): measure what one change buys
+# against the current code in the same process. Each returns an undo function.
+def _variant_index_pad():
+    """Attention re-pads q/k/v with index_copy and unpads with plain indexing (accumulating-scatter backward),
+    as before the gather-only pad/unpad."""
+    from mosaicbert.model import attention, padding
+
+    old = attention.pad_rows, attention.unpad_rows
+    attention.pad_rows = lambda x, info: padding.pad(x, info.indices, info.batch, info.seqlen)
+    attention.unpad_rows = lambda x, info: padding.unpad(x, info.indices)
+
+    def undo():
+        attention.pad_rows, attention.unpad_rows = old
+
+    return undo
+
+
+VARIANTS = {"current": lambda: (lambda: None), "index_pad": _variant_index_pad}
+
+
 def build(model_name: str, size: str, attention_backend: str | None):
     from transformers import BertConfig, BertForMaskedLM
 
@@ -168,12 +188,21 @@ def profile_steps(step, batches, n: int, device) -> dict:
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
-def run_one(model_name, compiled, args, batches, device, peak):
+def run_one(model_name, compiled, args, batches, device, peak, variant="current"):
     torch.manual_seed(0)
+    torch._dynamo.reset()  # every row compiles from scratch (variants patch code the cached graphs were traced from)
+    undo = VARIANTS[variant]() if model_name == "mosaic_bert" else (lambda: None)
+    try:
+        return _run_one(model_name, compiled, args, batches, device, peak, variant)
+    finally:
+        undo()
+
+
+def _run_one(model_name, compiled, args, batches, device, peak, variant):
     model, cfg = build(model_name, args.size, args.attention_backend)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    step_model = torch.compile(model) if compiled else model
+    step_model = (torch.compile(model, mode=args.compile_mode) if compiled else model)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     dev_batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
 
@@ -214,6 +243,7 @@ def run_one(model_name, compiled, args, batches, device, peak):
     tflops = statistics.mean(flops) / med / 1e12
     row = dict(
         model=model_name, compiled=compiled, size=args.size, batch=bsz, seq=args.seq,
+        variant=variant if model_name == "mosaic_bert" else "", compile_mode=args.compile_mode if compiled else None,
         attention_backend=getattr(cfg, "attention_backend", "sdpa (transformers)"),
         ms_per_step=med * 1e3, seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
         useful_tflops=tflops, mfu=tflops * 1e12 / peak if math.isfinite(peak) else float("nan"),
@@ -243,6 +273,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--profile", type=int, default=0, help="also profile this many steps: time per kernel category")
+    p.add_argument("--compile_mode", default=None,
+                   help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: torch's default)")
+    p.add_argument("--variants", default="current",
+                   help=f"MosaicBERT code variants to compare in this run, comma-separated, from {sorted(VARIANTS)}; "
+                        "'current' is the code as it is, the others undo one optimisation (benchmark-only patches)")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -253,21 +288,35 @@ def main(argv=None) -> int:
                matmul_peak_tflops=peak / 1e12, date=time.strftime("%Y-%m-%d"), argv=sys.argv)
     print(json.dumps(env))
     rows = []
+    variants = args.variants.split(",")
+    for v in variants:
+        if v not in VARIANTS:
+            p.error(f"unknown variant {v!r}; choose from {sorted(VARIANTS)}")
     for model_name in args.models.split(","):
-        for mode in args.modes.split(","):
-            row = run_one(model_name, mode == "compiled", args, batches, device, peak)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for variant in (variants if model_name == "mosaic_bert" else ["current"]):
+            for mode in args.modes.split(","):
+                row = run_one(model_name, mode == "compiled", args, batches, device, peak, variant)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if args.out:  # after every row, so a run cut short by a timeout keeps what it measured
+                    Path(args.out).write_text(json.dumps(dict(env=env, rows=rows), indent=2))
     hdr = f"| model | mode | ms/step | seq/s | real tok/s | useful TFLOP/s | MFU | peak GiB |"
     print("\n" + hdr + "\n|" + "---|" * 8)
+
+    def label(r):
+        return r["model"] + (f" ({r['variant']})" if r.get("variant") not in ("", "current", None) else "")
+
+    def mode_of(r):
+        return ("compiled" + (f" {r['compile_mode']}" if r.get("compile_mode") else "")) if r["compiled"] else "eager"
+
     for r in rows:
-        print(f"| {r['model']} | {'compiled' if r['compiled'] else 'eager'} | {r['ms_per_step']:.1f} | "
+        print(f"| {label(r)} | {mode_of(r)} | {r['ms_per_step']:.1f} | "
               f"{r['seq_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {r['useful_tflops']:.0f} | "
               f"{r['mfu']:.1%} | {r['peak_mem_gib']:.1f} |")
     for r in rows:
         if r["profile_ms_per_step"]:
             parts = ", ".join(f"{k} {v:.1f}" for k, v in r["profile_ms_per_step"].items())
-            print(f"profile {r['model']} {'compiled' if r['compiled'] else 'eager'} (ms/step): {parts}")
+            print(f"profile {label(r)} {mode_of(r)} (ms/step): {parts}")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(env=env, rows=rows), indent=2))
     return 0

@@ -345,3 +345,81 @@ def test_output_hidden_states():
     assert len(out.hidden_states) == cfg.num_hidden_layers + 1
     assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
     assert out.pooler_output.shape == (1, cfg.hidden_size)
+
+
+def test_masked_only_head_label_on_padding():
+    """A label on a padding position sees the padded encoder output there (zeros), as the full head does."""
+    cfg = tiny_config()
+    model = randomize_(MosaicBertForMaskedLM(cfg))
+    ids, mask, tt = make_batch([10, 6, 8], 10, cfg.vocab_size, seed=7)
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 8], labels[2, 0], labels[2, 7] = 5, 6, 7, 8  # [1, 8] is padding
+    sel = labels != -100
+    out = model(ids, attention_mask=mask, token_type_ids=tt, labels=labels)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    full = model(ids, attention_mask=mask, token_type_ids=tt).logits
+    torch.testing.assert_close(out.logits, full[sel], rtol=1e-5, atol=1e-5)
+    F.cross_entropy(full[sel], labels[sel]).backward()
+    for n, p in model.named_parameters():
+        assert rel_err(grads[n], p.grad) < 1e-5, n
+
+
+def test_masked_lm_without_any_label():
+    cfg = tiny_config()
+    model = randomize_(MosaicBertForMaskedLM(cfg))
+    ids, mask, tt = make_batch([5, 3], 5, cfg.vocab_size)
+    out = model(ids, attention_mask=mask, labels=torch.full_like(ids, -100))
+    assert out.logits.shape == (0, cfg.vocab_size) and out.loss.item() == 0.0
+    out.loss.backward()
+
+
+def _mlm_batch(cfg, lengths, seqlen, seed):
+    ids, mask, tt = make_batch(lengths, seqlen, cfg.vocab_size, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.where((torch.rand(ids.shape, generator=g) < 0.3) & mask.bool(), ids, torch.full_like(ids, -100))
+    labels[0, 0] = 3
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=tt, labels=labels)
+
+
+@pytest.mark.parametrize("backend", ["torch", "sdpa"])
+def test_compiled_training_forward_is_one_graph(backend):
+    """The data-dependent shapes (nonzero on mask and labels) are computed in one torch.compiler.disable'd
+    function at the top of forward: the rest of the training forward (encoder, head, loss) is a single graph."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    cfg = tiny_config(attention_backend=backend)
+    model = MosaicBertForMaskedLM(cfg).train()
+    batch = _mlm_batch(cfg, [9, 4, 6], 9, seed=8)
+    ex = torch._dynamo.explain(lambda **b: model(**b).loss)(**batch)
+    assert ex.graph_count == 1, [r.reason for r in ex.break_reasons]
+    assert ex.graph_break_count == 0, [r.reason for r in ex.break_reasons]
+
+
+def test_compiled_matches_eager_across_batches():
+    """torch.compile (aot_eager: traces forward and backward like inductor, runs fast on CPU) over batches with
+    different T and M gives the eager loss and gradients, and compiles once (T, M marked dynamic)."""
+    import copy
+
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    cfg = tiny_config(attention_backend="sdpa")
+    eager = randomize_(MosaicBertForMaskedLM(cfg)).train()
+    compiled_model = copy.deepcopy(eager)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(compiled_model, backend=counter)
+    for seed, lengths in enumerate([[9, 4, 6], [9, 9, 2], [1, 5, 7]]):
+        batch = _mlm_batch(cfg, lengths, 9, seed=10 + seed)
+        l1 = eager(**batch).loss
+        l1.backward()
+        l2 = compiled(**batch).loss
+        l2.backward()
+        torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
+        for (n, p1), (_, p2) in zip(eager.named_parameters(), compiled_model.named_parameters()):
+            assert rel_err(p2.grad, p1.grad) < 1e-5, n
+        eager.zero_grad()
+        compiled_model.zero_grad()
+    assert counter.frame_count == 1

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .padding import UnpadInfo, pad, unpad
+from .padding import UnpadInfo, max_seqlen_of, pad_rows, unpad_rows
 
 logger = logging.getLogger("mosaicbert")
 
@@ -144,14 +144,14 @@ class AttentionContext:
 
 def _pad_qkv(qkv: torch.Tensor, info: UnpadInfo):
     """[T, 3, H, D] packed -> q, k, v each [B, H, S, D] (zeros at padded positions)."""
-    qkv = pad(qkv, info.indices, info.batch, info.seqlen)  # [B, S, 3, H, D]
+    qkv = pad_rows(qkv, info)  # [B, S, 3, H, D], one gather for q, k and v together
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     return q, k, v
 
 
 def _unpad_heads(out: torch.Tensor, info: UnpadInfo) -> torch.Tensor:
     """[B, H, S, D] -> [T, H, D]."""
-    return unpad(out.transpose(1, 2), info.indices)
+    return unpad_rows(out.transpose(1, 2), info)  # one gather (a view for SDPA's BSHD-strided outputs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def flash_attention(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: float) 
     out = flash_attn_varlen_qkvpacked_func(
         qkv,  # [T, 3, H, D]
         info.cu_seqlens,
-        info.max_seqlen,
+        max_seqlen_of(info),
         dropout_p=dropout_p,
         softmax_scale=None,  # 1/sqrt(D)
         causal=False,
@@ -251,6 +251,7 @@ class AttentionBackend:
     attend: Callable[[torch.Tensor, AttentionContext, float], torch.Tensor]
     installed: Callable[[], bool]  # can it be imported at all?
     usable: Callable[[torch.device, torch.dtype], bool]  # can "auto" pick it for these inputs?
+    needs_max_seqlen: bool = False  # varlen kernels size their grid with it (one extra host sync per batch)
 
 
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
@@ -259,6 +260,7 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
         flash_attention,
         installed=lambda: HAS_FLASH_ATTN,
         usable=lambda dev, dt: HAS_FLASH_ATTN and dev.type == "cuda" and dt in (torch.float16, torch.bfloat16),
+        needs_max_seqlen=True,
     ),
     "sdpa": AttentionBackend("sdpa", sdpa_attention, installed=lambda: True, usable=lambda dev, dt: True),
     "flex": AttentionBackend(
@@ -269,7 +271,8 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
     ),
     "torch": AttentionBackend("torch", torch_attention, installed=lambda: True, usable=lambda dev, dt: True),
     # usable=False: "auto" never picks it until it has been measured on the GPU; select it explicitly
-    "triton": AttentionBackend("triton", triton_attention, installed=lambda: HAS_TRITON, usable=lambda dev, dt: False),
+    "triton": AttentionBackend("triton", triton_attention, installed=lambda: HAS_TRITON, usable=lambda dev, dt: False,
+                               needs_max_seqlen=True),
 }
 VALID_BACKENDS = ("auto", *ATTENTION_BACKENDS)
 

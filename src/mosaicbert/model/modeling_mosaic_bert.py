@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOu
 from .attention import AlibiCache, AttentionContext, check_backend_name, resolve_backend
 from .configuration_mosaic_bert import MosaicBertConfig
 from .layers import MosaicBertEmbeddings, MosaicBertLayer, make_layernorm
-from .padding import get_unpad_info, pad, unpad
+from .padding import UnpadInfo, gather_rows, get_unpad_info, pad_rows, unpad_rows
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as _init
@@ -30,17 +30,62 @@ except ImportError:  # pragma: no cover
     from torch.nn import init as _init
 
 
-def _is_compiling() -> bool:
-    return torch.compiler.is_compiling() if hasattr(torch, "compiler") else False
+def _compiler_disable(fn):
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
 
 
-def _check_ids(name: str, ids: torch.Tensor, upper: int) -> None:
-    """Out-of-range ids would be an opaque device-side assert on CUDA; fail loudly on every backend instead."""
-    if ids.numel() == 0 or _is_compiling():
-        return
-    if bool(((ids < 0) | (ids >= upper)).any()):  # one host sync; min/max only for the error message
+def _check_ids(name: str, ids: torch.Tensor, upper: int, bad: bool) -> None:
+    if bad:  # min/max only for the error message
         lo, hi = int(ids.min()), int(ids.max())
         raise ValueError(f"{name} must be in [0, {upper}), got values in [{lo}, {hi}]")
+
+
+@_compiler_disable
+def _prepare_batch(
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor | None,
+    vocab_size: int,
+    type_vocab_size: int,
+    with_max_seqlen: bool,
+    alibi: AlibiCache | None = None,
+):
+    """Everything about a batch that needs the host to look at device data, in one place.
+
+    Returns (UnpadInfo, label_pos): label_pos [M] int64 = flat positions (row-major) of labels != -100, or None.
+
+    The number of real tokens T and of masked tokens M are data-dependent shapes, so this runs outside
+    torch.compile (`torch.compiler.disable`): the compiled forward graph-breaks once, here, at its start,
+    instead of in the middle of the model; everything after it is one graph (with dynamic T and M).
+    It also checks the token ids (out-of-range ids would be an opaque device-side assert on CUDA): the flags
+    are computed before the first sync, so reading them costs no extra wait.
+    """
+    checks = []
+    if input_ids.numel() > 0:
+        checks.append(("input_ids", input_ids, vocab_size))
+        if token_type_ids is not None:
+            checks.append(("token_type_ids", token_type_ids, type_vocab_size))
+    flags = [((ids < 0) | (ids >= upper)).any() for _, ids, upper in checks]
+    info = get_unpad_info(attention_mask, with_max_seqlen=with_max_seqlen)  # nonzero: waits for the flags too
+    if flags:
+        for (name, ids, upper), bad in zip(checks, torch.stack(flags).tolist()):
+            _check_ids(name, ids, upper, bad)
+    label_pos = None
+    if labels is not None:
+        label_pos = torch.nonzero(labels.reshape(-1) != -100, as_tuple=False).flatten()  # [M], row-major
+    if alibi is not None:  # build/grow the cached ALiBi tensors here, so no compiled graph ever mutates the cache
+        alibi.slopes(attention_mask.device)
+        alibi.matrix(attention_mask.shape[1], attention_mask.device)
+    # T and M change with every batch: have the compiled graph treat them as symbolic from the first compile
+    # (instead of compiling for the first batch's sizes, then recompiling)
+    mark = getattr(getattr(torch, "_dynamo", None), "maybe_mark_dynamic", None)
+    if mark is not None:
+        for t in (info.indices, label_pos):
+            if t is not None and t.numel() > 1:
+                mark(t, 0)
+    return info, label_pos
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -54,23 +99,16 @@ class MosaicBertEncoder(nn.Module):
         self.layer = nn.ModuleList([MosaicBertLayer(config) for _ in range(config.num_hidden_layers)])
         self.alibi = AlibiCache(config.num_attention_heads, config.alibi_starting_size)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False):
-        # x: [B, S, hidden], attention_mask: [B, S] (1 = real token)
-        B, S, _ = x.shape
-        info = get_unpad_info(attention_mask)
-        device = x.device
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
-        backend = resolve_backend(self.config.attention_backend, device, dtype)
+    def forward(self, h: torch.Tensor, attention_mask: torch.Tensor, info: UnpadInfo, backend,
+                all_hidden: list | None = None) -> torch.Tensor:
+        # h: [T, hidden] packed real tokens, attention_mask: [B, S] -> [T, hidden]
+        # all_hidden: if a list, each layer's output is appended to it, padded to [B, S, hidden]
         ctx = AttentionContext(info, attention_mask.bool(), self.alibi, self.config.num_attention_heads)
-
-        h = unpad(x, info.indices)  # [T, hidden]
-        all_hidden = [x] if output_hidden_states else None
         for layer in self.layer:
             h = layer(h, ctx, backend)
-            if output_hidden_states:
-                all_hidden.append(pad(h, info.indices, B, S))
-        out = pad(h, info.indices, B, S)  # [B, S, hidden], zeros at padding
-        return out, (tuple(all_hidden) if output_hidden_states else None)
+            if all_hidden is not None:
+                all_hidden.append(pad_rows(h, info))
+        return h
 
 
 class MosaicBertPooler(nn.Module):
@@ -127,6 +165,40 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
+    def _resolve_backend(self, device: torch.device):
+        dtype = self.embeddings.word_embeddings.weight.dtype
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+        return resolve_backend(self.config.attention_backend, device, dtype)
+
+    def _prepare(self, input_ids, attention_mask, token_type_ids, labels):
+        """-> (attention_mask, backend, UnpadInfo, label_pos [M] or None). Call it from the outermost forward:
+        it is the one graph break of a compiled forward (see `_prepare_batch`)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seqlen], got shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        backend = self._resolve_backend(input_ids.device)
+        info, label_pos = _prepare_batch(
+            input_ids, token_type_ids, attention_mask, labels, self.config.vocab_size,
+            self.config.type_vocab_size, backend.needs_max_seqlen, self.encoder.alibi,
+        )
+        return attention_mask, backend, info, label_pos
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, info: UnpadInfo, backend, output_hidden_states: bool):
+        """-> (h [T, hidden] packed real tokens, hidden_states tuple (padded) or None)."""
+        if output_hidden_states:  # hidden_states[0] is the embeddings at every position, padding included
+            x = self.embeddings(input_ids, token_type_ids)  # [B, S, hidden]
+            all_hidden = [x]
+            h = unpad_rows(x, info)
+        else:  # embed the real tokens only: no [B, S, hidden] tensor, no unpad copy
+            all_hidden = None
+            ids = input_ids.reshape(-1)[info.indices]  # [T]
+            tt = token_type_ids.reshape(-1)[info.indices] if token_type_ids is not None else None
+            h = self.embeddings(ids, tt)  # [T, hidden]
+        h = self.encoder(h, attention_mask, info, backend, all_hidden)
+        return h, (tuple(all_hidden) if output_hidden_states else None)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -136,21 +208,19 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ):
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, seqlen], got shape {tuple(input_ids.shape)}")
-        _check_ids("input_ids", input_ids, self.config.vocab_size)
-        if token_type_ids is not None:
-            _check_ids("token_type_ids", token_type_ids, self.config.type_vocab_size)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        output_hidden_states = bool(output_hidden_states)
-
-        x = self.embeddings(input_ids, token_type_ids)  # [B, S, hidden]
-        sequence_output, hidden_states = self.encoder(x, attention_mask, output_hidden_states)
-        pooled = self.pooler(sequence_output) if self.pooler is not None else None
+        attention_mask, backend, info, _ = self._prepare(input_ids, attention_mask, token_type_ids, None)
+        out = self._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend, output_hidden_states)
         if not return_dict:
-            return tuple(v for v in (sequence_output, pooled, hidden_states) if v is not None)
+            return tuple(v for v in (out.last_hidden_state, out.pooler_output, out.hidden_states) if v is not None)
+        return out
+
+    def _forward_prepared(self, input_ids, attention_mask, token_type_ids, info, backend, output_hidden_states):
+        """forward() after `_prepare` (task models call `_prepare` themselves, first, to keep one graph)."""
+        output_hidden_states = bool(output_hidden_states)
+        h, hidden_states = self._encode(input_ids, attention_mask, token_type_ids, info, backend, output_hidden_states)
+        sequence_output = pad_rows(h, info)  # [B, S, hidden], zeros at padding
+        pooled = self.pooler(sequence_output) if self.pooler is not None else None
         return BaseModelOutputWithPooling(
             last_hidden_state=sequence_output, pooler_output=pooled, hidden_states=hidden_states
         )
@@ -228,29 +298,37 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        outputs = self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
-        hidden = outputs.last_hidden_state  # [B, S, hidden]
         loss = None
         if labels is None:
-            logits = self.cls(hidden)  # [B, S, vocab]
+            attention_mask, backend, info, _ = self.bert._prepare(input_ids, attention_mask, token_type_ids, None)
+            outputs = self.bert._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend,
+                                                  output_hidden_states)
+            hidden_states = outputs.hidden_states
+            logits = self.cls(outputs.last_hidden_state)  # [B, S, vocab]
         else:
-            flat_labels = labels.reshape(-1)  # [B*S]
-            masked = torch.nonzero(flat_labels != -100, as_tuple=False).flatten()  # row-major order
-            logits = self.cls(hidden.reshape(-1, hidden.shape[-1])[masked])  # [num_masked, vocab]
-            if masked.numel() > 0:
-                loss = F.cross_entropy(logits.float(), flat_labels[masked])
+            attention_mask, backend, info, label_pos = self.bert._prepare(input_ids, attention_mask, token_type_ids,
+                                                                          labels)
+            h, hidden_states = self.bert._encode(input_ids, attention_mask, token_type_ids, info, backend,
+                                                 bool(output_hidden_states))
+            # Gather the labelled rows straight from the packed tokens (no re-padding). A label on a padding
+            # position gets a zero row, exactly what the padded encoder output holds there.
+            flat_labels = labels.reshape(-1)
+            rows = gather_rows(
+                h,
+                info.packed_pos[label_pos],  # [M] packed row of each labelled position
+                info.real[label_pos],  # [M] False for labels on padding
+                (torch.cumsum(flat_labels != -100, dim=0) - 1).clamp(min=0)[info.indices],  # [T] inverse map
+                (flat_labels != -100)[info.indices],  # [T] is this real token labelled
+            )
+            logits = self.cls(rows)  # [num_masked, vocab], rows in row-major order of labels != -100
+            if label_pos.numel() > 0:
+                loss = F.cross_entropy(logits.float(), flat_labels[label_pos])
             else:  # no masked token in the batch: zero loss (not NaN) that still touches the graph
                 loss = logits.float().sum() * 0.0
         if not return_dict:
-            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            out = (logits,) + ((hidden_states,) if hidden_states is not None else ())
             return ((loss,) + out) if loss is not None else out
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 
 
 class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
@@ -278,13 +356,9 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        outputs = self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
+        attention_mask, backend, info, _ = self.bert._prepare(input_ids, attention_mask, token_type_ids, None)
+        outputs = self.bert._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend,
+                                              output_hidden_states)
         logits = self.classifier(self.dropout(outputs.pooler_output))  # [B, num_labels]
         loss = None
         if labels is not None:

@@ -2,14 +2,21 @@
 
 MosaicBERT runs every encoder layer on the packed [num_tokens, ...] tensor of real tokens only, so no FLOPs
 are spent on padding. These helpers convert between the padded [batch, seqlen, ...] layout and the packed
-layout; both directions are plain differentiable indexing ops (no custom autograd needed).
+layout.
+
+Two implementations of the same maps:
+  * `unpad` / `pad`: plain differentiable indexing (reference; autograd's backward of `x[indices]` is an
+    accumulating scatter, and `index_copy` needs a zero fill plus a scatter).
+  * `unpad_rows` / `pad_rows` (used by the model): both directions, forward and backward, are single
+    row gathers (`gather_rows`), with the inverse index map built once per batch (`UnpadInfo.packed_pos`).
+    A gather is one pointwise kernel with an indirect load under torch.compile: no zero fill, no atomics.
 
 Self-contained on purpose (torch only): Hugging Face `save_pretrained` copies this file next to the weights.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -19,45 +26,128 @@ class UnpadInfo(NamedTuple):
 
     indices: torch.Tensor  # [T] int64, flat positions (into batch*seqlen) of the real tokens, row-major
     cu_seqlens: torch.Tensor  # [B+1] int32, cumulative real lengths (flash-attn varlen convention)
-    max_seqlen: int  # longest real length in the batch
+    max_seqlen: Optional[int]  # longest real length in the batch (None when not asked for: it costs a sync)
     batch: int  # B
     seqlen: int  # S (padded length)
+    packed_pos: Optional[torch.Tensor] = None  # [B*S] int64, packed row of each padded slot (0 at padding)
+    real: Optional[torch.Tensor] = None  # [B*S] bool, True for real tokens (the flattened mask)
 
 
-def get_unpad_info(attention_mask: torch.Tensor) -> UnpadInfo:
+def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True) -> UnpadInfo:
     """attention_mask: [B, S], nonzero/True for real tokens.
 
     Batches must be right-padded (real tokens first), as BERT tokenizers and our collators produce: ALiBi
     positions are positions in the row, and the flash-attn backend counts them from each sequence's first token.
+
+    `torch.nonzero` makes the number of real tokens T a data-dependent shape (a host sync, and a graph break
+    under torch.compile); `max_seqlen` costs a second sync and is only needed by varlen kernels, so it is
+    computed only when `with_max_seqlen` is True (else None).
     """
     batch, seqlen = attention_mask.shape
-    mask = attention_mask.bool()
-    seqlens = mask.sum(dim=-1, dtype=torch.int32)  # [B]
-    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()  # [T]
-    # .item() is a host sync / graph break; fine for now (speed work comes later).
-    max_seqlen = int(seqlens.max().item()) if batch > 0 else 0
+    real = attention_mask.bool().flatten()  # [B*S]
+    seqlens = real.view(batch, seqlen).sum(dim=-1, dtype=torch.int32)  # [B]
+    indices = torch.nonzero(real, as_tuple=False).flatten()  # [T]
+    max_seqlen = (int(seqlens.max().item()) if batch > 0 else 0) if with_max_seqlen else None
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))  # [B+1]
-    return UnpadInfo(indices, cu_seqlens, max_seqlen, batch, seqlen)
+    packed_pos = (torch.cumsum(real, dim=0) - 1).clamp_(min=0)  # [B*S] int64
+    return UnpadInfo(indices, cu_seqlens, max_seqlen, batch, seqlen, packed_pos, real)
+
+
+def max_seqlen_of(info: UnpadInfo) -> int:
+    """info.max_seqlen, computed (one host sync) if the UnpadInfo was built without it."""
+    if info.max_seqlen is not None:
+        return info.max_seqlen
+    return int((info.cu_seqlens[1:] - info.cu_seqlens[:-1]).max().item()) if info.batch > 0 else 0
 
 
 def unpad(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """[B, S, *rest] -> [T, *rest]: keep only the rows listed in `indices` (row-major order)."""
+    """[B, S, *rest] -> [T, *rest]: keep only the rows listed in `indices` (row-major order). Reference."""
     return x.reshape(-1, *x.shape[2:])[indices]
 
 
 def pad(x: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
-    """[T, *rest] -> [B, S, *rest] with zeros at padded positions (inverse of `unpad`)."""
+    """[T, *rest] -> [B, S, *rest] with zeros at padded positions (inverse of `unpad`). Reference."""
     out = x.new_zeros(batch * seqlen, *x.shape[1:])
     out = out.index_copy(0, indices, x)  # out-of-place, so autograd routes gradients back through `indices`
     return out.view(batch, seqlen, *x.shape[1:])
 
 
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def _masked_index_select(x: torch.Tensor, idx: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
+    """y[m] = x[idx[m]] if keep[m] (or keep is None) else 0."""
+    if x.shape[0] == 0:  # nothing to gather from (no real token at all): every row is a zero row
+        return x.new_zeros(idx.shape[0], *x.shape[1:])
+    y = x.index_select(0, idx)
+    if keep is not None:
+        y = y.masked_fill(~keep.view(-1, *([1] * (y.dim() - 1))), 0)
+    return y
+
+
+class _GatherRows(torch.autograd.Function):
+    """y[m] = keep[m] ? x[idx[m]] : 0 for an index map that is one-to-one on the kept rows.
+
+    The adjoint of such a map is again a gather: dx[n] = inv_keep[n] ? dy[inv[n]] : 0, where inv[n] is the
+    row m with idx[m] == n and keep[m] (inv_keep[n] False if there is none). So the backward needs no
+    scatter, no zero fill and no atomics.
+    """
+
+    @staticmethod
+    def forward(ctx, x, idx, keep, inv, inv_keep):
+        ctx.save_for_backward(inv, inv_keep)
+        if keep is not None and inv_keep is None and not _is_compiling():
+            # Every source row lands in a kept row (re-padding): in eager mode a zero fill plus a scatter of
+            # the N source rows is cheaper than gathering all M rows and then zeroing the unkept ones. Under
+            # torch.compile the gather below is one fused kernel, so it is used there.
+            return x.new_zeros(idx.shape[0], *x.shape[1:]).index_copy_(0, inv, x)
+        return _masked_index_select(x, idx, keep)
+
+    @staticmethod
+    def backward(ctx, dy):
+        inv, inv_keep = ctx.saved_tensors
+        return _masked_index_select(dy, inv, inv_keep), None, None, None, None
+
+
+def gather_rows(
+    x: torch.Tensor,
+    idx: torch.Tensor,
+    keep: Optional[torch.Tensor],
+    inv: torch.Tensor,
+    inv_keep: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """x [N, *rest] -> y [M, *rest], y[m] = keep[m] ? x[idx[m]] : 0 (keep=None: keep all rows).
+
+    Contract (not checked: that would need a host sync): idx is one-to-one on the kept rows, and
+    (inv [N], inv_keep [N] or None) is its inverse: for every n, inv_keep[n] is True iff some kept m has
+    idx[m] == n, and then inv[n] == m. All indices must be in range, also where keep/inv_keep is False.
+    """
+    return _GatherRows.apply(x, idx, keep, inv, inv_keep)
+
+
+def unpad_rows(x: torch.Tensor, info: UnpadInfo) -> torch.Tensor:
+    """[B, S, *rest] -> [T, *rest]; same values as `unpad`, gather-only backward."""
+    if info.packed_pos is None:
+        return unpad(x, info.indices)
+    return gather_rows(x.reshape(-1, *x.shape[2:]), info.indices, None, info.packed_pos, info.real)
+
+
+def pad_rows(x: torch.Tensor, info: UnpadInfo) -> torch.Tensor:
+    """[T, *rest] -> [B, S, *rest] with zeros at padding; same values as `pad`, gather-only backward."""
+    if info.packed_pos is None:
+        return pad(x, info.indices, info.batch, info.seqlen)
+    out = gather_rows(x, info.packed_pos, info.real, info.indices, None)
+    return out.view(info.batch, info.seqlen, *x.shape[1:])
+
+
 def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor):
     """Convenience: [B, S, *rest] + mask [B, S] -> ([T, *rest], UnpadInfo)."""
     info = get_unpad_info(attention_mask)
-    return unpad(hidden_states, info.indices), info
+    return unpad_rows(hidden_states, info), info
 
 
 def pad_input(hidden_states: torch.Tensor, info: UnpadInfo) -> torch.Tensor:
     """Convenience inverse of `unpad_input`: [T, *rest] -> [B, S, *rest]."""
-    return pad(hidden_states, info.indices, info.batch, info.seqlen)
+    return pad_rows(hidden_states, info)

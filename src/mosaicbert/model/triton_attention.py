@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from .padding import max_seqlen_of
+
 try:
     import triton
     import triton.language as tl
@@ -300,4 +302,4 @@ def triton_attention(qkv: torch.Tensor, ctx, dropout_p: float) -> torch.Tensor:
             "or use another backend"
         )
     info = ctx.info
-    return triton_alibi_varlen_attention(qkv, info.cu_seqlens, info.max_seqlen, ctx.alibi.slopes(qkv.device))
+    return triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_of(info), ctx.alibi.slopes(qkv.device))
