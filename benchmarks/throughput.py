@@ -142,13 +142,33 @@ def _variant_index_pad():
 VARIANTS = {"current": lambda: (lambda: None), "index_pad": _variant_index_pad}
 
 
-def build(model_name: str, size: str, attention_backend: str | None):
+def parse_config_set(text: str) -> dict:
+    """'default' -> {}; 'attention_backend=triton;hidden_dropout_prob=0.0' -> {...} (values parsed as YAML)."""
+    import yaml
+
+    if text == "default":
+        return {}
+    out = {}
+    for item in filter(None, text.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--mosaic_configs: {item!r} is not KEY=VALUE (sets are ';'-separated, e.g. "
+                             "'attention_backend=triton;hidden_dropout_prob=0.0')")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def build(model_name: str, size: str, attention_backend: str | None, overrides: dict | None = None):
     from transformers import BertConfig, BertForMaskedLM
 
     from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
 
     if model_name == "mosaic_bert":
         extra = {"attention_backend": attention_backend} if attention_backend else {}
+        unknown = sorted(set(overrides or {}) - set(MosaicBertConfig().to_dict()))
+        if unknown:  # PretrainedConfig would keep a misspelled key as an attribute nobody reads
+            raise ValueError(f"--mosaic_configs: {unknown} are not MosaicBertConfig keys")
+        extra.update(overrides or {})
         cfg = MosaicBertConfig(vocab_size=VOCAB, **SIZES[size], **extra)
         return MosaicBertForMaskedLM(cfg), cfg
     cfg = BertConfig(vocab_size=VOCAB, attention_probs_dropout_prob=0.1, **SIZES[size])
@@ -167,8 +187,8 @@ KERNEL_CATEGORIES = [
 ]
 
 
-def profile_steps(step, batches, n: int, device) -> dict:
-    """GPU (or CPU) time per step by kernel category, from torch.profiler over `n` steps."""
+def profile_steps(step, batches, n: int, device, top: int = 0) -> tuple[dict, list]:
+    """GPU (or CPU) time per step by kernel category, and the `top` kernels, from torch.profiler over `n` steps."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
@@ -178,6 +198,7 @@ def profile_steps(step, batches, n: int, device) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
     totals: dict[str, float] = {}
+    kernels = []
     for evt in prof.key_averages():
         us = evt.self_device_time_total if device.type == "cuda" else evt.self_cpu_time_total
         if us <= 0 or (device.type == "cuda" and evt.device_type != torch.autograd.DeviceType.CUDA):
@@ -185,21 +206,33 @@ def profile_steps(step, batches, n: int, device) -> dict:
         name = evt.key.lower()
         cat = next((c for c, keys in KERNEL_CATEGORIES if any(k in name for k in keys)), "other")
         totals[cat] = totals.get(cat, 0.0) + us / 1e3 / n
-    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+        kernels.append(dict(kernel=evt.key[:160], category=cat, ms_per_step=us / 1e3 / n, calls_per_step=evt.count / n))
+    kernels.sort(key=lambda k: -k["ms_per_step"])
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1])), kernels[:top]
 
 
-def run_one(model_name, compiled, args, batches, device, peak, variant="current"):
+def run_one(model_name, compiled, args, batches, device, peak, variant="current", overrides=None):
     torch.manual_seed(0)
     torch._dynamo.reset()  # every row compiles from scratch (variants patch code the cached graphs were traced from)
     undo = VARIANTS[variant]() if model_name == "mosaic_bert" else (lambda: None)
     try:
-        return _run_one(model_name, compiled, args, batches, device, peak, variant)
+        return _run_one(model_name, compiled, args, batches, device, peak, variant, overrides or {})
+    except Exception as e:  # noqa: BLE001 - one failing setting must not cost the other rows of a GPU run
+        if args.fail_fast:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return dict(model=model_name, compiled=compiled, variant=variant, config_overrides=overrides or {},
+                    error=f"{type(e).__name__}: {str(e)[:500]}")
     finally:
         undo()
 
 
-def _run_one(model_name, compiled, args, batches, device, peak, variant):
-    model, cfg = build(model_name, args.size, args.attention_backend)
+def _run_one(model_name, compiled, args, batches, device, peak, variant, overrides):
+    model, cfg = build(model_name, args.size, args.attention_backend, overrides)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = (torch.compile(model, mode=args.compile_mode) if compiled else model)
@@ -236,19 +269,21 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant):
             loss = step(b)
             times.append(time.perf_counter() - t)
         flops.append(useful_flops(model_name, cfg, batches[(args.warmup + i) % len(batches)]))
-    profile = profile_steps(step, dev_batches, args.profile, device) if args.profile else None
+    profile, top_kernels = (profile_steps(step, dev_batches, args.profile, device, args.profile_top) if args.profile
+                            else (None, []))
     med = statistics.median(times)
     bsz = batches[0]["input_ids"].shape[0]
     real_tokens = statistics.mean(float(b["attention_mask"].sum()) for b in batches)
     tflops = statistics.mean(flops) / med / 1e12
     row = dict(
         model=model_name, compiled=compiled, size=args.size, batch=bsz, seq=args.seq,
-        variant=variant if model_name == "mosaic_bert" else "", compile_mode=args.compile_mode if compiled else None,
+        variant=variant if model_name == "mosaic_bert" else "", config_overrides=overrides,
+        compile_mode=args.compile_mode if compiled else None,
         attention_backend=getattr(cfg, "attention_backend", "sdpa (transformers)"),
         ms_per_step=med * 1e3, seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
         useful_tflops=tflops, mfu=tflops * 1e12 / peak if math.isfinite(peak) else float("nan"),
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
-        warmup_s=warm_s, final_loss=float(loss), profile_ms_per_step=profile,
+        warmup_s=warm_s, final_loss=float(loss), profile_ms_per_step=profile, top_kernels=top_kernels,
     )
     del model, opt, step_model
     if device.type == "cuda":
@@ -278,7 +313,16 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="current",
                    help=f"MosaicBERT code variants to compare in this run, comma-separated, from {sorted(VARIANTS)}; "
                         "'current' is the code as it is, the others undo one optimisation (benchmark-only patches)")
+    p.add_argument("--mosaic_configs", nargs="+", default=["default"], metavar="SET",
+                   help="MosaicBERT config override sets to compare in this run, each 'default' or "
+                        "'KEY=VALUE;KEY=VALUE', e.g. default attention_backend=triton 'hidden_dropout_prob=0.0'")
+    p.add_argument("--profile_top", type=int, default=15, help="with --profile: also record the N slowest kernels")
+    p.add_argument("--fail_fast", action="store_true", help="stop at the first failing row (default: record it)")
     args = p.parse_args(argv)
+    try:
+        config_sets = [parse_config_set(c) for c in args.mosaic_configs]
+    except ValueError as e:
+        p.error(str(e))
 
     device = torch.device(args.device)
     texts = load_texts(args.data, args.tokenizer, args.seq) if args.data else None
@@ -293,9 +337,11 @@ def main(argv=None) -> int:
         if v not in VARIANTS:
             p.error(f"unknown variant {v!r}; choose from {sorted(VARIANTS)}")
     for model_name in args.models.split(","):
-        for variant in (variants if model_name == "mosaic_bert" else ["current"]):
+        settings = ([(v, c) for v in variants for c in config_sets] if model_name == "mosaic_bert"
+                    else [("current", {})])
+        for variant, overrides in settings:
             for mode in args.modes.split(","):
-                row = run_one(model_name, mode == "compiled", args, batches, device, peak, variant)
+                row = run_one(model_name, mode == "compiled", args, batches, device, peak, variant, overrides)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if args.out:  # after every row, so a run cut short by a timeout keeps what it measured
@@ -304,17 +350,22 @@ def main(argv=None) -> int:
     print("\n" + hdr + "\n|" + "---|" * 8)
 
     def label(r):
-        return r["model"] + (f" ({r['variant']})" if r.get("variant") not in ("", "current", None) else "")
+        notes = [r["variant"]] if r.get("variant") not in ("", "current", None) else []
+        notes += [f"{k}={v}" for k, v in (r.get("config_overrides") or {}).items()]
+        return r["model"] + (f" ({', '.join(notes)})" if notes else "")
 
     def mode_of(r):
         return ("compiled" + (f" {r['compile_mode']}" if r.get("compile_mode") else "")) if r["compiled"] else "eager"
 
     for r in rows:
+        if "error" in r:
+            print(f"| {label(r)} | {mode_of(r)} | failed: {r['error'][:120]} |||||| ")
+            continue
         print(f"| {label(r)} | {mode_of(r)} | {r['ms_per_step']:.1f} | "
               f"{r['seq_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {r['useful_tflops']:.0f} | "
               f"{r['mfu']:.1%} | {r['peak_mem_gib']:.1f} |")
     for r in rows:
-        if r["profile_ms_per_step"]:
+        if r.get("profile_ms_per_step"):
             parts = ", ".join(f"{k} {v:.1f}" for k, v in r["profile_ms_per_step"].items())
             print(f"profile {label(r)} {mode_of(r)} (ms/step): {parts}")
     if args.out:
