@@ -14,35 +14,35 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"/{levers,dropout,large,mainpy}
 T0=$SECONDS
 left() { echo $((LIMIT - (SECONDS - T0) - 10)); }
-tp() { python3 benchmarks/throughput.py --profile_top 25 "$@"; }
+TP=(python3 benchmarks/throughput.py --profile_top 25)
 
 (export CUDA_VISIBLE_DEVICES=0
- timeout -k 5 "$(left)" tp --models mosaic_bert,hf_bert --modes compiled --profile 3 \
+ timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 3 \
    --mosaic_configs default attention_backend=triton --out "$OUT/levers/throughput.json" > "$OUT/levers/log" 2>&1
  echo "exit $?" >> "$OUT/levers/log") &
 
 (export CUDA_VISIBLE_DEVICES=1
- timeout -k 5 "$(left)" tp --models mosaic_bert --modes compiled --profile 3 \
+ timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 3 \
    --mosaic_configs hidden_dropout_prob=0.0 'attention_backend=triton;hidden_dropout_prob=0.0' \
    --out "$OUT/dropout/throughput.json" > "$OUT/dropout/log" 2>&1
  echo "exit $?" >> "$OUT/dropout/log") &
 
 (export CUDA_VISIBLE_DEVICES=2
- timeout -k 5 120 tp --models mosaic_bert --modes eager --mosaic_configs attention_backend=triton \
+ timeout -k 5 120 "${TP[@]}" --models mosaic_bert --modes eager --mosaic_configs attention_backend=triton \
    --out "$OUT/large/eager_triton.json" > "$OUT/large/eager.log" 2>&1
  echo "exit $?" >> "$OUT/large/eager.log"
- timeout -k 5 "$(left)" tp --models mosaic_bert --size large --modes compiled --mosaic_configs attention_backend=triton \
+ timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --size large --modes compiled --mosaic_configs attention_backend=triton \
    --out "$OUT/large/large_triton.json" > "$OUT/large/large.log" 2>&1
  echo "exit $?" >> "$OUT/large/large.log") &
 
 (export CUDA_VISIBLE_DEVICES=3
- timeout -k 10 200 python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" tokenizer="$VOCAB" \
+ timeout -k 10 150 python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" tokenizer="$VOCAB" \
    run_name=speed-triton model.config_overrides.attention_backend=triton global_train_batch_size=256 \
-   device_train_microbatch_size=256 max_duration=500ba eval_interval=10000ba eval_subset_num_batches=2 \
+   device_train_microbatch_size=256 max_duration=300ba eval_interval=10000ba eval_subset_num_batches=2 \
    save_folder=/tmp/speed-ckpt save_interval=10000ba autoresume=false compile=true data.num_workers=8 \
    loggers.console_log_interval=50ba callbacks.speed_monitor.window_size=50 > "$OUT/mainpy/main_base.log" 2>&1
  echo "main.py exit $?" >> "$OUT/mainpy/main_base.log"
- timeout -k 5 "$(left)" tp --models mosaic_bert --modes compiled --mosaic_configs attention_backend=triton \
+ timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --mosaic_configs attention_backend=triton \
    --data "$DATA" --tokenizer "$VOCAB" --out "$OUT/mainpy/throughput_data.json" > "$OUT/mainpy/throughput.log" 2>&1
  echo "exit $?" >> "$OUT/mainpy/throughput.log") &
 

@@ -82,7 +82,7 @@ if HAS_TRITON:
                         mask=mask_n[:, None], other=0.0)
             v = tl.load(V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
                         mask=mask_n[:, None], other=0.0)
-            s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale  # [BLOCK_M, BLOCK_N] fp32
+            s = (_dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale).to(tl.float32)  # [BLOCK_M, BLOCK_N] fp32 (scale may be fp64 under compile)
             dist = tl.abs(offs_m[:, None] - offs_n[None, :]).to(tl.float32)
             s = s - slope * dist
             s = tl.where(mask_n[None, :], s, float("-inf"))  # keys past the end of the sequence
@@ -133,7 +133,7 @@ if HAS_TRITON:
                          mask=mask_m[:, None], other=0.0)
             lse = tl.load(LSE + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
             delta = tl.load(DELTA + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
-            s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale  # [BLOCK_M, BLOCK_N]
+            s = (_dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale).to(tl.float32)  # [BLOCK_M, BLOCK_N]
             s = s - slope * tl.abs(offs_m[:, None] - offs_n[None, :]).to(tl.float32)
             p = tl.exp2(s - lse[:, None])  # recomputed probabilities
             p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
@@ -141,7 +141,7 @@ if HAS_TRITON:
             dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])  # softmax backward; the ALiBi bias is constant
             dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
-        dk = dk * sm_scale
+        dk = (dk * sm_scale).to(tl.float32)
         tl.store(DK + (start + offs_n)[:, None] * stride_dkt + h * stride_dkh + offs_d[None, :],
                  dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
         tl.store(DV + (start + offs_n)[:, None] * stride_dvt + h * stride_dvh + offs_d[None, :],
@@ -181,14 +181,14 @@ if HAS_TRITON:
                         mask=mask_n[:, None], other=0.0)
             v = tl.load(V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
                         mask=mask_n[:, None], other=0.0)
-            s = _dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
+            s = (_dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale).to(tl.float32)
             s = s - slope * tl.abs(offs_m[:, None] - offs_n[None, :]).to(tl.float32)
             p = tl.exp2(s - lse[:, None])
             p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
             dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])
             dq += _dot(ds.to(k.dtype), k, PRECISION, UPCAST)
-        dq = dq * sm_scale
+        dq = (dq * sm_scale).to(tl.float32)
         tl.store(DQ + (start + offs_m)[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
                  dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
 
