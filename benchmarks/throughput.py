@@ -122,8 +122,8 @@ def matmul_peak(device) -> float:
     return 2 * 8192**3 * 10 / (start.elapsed_time(end) / 1e3)
 
 
-# Benchmark-only ablations of MosaicBERT (monkeypatches, undone after the row): measure what one change buys
-# against the current code in the same process. Each returns an undo function.
+# Benchmark-only variants of MosaicBERT (monkeypatches, undone after the row): ablations that undo one optimisation
+# and candidates not yet adopted, measured against the current code in the same process. Each returns an undo function.
 def _variant_index_pad():
     """Attention re-pads q/k/v with index_copy and unpads with plain indexing (accumulating-scatter backward),
     as before the gather-only pad/unpad."""
@@ -139,7 +139,33 @@ def _variant_index_pad():
     return undo
 
 
-VARIANTS = {"current": lambda: (lambda: None), "index_pad": _variant_index_pad}
+def _variant_geglu_split_matmuls():
+    """Candidate: GeGLU as two matmuls on the two halves of `gated_layers.weight` instead of one [T, 2I] output that
+    is split. Same parameters and math; the backward then needs no cat of the two gradient halves (the profile's
+    slowest elementwise kernel is `fused_cat_gelu_gelu_backward_mul_..._split`)."""
+    import torch.nn.functional as F
+
+    from mosaicbert.model import layers
+
+    old = layers.MosaicBertGatedMLP.forward
+
+    def forward(self, x):
+        w = self.gated_layers.weight  # [2I, hidden]: rows [gate | value]
+        gate = F.linear(x, w[: self.intermediate_size])  # [T, I]
+        value = F.linear(x, w[self.intermediate_size :])  # [T, I]
+        h = self.dropout(self.act(gate) * value)
+        return self.layernorm(self.wo(h) + x)
+
+    layers.MosaicBertGatedMLP.forward = forward
+
+    def undo():
+        layers.MosaicBertGatedMLP.forward = old
+
+    return undo
+
+
+VARIANTS = {"current": lambda: (lambda: None), "index_pad": _variant_index_pad,
+            "geglu_split_matmuls": _variant_geglu_split_matmuls}
 
 
 def parse_config_set(text: str) -> dict:

@@ -36,3 +36,40 @@ def test_encoder_parameter_count_used_by_flops():
     flops = throughput.useful_flops("mosaic_bert", cfg, {"attention_mask": attn, "labels": labels})
     attention = 12 * 1 * cfg.hidden_size * cfg.num_hidden_layers
     assert flops - attention == pytest.approx(6 * encoder_params)
+
+
+@pytest.mark.parametrize("variant", sorted(set(throughput.VARIANTS) - {"current"}))
+def test_benchmark_variants_compute_the_same_model(variant):
+    """Every benchmark variant (ablation or candidate) changes speed only: same loss and gradients in fp32 on CPU,
+    and its undo restores the current code."""
+    from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
+
+    cfg = MosaicBertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=48, hidden_dropout_prob=0.0, attention_backend="torch")
+    torch.manual_seed(0)
+    model = MosaicBertForMaskedLM(cfg)
+    ids = torch.randint(5, 128, (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    labels = torch.where(torch.rand(3, 10) < 0.4, ids, torch.full_like(ids, -100))
+    labels[0, 0] = ids[0, 0]
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    ref_loss, ref_grads = loss_and_grads()
+    undo = throughput.VARIANTS[variant]()
+    try:
+        loss, grads = loss_and_grads()
+    finally:
+        undo()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len(ref_grads)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    again, _ = loss_and_grads()
+    torch.testing.assert_close(again, ref_loss)
