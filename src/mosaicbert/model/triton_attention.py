@@ -9,6 +9,10 @@ online softmax and saves the row logsumexp. Backward recomputes the probabilitie
 (no [T, T] matrix is ever stored): delta = rowsum(dO * O), then one kernel for dK/dV (loop over query
 blocks) and one for dQ (loop over key blocks), so no atomics are needed.
 
+The launches are wrapped as torch.library custom ops (mosaicbert::triton_alibi_varlen_fwd / _bwd, with fake
+functions and an autograd registration), so torch.compile treats the attention as an opaque call instead of
+tracing the kernels; inside, every input is made contiguous before its strides are handed to a kernel.
+
 Self-contained on purpose (torch + triton + stdlib): `save_pretrained` copies this file next to the weights.
 Triton is imported in a try block so that transformers' remote-code import check does not require it.
 Only long-standing Triton features are used (tl.load/store/dot/exp2 with masks) so it survives upgrades.
@@ -207,8 +211,6 @@ def _check_inputs(qkv: torch.Tensor) -> None:
         raise ValueError(f"attention_backend='triton' supports head dims {SUPPORTED_HEAD_DIMS}, got {qkv.shape[-1]}")
     if qkv.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"attention_backend='triton' supports fp32/fp16/bf16, got {qkv.dtype}")
-    if qkv.stride(-1) != 1:
-        raise ValueError("attention_backend='triton' needs qkv with a contiguous last (head_dim) axis")
 
 
 def _config(D: int, dtype: torch.dtype, block_m: int | None, block_n: int | None):
@@ -228,28 +230,79 @@ def _dot_args(dtype: torch.dtype) -> dict:
     return dict(PRECISION="ieee" if dtype == torch.float32 or upcast else "tf32", UPCAST=upcast)
 
 
+def _launch_fwd(qkv, cu_seqlens, max_seqlen: int, slopes, block_m=None, block_n=None):
+    """Runs the forward kernel on real tensors -> (out [T, H, D], lse [H, T] fp32, log2 domain), both contiguous.
+
+    Every input is first put in the layout the kernel is written for (qkv contiguous, int32 cu_seqlens, fp32
+    slopes), whatever the caller passed: the strides handed to the kernel are then always those of the
+    tensors it reads.
+    """
+    qkv = qkv.contiguous()
+    T, _, H, D = qkv.shape
+    q, k, v = qkv.unbind(1)  # each [T, H, D], strided views (3*H*D, D, 1) into qkv: no copies
+    out = torch.empty(T, H, D, device=qkv.device, dtype=qkv.dtype)
+    lse = torch.empty(H, T, device=qkv.device, dtype=torch.float32)  # log2-domain logsumexp per row
+    cu_seqlens = cu_seqlens.to(device=qkv.device, dtype=torch.int32).contiguous()
+    slopes = slopes.to(device=qkv.device, dtype=torch.float32).contiguous()
+    bm, bn, num_warps = _config(D, qkv.dtype, block_m, block_n)
+    sm_scale = 1.0 / math.sqrt(D)
+    batch = cu_seqlens.numel() - 1
+    if T > 0 and batch > 0 and max_seqlen > 0:
+        grid = (triton.cdiv(max_seqlen, bm), batch, H)
+        _fwd_kernel[grid](
+            q, k, v, out, lse, cu_seqlens, slopes,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1), lse.stride(0),
+            sm_scale * _LOG2E,
+            D=D, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps, **_dot_args(qkv.dtype),
+        )
+    return out, lse
+
+
+def _launch_bwd(dout, qkv, out, lse, cu_seqlens, slopes, max_seqlen: int, block_m=None, block_n=None):
+    """Runs the backward kernels on real tensors -> dqkv [T, 3, H, D], contiguous (same layout rules as
+    `_launch_fwd`; dout may come in any layout, e.g. expanded or transposed by the ops after attention)."""
+    qkv = qkv.contiguous()
+    T, _, H, D = qkv.shape
+    dout = dout.to(qkv.dtype).contiguous()
+    out = out.contiguous()
+    lse = lse.to(torch.float32).contiguous()
+    cu_seqlens = cu_seqlens.to(device=qkv.device, dtype=torch.int32).contiguous()
+    slopes = slopes.to(device=qkv.device, dtype=torch.float32).contiguous()
+    bm, bn, num_warps = _config(D, qkv.dtype, block_m, block_n)
+    sm_scale = 1.0 / math.sqrt(D)
+    dqkv = torch.empty(T, 3, H, D, device=qkv.device, dtype=qkv.dtype)  # kernels write into its 3 slices
+    batch = cu_seqlens.numel() - 1
+    if T > 0 and batch > 0 and max_seqlen > 0:
+        # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij: the softmax-backward correction, [H, T] fp32
+        delta = (dout.float() * out.float()).sum(-1).transpose(0, 1).contiguous()
+        q, k, v = qkv.unbind(1)
+        dq, dk, dv = dqkv.unbind(1)
+        common = dict(D=D, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps, **_dot_args(qkv.dtype))
+        _bwd_dkdv_kernel[(triton.cdiv(max_seqlen, bn), batch, H)](
+            q, k, v, dout, lse, delta, dk, dv, cu_seqlens, slopes,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            lse.stride(0), sm_scale * _LOG2E, sm_scale, **common,
+        )
+        _bwd_dq_kernel[(triton.cdiv(max_seqlen, bm), batch, H)](
+            q, k, v, dout, lse, delta, dq, cu_seqlens, slopes,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
+            lse.stride(0), sm_scale * _LOG2E, sm_scale, **common,
+        )
+    else:
+        dqkv.zero_()
+    return dqkv
+
+
 class TritonAlibiVarlenAttention(torch.autograd.Function):
+    """Plain autograd.Function over the same launches: eager only (torch.compile would trace into it and into
+    the kernel calls, see below). Kept as the reference the custom-op path is tested against."""
+
     @staticmethod
     def forward(ctx, qkv, cu_seqlens, max_seqlen, slopes, block_m=None, block_n=None):
-        # qkv: [T, 3, H, D]; q, k, v are strided views into it (no copies)
-        T, _, H, D = qkv.shape
-        q, k, v = qkv.unbind(1)  # each [T, H, D], stride (3*H*D, D, 1) when qkv is contiguous
-        out = torch.empty(T, H, D, device=qkv.device, dtype=qkv.dtype)
-        lse = torch.empty(H, T, device=qkv.device, dtype=torch.float32)  # log2-domain logsumexp per row
-        cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
-        slopes = slopes.to(device=qkv.device, dtype=torch.float32).contiguous()
-        bm, bn, num_warps = _config(D, qkv.dtype, block_m, block_n)
-        sm_scale = 1.0 / math.sqrt(D)
-        batch = cu_seqlens.numel() - 1
-        if T > 0 and batch > 0 and max_seqlen > 0:
-            grid = (triton.cdiv(max_seqlen, bm), batch, H)
-            _fwd_kernel[grid](
-                q, k, v, out, lse, cu_seqlens, slopes,
-                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                out.stride(0), out.stride(1), lse.stride(0),
-                sm_scale * _LOG2E,
-                D=D, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps, **_dot_args(qkv.dtype),
-            )
+        out, lse = _launch_fwd(qkv, cu_seqlens, max_seqlen, slopes, block_m, block_n)
         ctx.save_for_backward(qkv, out, lse, cu_seqlens, slopes)
         ctx.max_seqlen, ctx.block_m, ctx.block_n = max_seqlen, block_m, block_n
         return out
@@ -257,41 +310,89 @@ class TritonAlibiVarlenAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         qkv, out, lse, cu_seqlens, slopes = ctx.saved_tensors
-        T, _, H, D = qkv.shape
-        max_seqlen = ctx.max_seqlen
-        bm, bn, num_warps = _config(D, qkv.dtype, ctx.block_m, ctx.block_n)
-        sm_scale = 1.0 / math.sqrt(D)
-        if dout.stride(-1) != 1:
-            dout = dout.contiguous()
-        # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij: the softmax-backward correction, [H, T] fp32
-        delta = (dout.float() * out.float()).sum(-1).transpose(0, 1).contiguous()
-        dqkv = torch.empty_like(qkv)  # dq, dk, dv are written straight into its three slices
-        q, k, v = qkv.unbind(1)
-        dq, dk, dv = dqkv.unbind(1)
-        batch = cu_seqlens.numel() - 1
-        if T > 0 and batch > 0 and max_seqlen > 0:
-            common = dict(D=D, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps, **_dot_args(qkv.dtype))
-            _bwd_dkdv_kernel[(triton.cdiv(max_seqlen, bn), batch, H)](
-                q, k, v, dout, lse, delta, dk, dv, cu_seqlens, slopes,
-                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-                lse.stride(0), sm_scale * _LOG2E, sm_scale, **common,
-            )
-            _bwd_dq_kernel[(triton.cdiv(max_seqlen, bm), batch, H)](
-                q, k, v, dout, lse, delta, dq, cu_seqlens, slopes,
-                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
-                lse.stride(0), sm_scale * _LOG2E, sm_scale, **common,
-            )
-        else:
-            dqkv.zero_()
+        dqkv = _launch_bwd(dout, qkv, out, lse, cu_seqlens, slopes, ctx.max_seqlen, ctx.block_m, ctx.block_n)
         return dqkv, None, None, None, None, None
+
+
+# torch.compile: the launches are wrapped as torch.library custom ops, opaque to dynamo and inductor. Traced
+# instead (autograd.Function + user-defined Triton kernels), inductor may hand the kernels buffers whose layout
+# differs from the strides passed as arguments at trace time (q/k/v and dq/dk/dv as unbind views of qkv/dqkv):
+# illegal memory accesses on GPU. An op runs eagerly on real tensors, and `_launch_*` fix the layouts.
+# The fake (meta) functions give the outputs' shapes/dtypes/strides: all contiguous, as the launches allocate.
+# The op names are global to the process, and this file can be imported twice under different module names
+# (the package, and a Hugging Face remote-code copy next to exported weights): the first import registers, later
+# ones reuse the registered ops (same kernels; a schema mismatch would fail loudly at the call).
+_OP_NAMESPACE = "mosaicbert"
+_FWD_NAME = "triton_alibi_varlen_fwd"
+_BWD_NAME = "triton_alibi_varlen_bwd"
+_FWD_SCHEMA = (
+    "(Tensor qkv, Tensor cu_seqlens, SymInt max_seqlen, Tensor slopes, int? block_m, int? block_n) -> (Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor dout, Tensor qkv, Tensor out, Tensor lse, Tensor cu_seqlens, Tensor slopes, SymInt max_seqlen, "
+    "int? block_m, int? block_n) -> Tensor"
+)
+
+
+def _registered_op(name: str):
+    """torch.ops.mosaicbert.<name> if some import already registered it, else None."""
+    try:
+        return getattr(getattr(torch.ops, _OP_NAMESPACE), name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _register_ops():
+    fwd_op, bwd_op = _registered_op(_FWD_NAME), _registered_op(_BWD_NAME)
+    if fwd_op is not None and bwd_op is not None:
+        return fwd_op, bwd_op
+
+    @torch.library.custom_op(f"{_OP_NAMESPACE}::{_BWD_NAME}", mutates_args=(), schema=_BWD_SCHEMA)
+    def bwd_op(dout, qkv, out, lse, cu_seqlens, slopes, max_seqlen, block_m=None, block_n=None):
+        return _launch_bwd(dout, qkv, out, lse, cu_seqlens, slopes, int(max_seqlen), block_m, block_n)
+
+    @bwd_op.register_fake
+    def _(dout, qkv, out, lse, cu_seqlens, slopes, max_seqlen, block_m=None, block_n=None):
+        return qkv.new_empty(qkv.shape)  # contiguous, as _launch_bwd allocates it
+
+    @torch.library.custom_op(f"{_OP_NAMESPACE}::{_FWD_NAME}", mutates_args=(), schema=_FWD_SCHEMA)
+    def fwd_op(qkv, cu_seqlens, max_seqlen, slopes, block_m=None, block_n=None):
+        return _launch_fwd(qkv, cu_seqlens, int(max_seqlen), slopes, block_m, block_n)
+
+    @fwd_op.register_fake
+    def _(qkv, cu_seqlens, max_seqlen, slopes, block_m=None, block_n=None):
+        T, _, H, D = qkv.shape
+        return qkv.new_empty((T, H, D)), qkv.new_empty((H, T), dtype=torch.float32)
+
+    def setup_context(ctx, inputs, output):
+        qkv, cu_seqlens, max_seqlen, slopes, block_m, block_n = inputs
+        out, lse = output
+        ctx.save_for_backward(qkv, out, lse, cu_seqlens, slopes)
+        ctx.max_seqlen, ctx.block_m, ctx.block_n = max_seqlen, block_m, block_n
+
+    def backward(ctx, dout, dlse):
+        # lse is an internal output (the public function returns `out` only): its gradient is never used
+        qkv, out, lse, cu_seqlens, slopes = ctx.saved_tensors
+        dqkv = bwd_op(dout, qkv, out, lse, cu_seqlens, slopes, ctx.max_seqlen, ctx.block_m, ctx.block_n)
+        return dqkv, None, None, None, None, None
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+    return _registered_op(_FWD_NAME), _registered_op(_BWD_NAME)
+
+
+if HAS_TRITON:
+    triton_alibi_varlen_fwd, triton_alibi_varlen_bwd = _register_ops()
+else:
+    triton_alibi_varlen_fwd = triton_alibi_varlen_bwd = None
 
 
 def triton_alibi_varlen_attention(qkv, cu_seqlens, max_seqlen, slopes, block_m=None, block_n=None):
     """qkv [T, 3, H, D] packed tokens, cu_seqlens [B+1] int32, slopes [H] fp32 -> out [T, H, D]."""
     _check_inputs(qkv)
-    return TritonAlibiVarlenAttention.apply(qkv, cu_seqlens, int(max_seqlen), slopes, block_m, block_n)
+    if not isinstance(max_seqlen, torch.SymInt):  # a SymInt under torch.compile: int() would specialise on it
+        max_seqlen = int(max_seqlen)
+    out, _ = triton_alibi_varlen_fwd(qkv, cu_seqlens, max_seqlen, slopes, block_m, block_n)
+    return out
 
 
 def triton_attention(qkv: torch.Tensor, ctx, dropout_p: float) -> torch.Tensor:
