@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 4 levers on a machine with 4 GPUs, one job per GPU, all at once (results under $OUT/<job>/):
-#   levers  (GPU 0): MosaicBERT-base compiled with sdpa and with the triton attention backend, and HF BERT compiled,
-#                    in one throughput.py run (same batches), profiled with the top kernels
-#   dropout (GPU 1): the same without hidden dropout (sdpa and triton): what dropout's RNG and masks cost
+#   levers  (GPU 0): the GPU tests, then MosaicBERT-base compiled with sdpa and with the triton attention backend, and
+#                    HF BERT compiled, in one throughput.py run (same batches), profiled with the top kernels
+#   dropout (GPU 1): current code and the GeGLU-as-two-matmuls candidate, with and without hidden dropout
 #   large   (GPU 2): MosaicBERT eager with triton; MosaicBERT-large compiled with triton
 #   mainpy  (GPU 3): `composer main.py yamls/base.yaml` with the triton backend (speed monitor), then throughput.py
 #                    --data on the same MDS rows with the same backend
@@ -17,13 +17,15 @@ left() { echo $((LIMIT - (SECONDS - T0) - 10)); }
 TP=(python3 benchmarks/throughput.py --profile_top 25)
 
 (export CUDA_VISIBLE_DEVICES=0
+ timeout -k 5 90 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$OUT/levers/gpu_tests.log" 2>&1
+ echo "pytest exit $?" >> "$OUT/levers/gpu_tests.log"
  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 3 \
    --mosaic_configs default attention_backend=triton --out "$OUT/levers/throughput.json" > "$OUT/levers/log" 2>&1
  echo "exit $?" >> "$OUT/levers/log") &
 
 (export CUDA_VISIBLE_DEVICES=1
  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 3 \
-   --mosaic_configs hidden_dropout_prob=0.0 'attention_backend=triton;hidden_dropout_prob=0.0' \
+   --variants geglu_split_matmuls,current --mosaic_configs default hidden_dropout_prob=0.0 \
    --out "$OUT/dropout/throughput.json" > "$OUT/dropout/log" 2>&1
  echo "exit $?" >> "$OUT/dropout/log") &
 
