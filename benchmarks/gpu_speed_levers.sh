@@ -13,11 +13,11 @@ DATA=${1:-gpu_carry/tok-mds}; VOCAB=${2:-gpu_carry/vocab}; OUT=${OUT:-speed_out}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"/{levers,dropout,large,mainpy}
 T0=$SECONDS
-left() { echo $((LIMIT - (SECONDS - T0) - 10)); }
+left() { local l=$((LIMIT - (SECONDS - T0) - 10)); echo $((l > 1 ? l : 1)); }  # timeout rejects <= 0
 TP=(python3 benchmarks/throughput.py --profile_top 25)
 
 (export CUDA_VISIBLE_DEVICES=0
- timeout -k 5 90 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$OUT/levers/gpu_tests.log" 2>&1
+ timeout -k 5 240 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$OUT/levers/gpu_tests.log" 2>&1
  echo "pytest exit $?" >> "$OUT/levers/gpu_tests.log"
  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 3 \
    --mosaic_configs default attention_backend=triton --out "$OUT/levers/throughput.json" > "$OUT/levers/log" 2>&1
@@ -41,7 +41,7 @@ TP=(python3 benchmarks/throughput.py --profile_top 25)
  timeout -k 10 150 python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" tokenizer="$VOCAB" \
    run_name=speed-triton model.config_overrides.attention_backend=triton global_train_batch_size=256 \
    device_train_microbatch_size=256 max_duration=300ba eval_interval=10000ba eval_subset_num_batches=2 \
-   save_folder=/tmp/speed-ckpt save_interval=10000ba autoresume=false compile=true data.num_workers=8 \
+   save_folder="$(mktemp -d)" save_interval=10000ba autoresume=false compile=true data.num_workers=8 \
    loggers.console_log_interval=50ba callbacks.speed_monitor.window_size=50 > "$OUT/mainpy/main_base.log" 2>&1
  echo "main.py exit $?" >> "$OUT/mainpy/main_base.log"
  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --mosaic_configs attention_backend=triton \

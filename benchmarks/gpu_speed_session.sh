@@ -12,14 +12,14 @@ DATA=${1:-gpu_carry/tok-mds}; VOCAB=${2:-gpu_carry/vocab}; OUT=${OUT:-speed_out}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"/{probe,mainpy,sizes,kernels}
 T0=$SECONDS
-left() { echo $((LIMIT - (SECONDS - T0))); }
+left() { local l=$((LIMIT - (SECONDS - T0))); echo $((l > 16 ? l : 16)); }  # callers subtract 15
 
 (export CUDA_VISIBLE_DEVICES=0; OUT="$OUT/probe" bash benchmarks/speed_probe.sh > "$OUT/probe/probe.log" 2>&1) &
 
 (export CUDA_VISIBLE_DEVICES=1; cd_out="$OUT/mainpy"
  timeout -k 10 300 python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" tokenizer="$VOCAB" \
    run_name=speed-base global_train_batch_size=256 device_train_microbatch_size=256 max_duration=600ba \
-   eval_interval=10000ba eval_subset_num_batches=2 save_folder=/tmp/speed-ckpt save_interval=10000ba \
+   eval_interval=10000ba eval_subset_num_batches=2 save_folder="$(mktemp -d)" save_interval=10000ba \
    autoresume=false compile=true data.num_workers=8 loggers.console_log_interval=50ba \
    callbacks.speed_monitor.window_size=50 > "$cd_out/main_base.log" 2>&1
  echo "main.py exit $?" >> "$cd_out/main_base.log"

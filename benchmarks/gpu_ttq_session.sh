@@ -38,7 +38,8 @@ train)
   for p in "${pids[@]}"; do wait "$p" || status=1; done
   echo "train exit $status"
   candidates=(); for lr in "${lrs[@]}"; do candidates+=("$RUNS/lr$lr"); done
-  ttq pick --out "$RUNS/best" --candidates "${candidates[@]}"
+  ttq pick --out "$RUNS/best" --candidates "${candidates[@]}" || status=1
+  exit $status
   ;;
 glue)
   # The published seeds are RTE/MRPC/STS-B 5, CoLA 4, SST-2 3; `reduced` runs 3/3/3, 2, 1 to fit one GPU call.
@@ -50,7 +51,9 @@ glue)
   ttq glue --out "$RUNS/best" --tokenizer "$VOCAB" --glue_data "$GLUE" --size "$SIZE" \
     --random_init_baseline mosaic_bert --concurrent_glue --tasks cola,sst2,mrpc,stsb,rte "${seeds[@]}" \
     "${GLUE_ARGS[@]}"
-  echo "glue exit $?"
+  status=$?
+  echo "glue exit $status"
+  exit $status
   ;;
 report)
   ttq report --out "$RUNS/best" --dest "$DEST" \

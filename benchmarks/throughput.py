@@ -250,7 +250,10 @@ def run_one(model_name, compiled, args, batches, device, peak, variant="current"
 
         traceback.print_exc()
         if device.type == "cuda":
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except Exception:  # noqa: BLE001 - a CUDA fault poisons the context: the next rows will say so too
+                pass
         return dict(model=model_name, compiled=compiled, variant=variant, config_overrides=overrides or {},
                     error=f"{type(e).__name__}: {str(e)[:500]}")
     finally:

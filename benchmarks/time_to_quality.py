@@ -48,7 +48,8 @@ def size_overrides(size: str) -> list[str]:
 def run_all(cmds: list[list[str]], gpus: list[str] | None, concurrent: bool, timeout: float | None) -> int:
     """Run the commands one after another, or all at once (command i on GPU gpus[i % len(gpus)] when given).
 
-    Returns the OR of the exit codes; 3 marks a command stopped at `timeout` (resume by running it again).
+    Returns 0 when every command succeeded, 3 when one was stopped at `timeout` (resume by running the step again),
+    else 1.
     """
     def env_for(i: int) -> dict:
         env = dict(os.environ)
@@ -56,7 +57,8 @@ def run_all(cmds: list[list[str]], gpus: list[str] | None, concurrent: bool, tim
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         return env
 
-    status, deadline = 0, None if timeout is None else time.monotonic() + timeout
+    codes, timed_out = [], False
+    deadline = None if timeout is None else time.monotonic() + timeout
     batches = [list(enumerate(cmds))] if concurrent else [[ic] for ic in enumerate(cmds)]
     for batch in batches:
         procs = []
@@ -67,7 +69,7 @@ def run_all(cmds: list[list[str]], gpus: list[str] | None, concurrent: bool, tim
         for cmd, proc in procs:
             try:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                status |= proc.wait(timeout=left)
+                codes.append(proc.wait(timeout=left))
             except subprocess.TimeoutExpired:
                 proc.terminate()
                 try:
@@ -76,8 +78,8 @@ def run_all(cmds: list[list[str]], gpus: list[str] | None, concurrent: bool, tim
                     proc.kill()
                 print(f"segment time limit reached for `{' '.join(cmd[:6])} ...`; run the step again to resume "
                       "from the last checkpoint", flush=True)
-                status |= 3
-    return status
+                timed_out = True
+    return 3 if timed_out else (1 if any(codes) else 0)
 
 
 def train(args) -> int:
@@ -97,6 +99,10 @@ def train(args) -> int:
             f"algorithms.gradient_clipping.clipping_threshold={args.clip}",
             *size_overrides(args.size), *args.extra])
     gpus = args.gpus.split(",") if args.gpus else None
+    if gpus and 1 < len(gpus) < len(cmds):
+        print(f"--gpus {args.gpus}: {len(cmds)} models need as many GPUs to train at once, one per GPU",
+              file=sys.stderr)
+        return 2
     return run_all(cmds, gpus, concurrent=bool(gpus and len(gpus) > 1), timeout=args.segment_timeout)
 
 
@@ -121,6 +127,9 @@ def pick(args) -> int:
         link = out / model
         if link.is_symlink():
             link.unlink()
+        elif link.exists():
+            print(f"{link} exists and is not a link made by `pick`; choose another --out", file=sys.stderr)
+            return 2
         link.symlink_to((best / model).resolve(), target_is_directory=True)
         tried = ", ".join(f"{f}: {v:.3f}" if v is not None else f"{f}: no result" for f, v in losses.items())
         lines.append(f"{model}: picked {best} (final eval loss; {tried})")

@@ -395,7 +395,30 @@ def test_compiled_training_forward_is_one_graph(backend):
     batch = _mlm_batch(cfg, [9, 4, 6], 9, seed=8)
     ex = torch._dynamo.explain(lambda **b: model(**b).loss)(**batch)
     assert ex.graph_count == 1, [r.reason for r in ex.break_reasons]
-    assert ex.graph_break_count == 0, [r.reason for r in ex.break_reasons]
+    # at most the disabled prepare call at the very top (torch versions count it differently)
+    assert ex.graph_break_count <= 1, [r.reason for r in ex.break_reasons]
+
+
+def test_mismatched_shapes_are_clear_errors():
+    cfg = tiny_config()
+    model = MosaicBertForMaskedLM(cfg)
+    ids = torch.randint(5, cfg.vocab_size, (2, 6))
+    with pytest.raises(ValueError, match="labels must have input_ids' shape"):
+        model(input_ids=ids, labels=ids[:, :5])
+    with pytest.raises(ValueError, match="token_type_ids must have input_ids' shape"):
+        model(input_ids=ids, token_type_ids=torch.zeros(2, 7, dtype=torch.long))
+
+
+def test_alibi_matrix_built_only_for_backends_that_read_it():
+    from mosaicbert.model.attention import ATTENTION_BACKENDS, AlibiCache
+    from mosaicbert.model.modeling_mosaic_bert import _prepare_batch
+
+    assert [n for n, b in ATTENTION_BACKENDS.items() if b.needs_alibi_matrix] == ["sdpa", "torch"]
+    ids = torch.randint(5, 50, (2, 6))
+    for needs, built in ((False, False), (True, True)):
+        cache = AlibiCache(num_heads=4, starting_size=8)
+        _prepare_batch(ids, None, torch.ones_like(ids), None, 50, 2, False, cache, with_alibi_matrix=needs)
+        assert (cache._matrix is not None) == built and cache._slopes is not None
 
 
 def test_compiled_matches_eager_across_batches():

@@ -252,6 +252,7 @@ class AttentionBackend:
     installed: Callable[[], bool]  # can it be imported at all?
     usable: Callable[[torch.device, torch.dtype], bool]  # can "auto" pick it for these inputs?
     needs_max_seqlen: bool = False  # varlen kernels size their grid with it (one extra host sync per batch)
+    needs_alibi_matrix: bool = False  # reads the [H, S, S] bias (padded backends); others use the slopes only
 
 
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
@@ -262,14 +263,16 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
         usable=lambda dev, dt: HAS_FLASH_ATTN and dev.type == "cuda" and dt in (torch.float16, torch.bfloat16),
         needs_max_seqlen=True,
     ),
-    "sdpa": AttentionBackend("sdpa", sdpa_attention, installed=lambda: True, usable=lambda dev, dt: True),
+    "sdpa": AttentionBackend("sdpa", sdpa_attention, installed=lambda: True, usable=lambda dev, dt: True,
+                             needs_alibi_matrix=True),
     "flex": AttentionBackend(
         "flex",
         flex_attention_backend,
         installed=lambda: HAS_FLEX_ATTN,
         usable=lambda dev, dt: HAS_FLEX_ATTN and dev.type == "cuda",
     ),
-    "torch": AttentionBackend("torch", torch_attention, installed=lambda: True, usable=lambda dev, dt: True),
+    "torch": AttentionBackend("torch", torch_attention, installed=lambda: True, usable=lambda dev, dt: True,
+                              needs_alibi_matrix=True),
     # usable=False: "auto" never picks it until it has been measured on the GPU; select it explicitly
     "triton": AttentionBackend("triton", triton_attention, installed=lambda: HAS_TRITON, usable=lambda dev, dt: False,
                                needs_max_seqlen=True),

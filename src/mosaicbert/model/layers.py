@@ -65,7 +65,7 @@ class MosaicBertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        # input_ids, token_type_ids: [B, S] -> [B, S, hidden]
+        # input_ids, token_type_ids: [T] (packed real tokens) -> [T, hidden], or [B, S] -> [B, S, hidden]
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)

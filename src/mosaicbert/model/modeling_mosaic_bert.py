@@ -1,9 +1,9 @@
 """MosaicBERT: BERT with ALiBi, GeGLU, fused QKV, unpadding and low-precision LayerNorm (MosaicML, 2023).
 
 Data flow of one forward pass:
-    input_ids [B, S] -> embeddings [B, S, hidden] -> unpad -> [T, hidden]   (T = real tokens)
+    input_ids [B, S] -> gather the real tokens -> [T] -> embeddings [T, hidden]   (T = real tokens)
     -> N x (attention -> post-LN -> GeGLU -> post-LN), all on [T, hidden]
-    -> pad back -> [B, S, hidden] (zeros at padding) -> heads
+    -> masked-LM head on the M labelled rows only, or pad back -> [B, S, hidden] (zeros at padding) -> heads
 
 Self-contained on purpose (torch + transformers + relative imports): `save_pretrained` copies this file and
 its relative imports next to the weights, so `AutoModel*.from_pretrained(dir, trust_remote_code=True)` works
@@ -51,6 +51,7 @@ def _prepare_batch(
     type_vocab_size: int,
     with_max_seqlen: bool,
     alibi: AlibiCache | None = None,
+    with_alibi_matrix: bool = True,
 ):
     """Everything about a batch that needs the host to look at device data, in one place.
 
@@ -77,7 +78,8 @@ def _prepare_batch(
         label_pos = torch.nonzero(labels.reshape(-1) != -100, as_tuple=False).flatten()  # [M], row-major
     if alibi is not None:  # build/grow the cached ALiBi tensors here, so no compiled graph ever mutates the cache
         alibi.slopes(attention_mask.device)
-        alibi.matrix(attention_mask.shape[1], attention_mask.device)
+        if with_alibi_matrix:  # [H, S, S] fp32: only for the backends that read it
+            alibi.matrix(attention_mask.shape[1], attention_mask.device)
     # T and M change with every batch: have the compiled graph treat them as symbolic from the first compile
     # (instead of compiling for the first batch's sizes, then recompiling)
     mark = getattr(getattr(torch, "_dynamo", None), "maybe_mark_dynamic", None)
@@ -178,10 +180,13 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
             raise ValueError(f"input_ids must be [batch, seqlen], got shape {tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids), ("labels", labels)):
+            if t is not None and t.shape != input_ids.shape:  # else: out-of-range gathers, opaque on CUDA
+                raise ValueError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(t.shape)}")
         backend = self._resolve_backend(input_ids.device)
         info, label_pos = _prepare_batch(
             input_ids, token_type_ids, attention_mask, labels, self.config.vocab_size,
-            self.config.type_vocab_size, backend.needs_max_seqlen, self.encoder.alibi,
+            self.config.type_vocab_size, backend.needs_max_seqlen, self.encoder.alibi, backend.needs_alibi_matrix,
         )
         return attention_mask, backend, info, label_pos
 
