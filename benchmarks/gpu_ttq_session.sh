@@ -9,13 +9,14 @@
 # usage: bash benchmarks/gpu_ttq_session.sh train|glue|report
 # env (defaults): DATA=gpu_carry/tok-mds VOCAB=gpu_carry/vocab GLUE=gpu_carry/glue RUNS=runs/ttq BUDGET=5min
 #   EVAL_EVERY=20s SIZE=small LRS="1e-3 5e-4" DEST=$RUNS/report GLUE_SEEDS=reduced|published PYTHON=python3
+#   SEGMENT=seconds: stop `train` after this long (a budget longer than one GPU call: run `train` again to resume)
 #   TRAIN_ARGS / GLUE_ARGS: extra arguments for `time_to_quality.py train` / `glue` (e.g. for a CPU dry run)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-gpu_carry/tok-mds}; VOCAB=${VOCAB:-gpu_carry/vocab}; GLUE=${GLUE:-gpu_carry/glue}
 RUNS=${RUNS:-runs/ttq}; BUDGET=${BUDGET:-5min}; EVAL_EVERY=${EVAL_EVERY:-20s}; SIZE=${SIZE:-small}
 LRS=${LRS:-"1e-3 5e-4"}; DEST=${DEST:-$RUNS/report}; PY=${PYTHON:-python3}; GLUE_SEEDS=${GLUE_SEEDS:-reduced}
-read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
+read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}${SEGMENT:+ --segment_timeout $SEGMENT}"
 read -r -a GLUE_ARGS <<< "${GLUE_ARGS:-}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 ttq() { "$PY" benchmarks/time_to_quality.py "$@"; }
