@@ -55,6 +55,26 @@ if HAS_TRITON:
         return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
+    def _load_rows(P, start, offs, mask, h, stride_t, stride_h, offs_d):
+        """[len(offs), D] block of one head's rows of a packed [T, H, D] tensor (zeros past the sequence)."""
+        return tl.load(P + (start + offs)[:, None] * stride_t + h * stride_h + offs_d[None, :],
+                       mask=mask[:, None], other=0.0)
+
+    @triton.jit
+    def _alibi_scores(q, k, offs_m, offs_n, slope, qk_scale, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """[BLOCK_M, BLOCK_N] fp32 scores in the log2 domain: q.k * scale - slope * |i - j|.
+        The cast keeps them fp32 if a caller passes the scale as fp64."""
+        s = (_dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale).to(tl.float32)
+        return s - slope * tl.abs(offs_m[:, None] - offs_n[None, :]).to(tl.float32)
+
+    @triton.jit
+    def _recompute_probs(q, k, offs_m, offs_n, mask_m, mask_n, lse, slope, qk_scale,
+                         PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """Backward: the forward's probabilities [BLOCK_M, BLOCK_N] from the saved log2-domain logsumexp."""
+        p = tl.exp2(_alibi_scores(q, k, offs_m, offs_n, slope, qk_scale, PRECISION, UPCAST) - lse[:, None])
+        return tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+
+    @triton.jit
     def _fwd_kernel(
         Q, K, V, O, LSE, CU, SLOPES,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
@@ -74,21 +94,16 @@ if HAS_TRITON:
         offs_d = tl.arange(0, D)
         mask_m = offs_m < seqlen
 
-        q = tl.load(Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-                    mask=mask_m[:, None], other=0.0)
+        q = _load_rows(Q, start, offs_m, mask_m, h, stride_qt, stride_qh, offs_d)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max
         l_i = tl.zeros([BLOCK_M], tl.float32)  # running row sum of exp2(s - m_i)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
         for start_n in range(0, seqlen, BLOCK_N):  # bidirectional: every key block of the sequence
             offs_n = start_n + offs_n0
             mask_n = offs_n < seqlen
-            k = tl.load(K + (start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-                        mask=mask_n[:, None], other=0.0)
-            v = tl.load(V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
-                        mask=mask_n[:, None], other=0.0)
-            s = (_dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale).to(tl.float32)  # [BLOCK_M, BLOCK_N] fp32 (scale may be fp64 under compile)
-            dist = tl.abs(offs_m[:, None] - offs_n[None, :]).to(tl.float32)
-            s = s - slope * dist
+            k = _load_rows(K, start, offs_n, mask_n, h, stride_kt, stride_kh, offs_d)
+            v = _load_rows(V, start, offs_n, mask_n, h, stride_vt, stride_vh, offs_d)
+            s = _alibi_scores(q, k, offs_m, offs_n, slope, qk_scale, PRECISION, UPCAST)  # [BLOCK_M, BLOCK_N]
             s = tl.where(mask_n[None, :], s, float("-inf"))  # keys past the end of the sequence
             # online softmax; the first block always holds key 0, so m_new is finite from the start
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -122,25 +137,18 @@ if HAS_TRITON:
         offs_m0 = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
         mask_n = offs_n < seqlen
-        k = tl.load(K + (start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-                    mask=mask_n[:, None], other=0.0)
-        v = tl.load(V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
-                    mask=mask_n[:, None], other=0.0)
+        k = _load_rows(K, start, offs_n, mask_n, h, stride_kt, stride_kh, offs_d)
+        v = _load_rows(V, start, offs_n, mask_n, h, stride_vt, stride_vh, offs_d)
         dk = tl.zeros([BLOCK_N, D], tl.float32)
         dv = tl.zeros([BLOCK_N, D], tl.float32)
         for start_m in range(0, seqlen, BLOCK_M):
             offs_m = start_m + offs_m0
             mask_m = offs_m < seqlen
-            q = tl.load(Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-                        mask=mask_m[:, None], other=0.0)
-            do = tl.load(DO + (start + offs_m)[:, None] * stride_dot + h * stride_doh + offs_d[None, :],
-                         mask=mask_m[:, None], other=0.0)
+            q = _load_rows(Q, start, offs_m, mask_m, h, stride_qt, stride_qh, offs_d)
+            do = _load_rows(DO, start, offs_m, mask_m, h, stride_dot, stride_doh, offs_d)
             lse = tl.load(LSE + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
             delta = tl.load(DELTA + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
-            s = (_dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale).to(tl.float32)  # [BLOCK_M, BLOCK_N]
-            s = s - slope * tl.abs(offs_m[:, None] - offs_n[None, :]).to(tl.float32)
-            p = tl.exp2(s - lse[:, None])  # recomputed probabilities
-            p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+            p = _recompute_probs(q, k, offs_m, offs_n, mask_m, mask_n, lse, slope, qk_scale, PRECISION, UPCAST)
             dv += _dot(tl.trans(p.to(do.dtype)), do, PRECISION, UPCAST)
             dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])  # softmax backward; the ALiBi bias is constant
@@ -171,24 +179,17 @@ if HAS_TRITON:
         offs_n0 = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
         mask_m = offs_m < seqlen
-        q = tl.load(Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-                    mask=mask_m[:, None], other=0.0)
-        do = tl.load(DO + (start + offs_m)[:, None] * stride_dot + h * stride_doh + offs_d[None, :],
-                     mask=mask_m[:, None], other=0.0)
+        q = _load_rows(Q, start, offs_m, mask_m, h, stride_qt, stride_qh, offs_d)
+        do = _load_rows(DO, start, offs_m, mask_m, h, stride_dot, stride_doh, offs_d)
         lse = tl.load(LSE + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
         delta = tl.load(DELTA + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         for start_n in range(0, seqlen, BLOCK_N):
             offs_n = start_n + offs_n0
             mask_n = offs_n < seqlen
-            k = tl.load(K + (start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_d[None, :],
-                        mask=mask_n[:, None], other=0.0)
-            v = tl.load(V + (start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
-                        mask=mask_n[:, None], other=0.0)
-            s = (_dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale).to(tl.float32)
-            s = s - slope * tl.abs(offs_m[:, None] - offs_n[None, :]).to(tl.float32)
-            p = tl.exp2(s - lse[:, None])
-            p = tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
+            k = _load_rows(K, start, offs_n, mask_n, h, stride_kt, stride_kh, offs_d)
+            v = _load_rows(V, start, offs_n, mask_n, h, stride_vt, stride_vh, offs_d)
+            p = _recompute_probs(q, k, offs_m, offs_n, mask_m, mask_n, lse, slope, qk_scale, PRECISION, UPCAST)
             dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])
             dq += _dot(ds.to(k.dtype), k, PRECISION, UPCAST)
