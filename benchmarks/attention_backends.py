@@ -45,8 +45,10 @@ def cuda_time_ms(fn, iters: int, warmup: int) -> float:
     return start.elapsed_time(end) / iters
 
 
-def bench(name: str, mask: torch.Tensor, heads: int, head_dim: int, dtype, iters: int, warmup: int) -> dict:
-    backend = ATTENTION_BACKENDS[name]
+def bench(name: str, mask: torch.Tensor, heads: int, head_dim: int, dtype, iters: int, warmup: int,
+          attend=None) -> dict:
+    """attend: what to time instead of the backend's own `attend` (the triton block-size sweep)."""
+    attend = attend or ATTENTION_BACKENDS[name].attend
     alibi = AlibiCache(heads, 512)
 
     def make_ctx():
@@ -62,13 +64,13 @@ def bench(name: str, mask: torch.Tensor, heads: int, head_dim: int, dtype, iters
     grad = torch.randn(T, heads, head_dim, device="cuda", dtype=dtype)
 
     def step():
-        out = backend.attend(qkv, ctx, 0.0)
+        out = attend(qkv, ctx, 0.0)
         out.backward(grad)
         qkv.grad = None
 
     def fwd():
         with torch.no_grad():
-            backend.attend(qkv, ctx, 0.0)
+            attend(qkv, ctx, 0.0)
 
     t0 = time.perf_counter()
     step()  # first call: compilation for flex
@@ -77,7 +79,7 @@ def bench(name: str, mask: torch.Tensor, heads: int, head_dim: int, dtype, iters
     fwd_bwd = cuda_time_ms(step, iters, warmup)
     fwd_only = cuda_time_ms(fwd, iters, warmup)
     # flex: building the block mask happens inside the first attend of a forward; time it via a fresh ctx
-    prep = cuda_time_ms(lambda: make_ctx() if name != "flex" else backend.attend(qkv.detach(), make_ctx(), 0.0),
+    prep = cuda_time_ms(lambda: make_ctx() if name != "flex" else attend(qkv.detach(), make_ctx(), 0.0),
                         max(iters // 5, 3), 2)
     if name == "flex":
         prep -= fwd_only  # block-mask construction only
@@ -88,6 +90,25 @@ def bench(name: str, mask: torch.Tensor, heads: int, head_dim: int, dtype, iters
         "backend": name, "tokens": T, "fwd_bwd_ms": fwd_bwd, "fwd_ms": fwd_only, "prepare_ms": prep,
         "first_call_s": first_s, "peak_mem_mb": peak_mb,
     }
+
+
+def bench_triton_blocks(blocks: str, mask, args, dtype) -> dict:
+    from mosaicbert.model.padding import max_seqlen_of
+    from mosaicbert.model.triton_attention import triton_alibi_varlen_attention
+
+    bm, bn = (int(x) for x in blocks.split("x"))
+
+    def attend(qkv, ctx, dropout_p):
+        info = ctx.info
+        return triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_of(info),
+                                             ctx.alibi.slopes(qkv.device), bm, bn)
+
+    name = f"triton[{blocks}]"
+    try:
+        r = bench("triton", mask, args.heads, args.head_dim, dtype, args.iters, args.warmup, attend)
+    except Exception as e:
+        return {"backend": name, "fill": "?", "error": f"{type(e).__name__}: {e}"[:300]}
+    return {**r, "backend": name}
 
 
 def main() -> None:
@@ -102,6 +123,8 @@ def main() -> None:
     p.add_argument("--backends", nargs="+", default=list(ATTENTION_BACKENDS))
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--triton_blocks", nargs="*", default=[], metavar="MxN",
+                   help="also time the triton backend with these query x key block sizes, e.g. 64x64 128x128")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
@@ -121,18 +144,20 @@ def main() -> None:
             except Exception as e:  # keep going: one broken backend should not hide the others
                 r = {"backend": name, "fill": fill, "error": f"{type(e).__name__}: {e}"[:300]}
             rows.append(r)
+        for blocks in args.triton_blocks:
+            rows.append({**bench_triton_blocks(blocks, mask, args, dtype), "fill": fill})
 
     print(f"B={args.batch} S={args.seqlen} H={args.heads} D={args.head_dim} {args.dtype}, "
           f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    header = f"{'fill':6} {'backend':11} {'tokens':>7} {'fwd+bwd ms':>11} {'fwd ms':>8} {'prepare ms':>11} " \
+    header = f"{'fill':6} {'backend':16} {'tokens':>7} {'fwd+bwd ms':>11} {'fwd ms':>8} {'prepare ms':>11} " \
              f"{'peak MB':>8} {'1st call s':>10}"
     print(header)
     print("-" * len(header))
     for r in rows:
         if "error" in r:
-            print(f"{r['fill']:6} {r['backend']:11} {r['error']}")
+            print(f"{r['fill']:6} {r['backend']:16} {r['error']}")
         else:
-            print(f"{r['fill']:6} {r['backend']:11} {r['tokens']:7d} {r['fwd_bwd_ms']:11.3f} {r['fwd_ms']:8.3f} "
+            print(f"{r['fill']:6} {r['backend']:16} {r['tokens']:7d} {r['fwd_bwd_ms']:11.3f} {r['fwd_ms']:8.3f} "
                   f"{r['prepare_ms']:11.3f} {r['peak_mem_mb']:8.0f} {r['first_call_s']:10.2f}")
     meta = {
         "batch": args.batch, "seqlen": args.seqlen, "heads": args.heads, "head_dim": args.head_dim,

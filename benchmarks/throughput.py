@@ -139,20 +139,15 @@ def _variant_index_pad():
     return undo
 
 
-def _variant_geglu_split_matmuls():
-    """Candidate: GeGLU as two matmuls on the two halves of `gated_layers.weight` instead of one [T, 2I] output that
-    is split. Same parameters and math; the backward then needs no cat of the two gradient halves (the profile's
-    slowest elementwise kernel is `fused_cat_gelu_gelu_backward_mul_..._split`)."""
-    import torch.nn.functional as F
-
+def _variant_geglu_fused_matmul():
+    """GeGLU as one [T, 2I] matmul whose output is split, as before the model adopted two matmuls (the backward
+    then concatenates the two gradient halves: `fused_cat_gelu_gelu_backward_mul_..._split` in the profile)."""
     from mosaicbert.model import layers
 
     old = layers.MosaicBertGatedMLP.forward
 
     def forward(self, x):
-        w = self.gated_layers.weight  # [2I, hidden]: rows [gate | value]
-        gate = F.linear(x, w[: self.intermediate_size])  # [T, I]
-        value = F.linear(x, w[self.intermediate_size :])  # [T, I]
+        gate, value = self.gated_layers(x).split(self.intermediate_size, dim=-1)  # [T, I] each
         h = self.dropout(self.act(gate) * value)
         return self.layernorm(self.wo(h) + x)
 
@@ -165,7 +160,7 @@ def _variant_geglu_split_matmuls():
 
 
 VARIANTS = {"current": lambda: (lambda: None), "index_pad": _variant_index_pad,
-            "geglu_split_matmuls": _variant_geglu_split_matmuls}
+            "geglu_fused_matmul": _variant_geglu_fused_matmul}
 
 
 def parse_config_set(text: str) -> dict:

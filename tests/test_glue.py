@@ -379,3 +379,13 @@ def test_glue_durations_are_checked_up_front(override):
 
     with pytest.raises(ConfigError, match="is not a duration"):
         load_glue_config(str(ROOT / "yamls/glue/base.yaml"), [override])
+
+
+def test_glue_workers_are_pinned_to_the_parents_visible_gpus(monkeypatch):
+    from mosaicbert.glue.runner import visible_gpu_ids
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert visible_gpu_ids(2) == ["2", "3"]
+    assert visible_gpu_ids(1) == ["2"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpu_ids(2) == ["0", "1"]

@@ -379,7 +379,14 @@ def _end_line(job: Job, r: JobResult) -> str:
     return f"[job {job.index}/{job.total}] done {job.task} seed={job.seed}: {ms} ({r.duration_s:.0f}s)"
 
 
-def _num_parallel(cfg: GlueConfig) -> tuple[int, List[Optional[int]]]:
+def visible_gpu_ids(n: int) -> List[str]:
+    """The CUDA_VISIBLE_DEVICES values that pin n workers to this process's first n GPUs: the parent's own
+    list when it has one (with CUDA_VISIBLE_DEVICES=2,3 the workers get 2 and 3, not 0 and 1)."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return visible[:n] if len(visible) >= n else [str(i) for i in range(n)]
+
+
+def _num_parallel(cfg: GlueConfig) -> tuple[int, List[Optional[str]]]:
     import torch
 
     from mosaicbert.builders import resolve_device
@@ -388,7 +395,7 @@ def _num_parallel(cfg: GlueConfig) -> tuple[int, List[Optional[int]]]:
     if device == "gpu":
         n_gpus = torch.cuda.device_count()
         n = min(cfg.parallel_jobs or n_gpus, n_gpus)
-        return n, list(range(n))
+        return n, list(visible_gpu_ids(n))
     n = cfg.parallel_jobs or 1
     return n, [None] * n
 

@@ -6,8 +6,8 @@ Computes, on the packed tokens of a right-padded batch (no padding materialised,
 
 Forward: one program per (query block, sequence, head) streams the key blocks of its own sequence with an
 online softmax and saves the row logsumexp. Backward recomputes the probabilities from that logsumexp
-(no [T, T] matrix is ever stored): delta = rowsum(dO * O), then one kernel for dK/dV (loop over query
-blocks) and one for dQ (loop over key blocks), so no atomics are needed.
+(no [T, T] matrix is ever stored): a small kernel for delta = rowsum(dO * O), then one kernel for dK/dV
+(loop over query blocks) and one for dQ (loop over key blocks), so no atomics are needed.
 
 The launches are wrapped as torch.library custom ops (mosaicbert::triton_alibi_varlen_fwd / _bwd, with fake
 functions and an autograd registration), so torch.compile treats the attention as an opaque call instead of
@@ -42,6 +42,7 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): exp2 is the native instruction
+_DELTA_BLOCK_T = 64  # tokens per program of the backward's delta kernel
 
 if HAS_TRITON:
 
@@ -75,7 +76,7 @@ if HAS_TRITON:
         return tl.where(mask_m[:, None] & mask_n[None, :], p, 0.0)
 
     @triton.jit
-    def _fwd_kernel(
+    def _attention_fwd_kernel(
         Q, K, V, O, LSE, CU, SLOPES,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
         stride_ot, stride_oh, stride_lh,
@@ -118,7 +119,7 @@ if HAS_TRITON:
         tl.store(LSE + h * stride_lh + start + offs_m, m_i + tl.log2(l_i), mask=mask_m)  # log2 domain
 
     @triton.jit
-    def _bwd_dkdv_kernel(
+    def _attention_bwd_dkdv_kernel(
         Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
         stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
@@ -160,7 +161,7 @@ if HAS_TRITON:
                  dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
 
     @triton.jit
-    def _bwd_dq_kernel(
+    def _attention_bwd_dq_kernel(
         Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
         stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lh,
@@ -197,6 +198,18 @@ if HAS_TRITON:
         tl.store(DQ + (start + offs_m)[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
                  dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
 
+    @triton.jit
+    def _attention_bwd_delta_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_dot, stride_doh, stride_lh,
+                          D: tl.constexpr, BLOCK_T: tl.constexpr):
+        # delta[h, t] = rowsum(dO * O) in fp32, read straight from the bf16/fp16 tensors (no upcast copies)
+        pid_t, h = tl.program_id(0), tl.program_id(1)
+        offs_t = (pid_t * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)  # int64: t * stride can pass 2^31
+        offs_d = tl.arange(0, D)
+        mask_t = offs_t < T
+        o = _load_rows(O, 0, offs_t, mask_t, h, stride_ot, stride_oh, offs_d).to(tl.float32)
+        do = _load_rows(DO, 0, offs_t, mask_t, h, stride_dot, stride_doh, offs_d).to(tl.float32)
+        tl.store(DELTA + h * stride_lh + offs_t, tl.sum(o * do, 1), mask=mask_t)
+
 
 def _check_inputs(qkv: torch.Tensor) -> None:
     if not HAS_TRITON:
@@ -221,7 +234,7 @@ def _config(D: int, dtype: torch.dtype, block_m: int | None, block_n: int | None
     default = 32 if dtype == torch.float32 and D >= 64 else 64
     bm = block_m or default
     bn = block_n or default
-    num_warps = 4 if D <= 64 else 8
+    num_warps = 4 if D <= 64 and bm * bn < 128 * 128 else 8  # bigger tiles: more warps to hold them
     return bm, bn, num_warps
 
 
@@ -250,7 +263,7 @@ def _launch_fwd(qkv, cu_seqlens, max_seqlen: int, slopes, block_m=None, block_n=
     batch = cu_seqlens.numel() - 1
     if T > 0 and batch > 0 and max_seqlen > 0:
         grid = (triton.cdiv(max_seqlen, bm), batch, H)
-        _fwd_kernel[grid](
+        _attention_fwd_kernel[grid](
             q, k, v, out, lse, cu_seqlens, slopes,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1), lse.stride(0),
@@ -276,17 +289,21 @@ def _launch_bwd(dout, qkv, out, lse, cu_seqlens, slopes, max_seqlen: int, block_
     batch = cu_seqlens.numel() - 1
     if T > 0 and batch > 0 and max_seqlen > 0:
         # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij: the softmax-backward correction, [H, T] fp32
-        delta = (dout.float() * out.float()).sum(-1).transpose(0, 1).contiguous()
+        delta = torch.empty(H, T, device=qkv.device, dtype=torch.float32)
+        _attention_bwd_delta_kernel[(triton.cdiv(T, _DELTA_BLOCK_T), H)](
+            out, dout, delta, T, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), delta.stride(0),
+            D=D, BLOCK_T=_DELTA_BLOCK_T,
+        )
         q, k, v = qkv.unbind(1)
         dq, dk, dv = dqkv.unbind(1)
         common = dict(D=D, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps, **_dot_args(qkv.dtype))
-        _bwd_dkdv_kernel[(triton.cdiv(max_seqlen, bn), batch, H)](
+        _attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, bn), batch, H)](
             q, k, v, dout, lse, delta, dk, dv, cu_seqlens, slopes,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
             lse.stride(0), sm_scale * _LOG2E, sm_scale, **common,
         )
-        _bwd_dq_kernel[(triton.cdiv(max_seqlen, bm), batch, H)](
+        _attention_bwd_dq_kernel[(triton.cdiv(max_seqlen, bm), batch, H)](
             q, k, v, dout, lse, delta, dq, cu_seqlens, slopes,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
