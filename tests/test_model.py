@@ -323,6 +323,22 @@ def test_auto_backend_on_cpu_is_torch():
         resolve_backend("bogus", torch.device("cpu"), torch.float32)
 
 
+def test_auto_backend_on_cuda_prefers_triton_where_it_applies(monkeypatch):
+    from mosaicbert.model import attention
+
+    monkeypatch.setattr(attention, "HAS_FLASH_ATTN", False)
+    monkeypatch.setattr(attention, "HAS_TRITON", True)
+    cuda = torch.device("cuda")  # resolve_backend only chooses; nothing touches the device
+    assert resolve_backend("auto", cuda, torch.bfloat16, head_dim=64).name == "triton"
+    assert resolve_backend("auto", cuda, torch.float16, head_dim=128).name == "triton"
+    # what the kernel does not do: attention dropout, odd head dims, fp32 (slow full-precision dots)
+    assert resolve_backend("auto", cuda, torch.bfloat16, head_dim=64, attention_dropout=0.1).name == "sdpa"
+    assert resolve_backend("auto", cuda, torch.bfloat16, head_dim=48).name == "sdpa"
+    assert resolve_backend("auto", cuda, torch.float32, head_dim=64).name == "sdpa"
+    monkeypatch.setattr(attention, "HAS_TRITON", False)
+    assert resolve_backend("auto", cuda, torch.bfloat16, head_dim=64).name == "sdpa"
+
+
 @pytest.mark.parametrize("low_precision", [True, False])
 def test_low_precision_layernorm(low_precision):
     cfg = tiny_config(low_precision_layernorm=low_precision)

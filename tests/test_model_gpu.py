@@ -74,9 +74,9 @@ def test_sdpa_matches_torch_reference_fp32():
 
 
 def test_auto_picks_a_gpu_backend():
-    expected = "flash_attn" if ATTENTION_BACKENDS["flash_attn"].installed() else "sdpa"
-    assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16).name == expected
-    assert resolve_backend("auto", torch.device("cuda"), torch.float32).name == "sdpa"
+    fast = "flash_attn" if ATTENTION_BACKENDS["flash_attn"].installed() else "triton"
+    assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16, head_dim=64).name == fast
+    assert resolve_backend("auto", torch.device("cuda"), torch.float32, head_dim=64).name == "sdpa"
 
 
 def test_out_of_range_ids_on_gpu():

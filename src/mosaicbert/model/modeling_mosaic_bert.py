@@ -171,7 +171,9 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         dtype = self.embeddings.word_embeddings.weight.dtype
         if torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)
-        return resolve_backend(self.config.attention_backend, device, dtype)
+        cfg = self.config
+        return resolve_backend(cfg.attention_backend, device, dtype, cfg.hidden_size // cfg.num_attention_heads,
+                               cfg.attention_probs_dropout_prob if self.training else 0.0)
 
     def _prepare(self, input_ids, attention_mask, token_type_ids, labels):
         """-> (attention_mask, backend, UnpadInfo, label_pos [M] or None). Call it from the outermost forward:

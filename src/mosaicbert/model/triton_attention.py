@@ -1,4 +1,4 @@
-"""Experimental Triton kernel: varlen bidirectional attention with ALiBi (FlashAttention-2 style).
+"""Triton kernel: varlen bidirectional attention with ALiBi (FlashAttention-2 style).
 
 Computes, on the packed tokens of a right-padded batch (no padding materialised, no [S, S] bias in memory):
 
