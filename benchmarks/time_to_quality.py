@@ -192,6 +192,25 @@ def glue_scores(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def read_curve(path: Path) -> list[dict]:
+    """Eval points from a run folder or metrics.jsonl, or from `report`'s CSV as FILE.csv:MODEL (an earlier run)."""
+    if ".csv" in path.name:
+        stem, _, model = str(path).rpartition(".csv")
+        file, model = stem + ".csv", model.removeprefix(":")
+        with open(file, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if not model or r["model"] == model]
+        if not rows:
+            raise ValueError(f"no rows for model {model!r} in {file}")
+        return [{"train_seconds": float(r["train_seconds"]), "batch": int(r["batch"]), "samples": int(r["samples"]),
+                 "eval/LanguageCrossEntropy": float(r["eval_mlm_loss"]),
+                 "eval/MaskedAccuracy": float(r["eval_masked_accuracy"])} for r in rows]
+    metrics = path / "metrics.jsonl" if path.is_dir() else path
+    points = read_eval_points(metrics)
+    if not points:
+        raise ValueError(f"no eval points in {metrics}")
+    return points
+
+
 def report(args) -> int:
     import matplotlib
 
@@ -207,11 +226,19 @@ def report(args) -> int:
             print(f"{model}: {metrics} not found; run `train` first", file=sys.stderr)
             return 2
         curves[model] = read_eval_points(metrics)
+    extra = {}
+    for item in args.extra_curve:
+        label, _, path = item.partition("=")
+        try:
+            extra[label] = read_curve(Path(path))
+        except (OSError, ValueError) as e:
+            print(f"--extra_curve {item!r}: {e}", file=sys.stderr)
+            return 2
 
     with open(dest / "loss_vs_time.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "train_seconds", "batch", "samples", "eval_mlm_loss", "eval_masked_accuracy"])
-        for model, pts in curves.items():
+        for model, pts in [*curves.items(), *extra.items()]:
             for p in pts:
                 w.writerow([model, f"{p['train_seconds']:.1f}", p["batch"], p["samples"],
                             f"{p['eval/LanguageCrossEntropy']:.4f}", f"{p.get('eval/MaskedAccuracy', float('nan')):.4f}"])
@@ -220,6 +247,9 @@ def report(args) -> int:
     for model, pts in curves.items():
         ax.plot([p["train_seconds"] / 60 for p in pts], [p["eval/LanguageCrossEntropy"] for p in pts], marker="o",
                 markersize=3, label=LABELS.get(model, model))
+    for label, pts in extra.items():
+        ax.plot([p["train_seconds"] / 60 for p in pts], [p["eval/LanguageCrossEntropy"] for p in pts],
+                linestyle="--", marker=".", markersize=3, alpha=0.7, label=label)
     ax.set_xlabel("training wall-clock (minutes, eval excluded)")
     ax.set_ylabel("held-out MLM loss (15% masking)")
     ax.set_title(args.title)
@@ -229,7 +259,7 @@ def report(args) -> int:
     fig.savefig(dest / "loss_vs_time.png", dpi=120)
 
     lines = [f"# {args.title}", "", "| model | final eval loss | training seconds | steps |", "|---|---:|---:|---:|"]
-    for model, pts in curves.items():
+    for model, pts in [*curves.items(), *extra.items()]:
         last = pts[-1]
         lines.append(f"| {LABELS.get(model, model)} | {last['eval/LanguageCrossEntropy']:.3f} | "
                      f"{last['train_seconds']:.0f} | {last['batch']} |")
@@ -294,6 +324,9 @@ def main(argv=None) -> int:
     p.add_argument("--glue_data", default="../shared/data/glue")
     p.add_argument("--tasks", default="cola,sst2,mrpc,stsb,rte")
     p.add_argument("--dest", default="benchmarks/time_to_quality")
+    p.add_argument("--extra_curve", action="append", default=[], metavar="LABEL=PATH",
+                   help="report: one more dashed curve, from a run folder, a metrics.jsonl, or an earlier report's "
+                        "loss_vs_time.csv as FILE.csv:MODEL (repeatable); it joins the CSV and the table")
     p.add_argument("--title", default="MosaicBERT vs HF BERT: held-out MLM loss against training time")
     p.add_argument("extra", nargs="*", help="more key=value overrides for main.py / glue.py")
     args = p.parse_intermixed_args(argv)

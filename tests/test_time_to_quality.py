@@ -100,3 +100,24 @@ def test_glue_variants_add_the_random_init_baseline(tmp_path):
         ("mosaic_bert", "glue-mosaic_bert-random-init", None),
         ("hf_bert", "glue-hf_bert", str(tmp_path / "hf_bert" / "latest-rank0.pt")),
     ]
+
+
+def test_report_adds_extra_curves_from_runs_and_earlier_csvs(tmp_path):
+    for model, losses in {"mosaic_bert": [7.0, 5.0, 4.0], "hf_bert": [7.5, 6.5, 6.0]}.items():
+        (tmp_path / model).mkdir()
+        rows = [_point(10 * (i + 1), loss, i + 1) for i, loss in enumerate(losses)]
+        (tmp_path / model / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    first = tmp_path / "first"
+    assert ttq.main(["report", "--out", str(tmp_path), "--dest", str(first)]) == 0
+    dest = tmp_path / "second"
+    args = ["report", "--out", str(tmp_path), "--dest", str(dest),
+            "--extra_curve", f"HF BERT, run 1={first / 'loss_vs_time.csv'}:hf_bert",
+            "--extra_curve", f"MosaicBERT again={tmp_path / 'mosaic_bert'}"]
+    assert ttq.main(args) == 0
+    md = (dest / "time_to_quality.md").read_text()
+    assert "| HF BERT, run 1 | 6.000 | 30 | 3 |" in md
+    assert "| MosaicBERT again | 4.000 | 30 | 3 |" in md
+    assert len((dest / "loss_vs_time.csv").read_text().splitlines()) == 1 + 4 * 3
+    missing = ["report", "--out", str(tmp_path), "--dest", str(dest), "--extra_curve",
+               f"x={first / 'loss_vs_time.csv'}:no_such_model"]
+    assert ttq.main(missing) == 2
