@@ -32,14 +32,14 @@ measure)
      --triton_blocks 64x64 128x64 64x128 128x128 --out "$o/attention.json" > "$o/attention.log" 2>&1
    echo "exit $?" >> "$o/attention.log"
    timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 3 \
-     --mosaic_configs default attention_backend=triton hidden_dropout_prob=0.0 \
-     'attention_backend=triton hidden_dropout_prob=0.0' --out "$o/throughput.json" > "$o/throughput.log" 2>&1
+     --mosaic_configs default attention_backend=sdpa hidden_dropout_prob=0.0 \
+     'attention_backend=sdpa;hidden_dropout_prob=0.0' --out "$o/throughput.json" > "$o/throughput.log" 2>&1
    echo "exit $?" >> "$o/throughput.log"
    timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes eager \
      --out "$o/eager.json" > "$o/eager.log" 2>&1
    echo "exit $?" >> "$o/eager.log"
    timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --seq 512 --batch 64 \
-     --mosaic_configs default attention_backend=triton --out "$o/seq512.json" > "$o/seq512.log" 2>&1
+     --mosaic_configs default attention_backend=sdpa --out "$o/seq512.json" > "$o/seq512.log" 2>&1
    echo "exit $?" >> "$o/seq512.log"
    cp "$o"/*.json "$RUNS/" 2>/dev/null) &
   common=(--data "$DATA" --tokenizer "$VOCAB" --size small --budget 5min --eval_every 20s --lr 1e-3)

@@ -232,6 +232,18 @@ def profile_steps(step, batches, n: int, device, top: int = 0) -> tuple[dict, li
     return dict(sorted(totals.items(), key=lambda kv: -kv[1])), kernels[:top]
 
 
+def resolved_backend(cfg, device) -> str:
+    """The configured attention backend and, for "auto", what it resolved to under bf16 training here."""
+    if not hasattr(cfg, "attention_backend"):
+        return "sdpa (transformers)"
+    from mosaicbert.model.attention import resolve_backend
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    name = resolve_backend(cfg.attention_backend, device, dtype, cfg.hidden_size // cfg.num_attention_heads,
+                           cfg.attention_probs_dropout_prob).name
+    return name if cfg.attention_backend == name else f"{cfg.attention_backend} ({name})"
+
+
 def run_one(model_name, compiled, args, batches, device, peak, variant="current", overrides=None):
     torch.manual_seed(0)
     torch._dynamo.reset()  # every row compiles from scratch (variants patch code the cached graphs were traced from)
@@ -303,7 +315,7 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
         model=model_name, compiled=compiled, size=args.size, batch=bsz, seq=args.seq,
         variant=variant if model_name == "mosaic_bert" else "", config_overrides=overrides,
         compile_mode=args.compile_mode if compiled else None,
-        attention_backend=getattr(cfg, "attention_backend", "sdpa (transformers)"),
+        attention_backend=resolved_backend(cfg, device),
         ms_per_step=med * 1e3, seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
         useful_tflops=tflops, mfu=tflops * 1e12 / peak if math.isfinite(peak) else float("nan"),
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
