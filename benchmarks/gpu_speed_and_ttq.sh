@@ -69,7 +69,7 @@ follow)
 import json, sys
 rows = [r for r in json.load(open(sys.argv[1]))["rows"] if r["model"] == "mosaic_bert" and "ms_per_step" in r
         and "hidden_dropout_prob" not in r["config_overrides"]]
-print(min(rows, key=lambda r: r["ms_per_step"])["attention_backend"] if rows else "auto")
+print(min(rows, key=lambda r: r["ms_per_step"])["config_overrides"].get("attention_backend", "auto") if rows else "auto")
 EOF
 )
    echo "backend $backend" > "$o/backend.txt"
