@@ -328,6 +328,7 @@ def test_auto_backend_on_cuda_prefers_triton_where_it_applies(monkeypatch):
 
     monkeypatch.setattr(attention, "HAS_FLASH_ATTN", False)
     monkeypatch.setattr(attention, "HAS_TRITON", True)
+    monkeypatch.setattr(attention, "cuda_capability", lambda dev: (9, 0))
     cuda = torch.device("cuda")  # resolve_backend only chooses; nothing touches the device
     assert resolve_backend("auto", cuda, torch.bfloat16, head_dim=64).name == "triton"
     assert resolve_backend("auto", cuda, torch.float16, head_dim=128).name == "triton"
@@ -335,6 +336,9 @@ def test_auto_backend_on_cuda_prefers_triton_where_it_applies(monkeypatch):
     assert resolve_backend("auto", cuda, torch.bfloat16, head_dim=64, attention_dropout=0.1).name == "sdpa"
     assert resolve_backend("auto", cuda, torch.bfloat16, head_dim=48).name == "sdpa"
     assert resolve_backend("auto", cuda, torch.float32, head_dim=64).name == "sdpa"
+    monkeypatch.setattr(attention, "cuda_capability", lambda dev: (7, 5))  # pre-Ampere
+    assert resolve_backend("auto", cuda, torch.float16, head_dim=64).name == "sdpa"
+    monkeypatch.setattr(attention, "cuda_capability", lambda dev: (9, 0))
     monkeypatch.setattr(attention, "HAS_TRITON", False)
     assert resolve_backend("auto", cuda, torch.bfloat16, head_dim=64).name == "sdpa"
 

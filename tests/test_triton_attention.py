@@ -135,7 +135,7 @@ def test_model_triton_matches_torch_backend():
     assert "OK" in out
 
 
-def test_triton_backend_errors():
+def test_triton_backend_errors(monkeypatch):
     # in this process TRITON_INTERPRET is unset (unless the whole run sets it): CPU must be refused clearly
     from mosaicbert import MosaicBertConfig
     from mosaicbert.model.attention import ATTENTION_BACKENDS, AlibiCache, AttentionContext, resolve_backend
@@ -144,6 +144,9 @@ def test_triton_backend_errors():
 
     assert MosaicBertConfig(attention_backend="triton").attention_backend == "triton"
     assert ATTENTION_BACKENDS["triton"].installed()
+    from mosaicbert.model import attention
+
+    monkeypatch.setattr(attention, "cuda_capability", lambda dev: (9, 0))  # no GPU here: pretend a Hopper
     assert ATTENTION_BACKENDS["triton"].usable(torch.device("cuda"), torch.bfloat16)  # "auto" may pick it there
     assert not ATTENTION_BACKENDS["triton"].usable(torch.device("cpu"), torch.bfloat16)
     assert resolve_backend("auto", torch.device("cpu"), torch.float32).name == "torch"

@@ -395,7 +395,7 @@ def _num_parallel(cfg: GlueConfig) -> tuple[int, List[Optional[str]]]:
     if device == "gpu":
         n_gpus = torch.cuda.device_count()
         n = min(cfg.parallel_jobs or n_gpus, n_gpus)
-        return n, list(visible_gpu_ids(n))
+        return n, visible_gpu_ids(n)
     n = cfg.parallel_jobs or 1
     return n, [None] * n
 

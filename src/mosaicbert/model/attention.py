@@ -254,6 +254,12 @@ def flex_attention_backend(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: 
 # Registry and dispatch
 
 
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) of a CUDA device. "auto" uses the triton kernel from Ampere (8.0) on: it is only measured
+    on Hopper, and older GPUs lack bf16 tensor cores."""
+    return torch.cuda.get_device_capability(device)
+
+
 @dataclass(frozen=True)
 class AttentionBackend:
     name: str
@@ -287,7 +293,8 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
         "triton",
         triton_attention,
         installed=lambda: HAS_TRITON,
-        usable=lambda dev, dt: HAS_TRITON and dev.type == "cuda" and dt in (torch.float16, torch.bfloat16),
+        usable=lambda dev, dt: HAS_TRITON and dev.type == "cuda" and dt in (torch.float16, torch.bfloat16)
+        and cuda_capability(dev) >= (8, 0),
         needs_max_seqlen=True,
     ),
 }
