@@ -257,7 +257,8 @@ def flex_attention_backend(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: 
 def cuda_capability(device: torch.device) -> tuple[int, int]:
     """(major, minor) of a CUDA device. "auto" uses the triton kernel from Ampere (8.0) on: it is only measured
     on Hopper, and older GPUs lack bf16 tensor cores."""
-    return torch.cuda.get_device_capability(device)
+    props = torch.cuda.get_device_properties(device)  # torch.compile constant-folds this call (no graph break)
+    return props.major, props.minor
 
 
 @dataclass(frozen=True)
