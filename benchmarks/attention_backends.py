@@ -93,14 +93,14 @@ def bench(name: str, mask: torch.Tensor, heads: int, head_dim: int, dtype, iters
 
 
 def bench_triton_blocks(blocks: str, mask, args, dtype) -> dict:
-    from mosaicbert.model.padding import max_seqlen_of
+    from mosaicbert.model.padding import max_seqlen_bound
     from mosaicbert.model.triton_attention import triton_alibi_varlen_attention
 
     bm, bn = (int(x) for x in blocks.split("x"))
 
     def attend(qkv, ctx, dropout_p):
         info = ctx.info
-        return triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_of(info),
+        return triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_bound(info),
                                              ctx.alibi.slopes(qkv.device), bm, bn)
 
     name = f"triton[{blocks}]"

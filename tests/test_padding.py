@@ -4,7 +4,7 @@ import torch
 from mosaicbert.model.padding import (
     gather_rows,
     get_unpad_info,
-    max_seqlen_of,
+    max_seqlen_bound,
     pad,
     pad_input,
     pad_rows,
@@ -94,8 +94,8 @@ def test_gather_pad_unpad_without_real_tokens():
 def test_max_seqlen_only_when_asked():
     mask = _mask([3, 6, 1], 8)
     assert get_unpad_info(mask, with_max_seqlen=False).max_seqlen is None
-    assert max_seqlen_of(get_unpad_info(mask, with_max_seqlen=False)) == 6
-    assert max_seqlen_of(get_unpad_info(mask)) == 6
+    assert max_seqlen_bound(get_unpad_info(mask, with_max_seqlen=False)) == mask.shape[1]  # the padded length
+    assert max_seqlen_bound(get_unpad_info(mask)) == 6
 
 
 def test_gather_rows_with_keep_masks():

@@ -174,7 +174,9 @@ def test_non_finite_loss_stops_with_clear_error(bad):
 
     from mosaicbert.callbacks import FiniteLossCheck
 
-    state = SimpleNamespace(loss=torch.tensor(bad), timestamp=SimpleNamespace(batch=123))
-    with pytest.raises(RuntimeError, match=r"not finite at batch 123: the run diverged. Lower optimizer.lr"):
-        FiniteLossCheck().after_loss(state, logger=None)
-    FiniteLossCheck().after_loss(SimpleNamespace(loss=torch.tensor(1.5), timestamp=state.timestamp), logger=None)
+    # at batch_end Composer's timestamp already counts the finished batch (index 123 -> 124)
+    state = SimpleNamespace(total_loss_dict={"loss/train/total": bad}, timestamp=SimpleNamespace(batch=124))
+    with pytest.raises(RuntimeError, match=r"not finite at batch 123 .*: the run diverged. Lower optimizer.lr"):
+        FiniteLossCheck().batch_end(state, logger=None)
+    FiniteLossCheck().batch_end(SimpleNamespace(total_loss_dict={"loss/train/total": 1.5},
+                                                timestamp=state.timestamp), logger=None)

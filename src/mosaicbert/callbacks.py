@@ -18,22 +18,18 @@ class FiniteLossCheck(Callback):
 
     Composer's NaNMonitor only catches NaN and says nothing about what to do; a diverged run should stop at once,
     naming the step, instead of burning GPU hours on garbage.
+
+    It reads the loss Composer has already brought to the host at the end of the batch (`state.total_loss_dict`,
+    averaged over ranks, so every rank sees the same value and all stop together). Reading the loss tensor itself
+    would make the host wait for the GPU in the middle of every step.
     """
 
-    def after_loss(self, state: State, logger: Logger) -> None:
-        loss = state.loss
-        losses = loss.values() if isinstance(loss, dict) else loss if isinstance(loss, (list, tuple)) else [loss]
-        tensors = [v.detach().float().reshape(-1) for v in losses if isinstance(v, torch.Tensor)]
-        if not tensors:
-            return
-        values = torch.cat(tensors)
-        bad = (~torch.isfinite(values)).any().to(torch.int32).reshape(1)
-        if dist.get_world_size() > 1:  # every rank stops, not just the one that saw it (the others would hang)
-            dist.all_reduce(bad, reduce_operation="MAX")
-        if bad.item():
-            where = "" if dist.get_world_size() == 1 else f" (this rank's loss: {values.cpu().tolist()})"
+    def batch_end(self, state: State, logger: Logger) -> None:
+        losses = getattr(state, "total_loss_dict", None) or {}
+        bad = {k: v for k, v in losses.items() if not math.isfinite(float(v))}
+        if bad:
             raise RuntimeError(
-                f"training loss is not finite at batch {int(state.timestamp.batch)}{where}: the run diverged. "
+                f"training loss is not finite at batch {int(state.timestamp.batch) - 1} ({bad}): the run diverged. "
                 f"Lower optimizer.lr, lengthen the warmup (scheduler.t_warmup), enable algorithms.gradient_clipping, "
                 f"or try precision=fp32 to check for a numerics problem; resume from the last checkpoint with "
                 f"load_path/autoresume."

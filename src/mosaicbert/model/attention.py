@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .padding import UnpadInfo, max_seqlen_of, pad_rows, unpad_rows
+from .padding import UnpadInfo, max_seqlen_bound, pad_rows, unpad_rows
 
 logger = logging.getLogger("mosaicbert")
 
@@ -198,7 +198,7 @@ def flash_attention(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: float) 
     out = flash_attn_varlen_qkvpacked_func(
         qkv,  # [T, 3, H, D]
         info.cu_seqlens,
-        max_seqlen_of(info),
+        max_seqlen_bound(info),
         dropout_p=dropout_p,
         softmax_scale=None,  # 1/sqrt(D)
         causal=False,
@@ -267,7 +267,6 @@ class AttentionBackend:
     attend: Callable[[torch.Tensor, AttentionContext, float], torch.Tensor]
     installed: Callable[[], bool]  # can it be imported at all?
     usable: Callable[[torch.device, torch.dtype], bool]  # can "auto" pick it for these inputs?
-    needs_max_seqlen: bool = False  # varlen kernels size their grid with it (one extra host sync per batch)
     needs_alibi_matrix: bool = False  # reads the [H, S, S] bias (padded backends); others use the slopes only
 
 
@@ -277,7 +276,6 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
         flash_attention,
         installed=lambda: HAS_FLASH_ATTN,
         usable=lambda dev, dt: HAS_FLASH_ATTN and dev.type == "cuda" and dt in (torch.float16, torch.bfloat16),
-        needs_max_seqlen=True,
     ),
     "sdpa": AttentionBackend("sdpa", sdpa_attention, installed=lambda: True, usable=lambda dev, dt: True,
                              needs_alibi_matrix=True),
@@ -296,7 +294,6 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
         installed=lambda: HAS_TRITON,
         usable=lambda dev, dt: HAS_TRITON and dev.type == "cuda" and dt in (torch.float16, torch.bfloat16)
         and cuda_capability(dev) >= (8, 0),
-        needs_max_seqlen=True,
     ),
 }
 VALID_BACKENDS = ("auto", *ATTENTION_BACKENDS)
@@ -339,9 +336,14 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, head_di
                 f"attention_backend='triton' needs CUDA, got device={device} "
                 "(on CPU it runs only under the Triton interpreter, TRITON_INTERPRET=1)"
             )
-    key = f"{name}->{chosen}@{device.type}"
+    return ATTENTION_BACKENDS[chosen]
+
+
+def log_backend_choice(configured: str, chosen: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Log the resolved backend once per (configured, chosen, device type). Call it outside torch.compile'd code:
+    a logging call inside a compiled region is a graph break (the model calls it from its eager prepare step)."""
+    key = f"{configured}->{chosen}@{device.type}"
     if key not in _logged:
         _logged.add(key)
         logger.info("MosaicBERT attention backend: %s (configured %r, device %s, dtype %s)",
-                    chosen, name, device.type, dtype)
-    return ATTENTION_BACKENDS[chosen]
+                    chosen, configured, device.type, dtype)

@@ -8,6 +8,7 @@ except ImportError:  # pragma: no cover - transformers 4.x
     from transformers import PretrainedConfig as _BaseConfig
 
 ATTENTION_BACKEND_NAMES = ("auto", "flash_attn", "sdpa", "flex", "torch", "triton")
+DROPOUT_KERNEL_NAMES = ("auto", "triton", "torch")
 
 
 class MosaicBertConfig(_BaseConfig):
@@ -17,6 +18,8 @@ class MosaicBertConfig(_BaseConfig):
       alibi_starting_size: size of the ALiBi bias built up front; longer inputs grow it on the fly.
       attention_backend: "auto" | "flash_attn" | "sdpa" | "flex" | "torch" | "triton" (see attention.py).
       low_precision_layernorm: under autocast run LayerNorm in the autocast dtype instead of fp32.
+      dropout_kernel: "auto" | "triton" | "torch": how hidden dropout draws its mask (see dropout.py); "auto" uses
+        the Triton kernel on CUDA when triton is installed. Same semantics either way, different random streams.
     """
 
     model_type = "mosaic_bert"
@@ -39,6 +42,7 @@ class MosaicBertConfig(_BaseConfig):
         alibi_starting_size: int = 512,
         attention_backend: str = "auto",
         low_precision_layernorm: bool = True,
+        dropout_kernel: str = "auto",
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
@@ -50,6 +54,8 @@ class MosaicBertConfig(_BaseConfig):
             raise ValueError(
                 f"attention_backend={attention_backend!r} is not valid; choose one of {list(ATTENTION_BACKEND_NAMES)}"
             )
+        if dropout_kernel not in DROPOUT_KERNEL_NAMES:
+            raise ValueError(f"dropout_kernel={dropout_kernel!r} is not valid; choose one of {list(DROPOUT_KERNEL_NAMES)}")
         if not 0.0 <= attention_probs_dropout_prob < 1.0:
             raise ValueError(f"attention_probs_dropout_prob must be in [0, 1), got {attention_probs_dropout_prob}")
         self.vocab_size = vocab_size
@@ -68,5 +74,6 @@ class MosaicBertConfig(_BaseConfig):
         self.alibi_starting_size = alibi_starting_size
         self.attention_backend = attention_backend
         self.low_precision_layernorm = low_precision_layernorm
+        self.dropout_kernel = dropout_kernel
         self.tie_word_embeddings = tie_word_embeddings
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
 from .attention import AttentionContext
+from .dropout import Dropout
 
 
 class LowPrecisionLayerNorm(nn.LayerNorm):
@@ -62,7 +63,7 @@ class MosaicBertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = make_layernorm(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.dropout_kernel)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         # input_ids, token_type_ids: [T] (packed real tokens) -> [T, hidden], or [B, S] -> [B, S, hidden]
@@ -98,7 +99,7 @@ class MosaicBertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = make_layernorm(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.dropout_kernel)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)  # [T, hidden]
@@ -129,7 +130,7 @@ class MosaicBertGatedMLP(nn.Module):
         self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.act = ACT2FN[config.hidden_act]
         self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.dropout_kernel)
         self.layernorm = make_layernorm(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

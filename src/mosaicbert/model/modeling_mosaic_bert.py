@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
 
-from .attention import AlibiCache, AttentionContext, check_backend_name, resolve_backend
+from .attention import AlibiCache, AttentionContext, check_backend_name, log_backend_choice, resolve_backend
 from .configuration_mosaic_bert import MosaicBertConfig
 from .layers import MosaicBertEmbeddings, MosaicBertLayer, make_layernorm
 from .padding import UnpadInfo, gather_rows, get_unpad_info, pad_rows, unpad_rows
@@ -49,9 +49,9 @@ def _prepare_batch(
     labels: torch.Tensor | None,
     vocab_size: int,
     type_vocab_size: int,
-    with_max_seqlen: bool,
     alibi: AlibiCache | None = None,
     with_alibi_matrix: bool = True,
+    backend_choice: tuple | None = None,
 ):
     """Everything about a batch that needs the host to look at device data, in one place.
 
@@ -63,13 +63,16 @@ def _prepare_batch(
     It also checks the token ids (out-of-range ids would be an opaque device-side assert on CUDA): the flags
     are computed before the first sync, so reading them costs no extra wait.
     """
+    if backend_choice is not None:  # (configured name, chosen name, dtype): logged once, here in eager code
+        log_backend_choice(backend_choice[0], backend_choice[1], input_ids.device, backend_choice[2])
     checks = []
     if input_ids.numel() > 0:
         checks.append(("input_ids", input_ids, vocab_size))
         if token_type_ids is not None:
             checks.append(("token_type_ids", token_type_ids, type_vocab_size))
     flags = [((ids < 0) | (ids >= upper)).any() for _, ids, upper in checks]
-    info = get_unpad_info(attention_mask, with_max_seqlen=with_max_seqlen)  # nonzero: waits for the flags too
+    # nonzero waits for the flags too; no exact max_seqlen (a second sync): the varlen kernels take S as a bound
+    info = get_unpad_info(attention_mask, with_max_seqlen=False)
     if flags:
         for (name, ids, upper), bad in zip(checks, torch.stack(flags).tolist()):
             _check_ids(name, ids, upper, bad)
@@ -167,12 +170,15 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def _resolve_backend(self, device: torch.device):
-        dtype = self.embeddings.word_embeddings.weight.dtype
+    def _compute_dtype(self, device: torch.device) -> torch.dtype:
         if torch.is_autocast_enabled(device.type):
-            dtype = torch.get_autocast_dtype(device.type)
+            return torch.get_autocast_dtype(device.type)
+        return self.embeddings.word_embeddings.weight.dtype
+
+    def _resolve_backend(self, device: torch.device):
         cfg = self.config
-        return resolve_backend(cfg.attention_backend, device, dtype, cfg.hidden_size // cfg.num_attention_heads,
+        return resolve_backend(cfg.attention_backend, device, self._compute_dtype(device),
+                               cfg.hidden_size // cfg.num_attention_heads,
                                cfg.attention_probs_dropout_prob if self.training else 0.0)
 
     def _prepare(self, input_ids, attention_mask, token_type_ids, labels):
@@ -188,7 +194,8 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         backend = self._resolve_backend(input_ids.device)
         info, label_pos = _prepare_batch(
             input_ids, token_type_ids, attention_mask, labels, self.config.vocab_size,
-            self.config.type_vocab_size, backend.needs_max_seqlen, self.encoder.alibi, backend.needs_alibi_matrix,
+            self.config.type_vocab_size, self.encoder.alibi, backend.needs_alibi_matrix,
+            (self.config.attention_backend, backend.name, self._compute_dtype(input_ids.device)),
         )
         return attention_mask, backend, info, label_pos
 

@@ -41,7 +41,8 @@ def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True) -
 
     `torch.nonzero` makes the number of real tokens T a data-dependent shape (a host sync, and a graph break
     under torch.compile); `max_seqlen` costs a second sync and is only needed by varlen kernels, so it is
-    computed only when `with_max_seqlen` is True (else None).
+    computed only when `with_max_seqlen` is True (else None; `max_seqlen_bound` then gives S, which the kernels
+    accept as well).
     """
     batch, seqlen = attention_mask.shape
     real = attention_mask.bool().flatten()  # [B*S]
@@ -53,11 +54,13 @@ def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True) -
     return UnpadInfo(indices, cu_seqlens, max_seqlen, batch, seqlen, packed_pos, real)
 
 
-def max_seqlen_of(info: UnpadInfo) -> int:
-    """info.max_seqlen, computed (one host sync) if the UnpadInfo was built without it."""
-    if info.max_seqlen is not None:
-        return info.max_seqlen
-    return int((info.cu_seqlens[1:] - info.cu_seqlens[:-1]).max().item()) if info.batch > 0 else 0
+def max_seqlen_bound(info: UnpadInfo) -> int:
+    """info.max_seqlen if it was computed, else the padded length S: an upper bound on every sequence's length.
+
+    The varlen kernels (flash-attn, triton) only size their grids with it, and their programs past a sequence's
+    end exit at once, so the bound gives the same result as the exact maximum without a host sync.
+    """
+    return info.max_seqlen if info.max_seqlen is not None else (info.seqlen if info.batch > 0 else 0)
 
 
 def unpad(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

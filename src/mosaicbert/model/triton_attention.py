@@ -26,7 +26,7 @@ import os
 
 import torch
 
-from .padding import max_seqlen_of
+from .padding import max_seqlen_bound
 
 try:
     import triton
@@ -421,4 +421,4 @@ def triton_attention(qkv: torch.Tensor, ctx, dropout_p: float) -> torch.Tensor:
             "or use another backend"
         )
     info = ctx.info
-    return triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_of(info), ctx.alibi.slopes(qkv.device))
+    return triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_bound(info), ctx.alibi.slopes(qkv.device))
