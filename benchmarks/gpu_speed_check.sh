@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Issue 4, session 4: short GPU calls on a 2-GPU machine, one job per GPU, results under $OUT/<job>/.
+# Issue 4, session 4: short GPU calls on a 2-GPU machine, one job per GPU, results under $OUT/<job>/
+# (on a 1-GPU machine the jobs of `main` run one after the other).
 #   profile   GPU 0: GPU tests; the compiled MosaicBERT-base step profiled (top kernels) with graph breaks logged
 #             GPU 1: the same step with inductor's coordinate-descent tuning, then with pointwise autotuning
-#   main      GPU 0: `main.py yamls/base.yaml` speed monitor, batch 256, then throughput.py --data on the same rows
-#             GPU 1: the base table (MosaicBERT and HF BERT compiled, one run), profiled
+#   main      GPU 0: GPU tests; the base table (MosaicBERT with the triton / torch dropout mask, HF BERT; compiled,
+#                    one run, profiled, graph breaks logged)
+#             GPU 1: `main.py yamls/base.yaml` speed monitor, batch 256, then throughput.py --data on the same rows
 # usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main [DATA_MDS] [VOCAB]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?profile or main}
 DATA=${2:-gpu_carry/tok-mds}; VOCAB=${3:-gpu_carry/vocab}
 OUT=${OUT:-speed_out}; LIMIT=${LIMIT:-560}
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)  # 1: run the per-GPU jobs one after the other on GPU 0
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 T0=$SECONDS
 left() { local l=$((LIMIT - (SECONDS - T0) - 10)); echo $((l > 1 ? l : 1)); }  # timeout rejects <= 0
@@ -31,6 +34,29 @@ profile)
    TORCHINDUCTOR_MAX_AUTOTUNE_POINTWISE=1 timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert \
      --modes compiled --profile 3 --out "$o/autotune_pointwise.json" > "$o/autotune_pointwise.log" 2>&1
    echo "exit $?" >> "$o/autotune_pointwise.log") &
+  wait
+  ;;
+main)
+  mkdir -p "$OUT"/{gpu0,gpu1}
+  [ "$NGPU" = 1 ] && G1=0 || G1=1
+  (export CUDA_VISIBLE_DEVICES=0; o=$OUT/gpu0
+   timeout -k 5 150 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$o/gpu_tests.log" 2>&1
+   echo "pytest exit $?" >> "$o/gpu_tests.log"
+   TORCH_LOGS=graph_breaks,recompiles timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert \
+     --modes compiled --profile 3 --mosaic_configs default dropout_kernel=torch \
+     --out "$o/table.json" > "$o/table.log" 2>&1
+   echo "exit $?" >> "$o/table.log") &
+  [ "$NGPU" = 1 ] && wait  # one GPU: the jobs one after the other
+  (export CUDA_VISIBLE_DEVICES=$G1; o=$OUT/gpu1
+   timeout -k 10 200 python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" \
+     tokenizer="$VOCAB" run_name=speed-main global_train_batch_size=256 device_train_microbatch_size=256 \
+     max_duration=350ba eval_interval=10000ba eval_subset_num_batches=2 save_folder="$(mktemp -d)" \
+     save_interval=10000ba autoresume=false compile=true data.num_workers=8 loggers.console_log_interval=50ba \
+     callbacks.speed_monitor.window_size=50 > "$o/main_base.log" 2>&1
+   echo "main.py exit $?" >> "$o/main_base.log"
+   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
+     --out "$o/throughput_data.json" > "$o/throughput_data.log" 2>&1
+   echo "exit $?" >> "$o/throughput_data.log") &
   wait
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
