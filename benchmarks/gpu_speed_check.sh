@@ -43,7 +43,7 @@ main)
    timeout -k 5 150 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$o/gpu_tests.log" 2>&1
    echo "pytest exit $?" >> "$o/gpu_tests.log"
    TORCH_LOGS=graph_breaks,recompiles timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert \
-     --modes compiled --profile 3 --mosaic_configs default dropout_kernel=torch \
+     --modes compiled --profile 2 --trace "$o/trace" --mosaic_configs default dropout_kernel=torch \
      --out "$o/table.json" > "$o/table.log" 2>&1
    echo "exit $?" >> "$o/table.log") &
   [ "$NGPU" = 1 ] && wait  # one GPU: the jobs one after the other

@@ -208,8 +208,9 @@ KERNEL_CATEGORIES = [
 ]
 
 
-def profile_steps(step, batches, n: int, device, top: int = 0) -> tuple[dict, list]:
-    """GPU (or CPU) time per step by kernel category, and the `top` kernels, from torch.profiler over `n` steps."""
+def profile_steps(step, batches, n: int, device, top: int = 0, trace: str | None = None) -> tuple[dict, list]:
+    """GPU (or CPU) time per step by kernel category, and the `top` kernels, from torch.profiler over `n` steps.
+    trace: also write the kernel timeline there (chrome trace JSON; GPU kernels only, so the host is not slowed)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
@@ -218,6 +219,8 @@ def profile_steps(step, batches, n: int, device, top: int = 0) -> tuple[dict, li
             step(batches[i % len(batches)])
         if device.type == "cuda":
             torch.cuda.synchronize()
+    if trace:
+        prof.export_chrome_trace(trace)
     totals: dict[str, float] = {}
     kernels = []
     for evt in prof.key_averages():
@@ -290,13 +293,15 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     warm_s = time.perf_counter() - t0
-    times, flops = [], []
+    times, host_times, flops = [], [], []
     for i in range(args.steps):
         b = dev_batches[(args.warmup + i) % len(dev_batches)]
         if device.type == "cuda":
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
+            t = time.perf_counter()
             loss = step(b)
+            host_times.append(time.perf_counter() - t)  # host time to issue the step (no sync inside unless the model syncs)
             e.record()
             torch.cuda.synchronize()
             times.append(s.elapsed_time(e) / 1e3)
@@ -305,8 +310,13 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
             loss = step(b)
             times.append(time.perf_counter() - t)
         flops.append(useful_flops(model_name, cfg, batches[(args.warmup + i) % len(batches)]))
-    profile, top_kernels = (profile_steps(step, dev_batches, args.profile, device, args.profile_top) if args.profile
-                            else (None, []))
+    trace = None
+    if args.trace and args.profile:
+        label = "-".join([model_name, "compiled" if compiled else "eager", variant]
+                         + [f"{k}={v}" for k, v in sorted((overrides or {}).items())])
+        trace = f"{args.trace}-{label}.json"
+    profile, top_kernels = (profile_steps(step, dev_batches, args.profile, device, args.profile_top, trace)
+                            if args.profile else (None, []))
     med = statistics.median(times)
     bsz = batches[0]["input_ids"].shape[0]
     real_tokens = statistics.mean(float(b["attention_mask"].sum()) for b in batches)
@@ -316,7 +326,8 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
         variant=variant if model_name == "mosaic_bert" else "", config_overrides=overrides,
         compile_mode=args.compile_mode if compiled else None,
         attention_backend=resolved_backend(cfg, device),
-        ms_per_step=med * 1e3, seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
+        ms_per_step=med * 1e3,
+        host_ms_per_step=statistics.median(host_times) * 1e3 if host_times else float("nan"), seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
         useful_tflops=tflops, mfu=tflops * 1e12 / peak if math.isfinite(peak) else float("nan"),
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
         warmup_s=warm_s, final_loss=float(loss), profile_ms_per_step=profile, top_kernels=top_kernels,
@@ -353,6 +364,8 @@ def main(argv=None) -> int:
                    help="MosaicBERT config override sets to compare in this run, each 'default' or "
                         "'KEY=VALUE;KEY=VALUE', e.g. default attention_backend=triton 'hidden_dropout_prob=0.0'")
     p.add_argument("--profile_top", type=int, default=15, help="with --profile: also record the N slowest kernels")
+    p.add_argument("--trace", default=None, metavar="PREFIX",
+                   help="with --profile: write each row's GPU kernel timeline to PREFIX-<row>.json (chrome trace)")
     p.add_argument("--fail_fast", action="store_true", help="stop at the first failing row (default: record it)")
     args = p.parse_args(argv)
     try:
@@ -403,7 +416,9 @@ def main(argv=None) -> int:
     for r in rows:
         if r.get("profile_ms_per_step"):
             parts = ", ".join(f"{k} {v:.1f}" for k, v in r["profile_ms_per_step"].items())
-            print(f"profile {label(r)} {mode_of(r)} (ms/step): {parts}")
+            busy = sum(r["profile_ms_per_step"].values())
+            print(f"profile {label(r)} {mode_of(r)} (ms/step): {parts}; kernels {busy:.1f} of {r['ms_per_step']:.1f} "
+                  f"ms, host issues the step in {r.get('host_ms_per_step', float('nan')):.1f} ms")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(env=env, rows=rows), indent=2))
     return 0

@@ -116,13 +116,8 @@ def test_dropout_forward_backward_match_reference():
         torch.testing.assert_close(dx, g * keep / (1 - p), rtol=1e-12, atol=0)
         assert drop.eval()(x) is x  # eval mode: identity
         assert Dropout(0.0, kernel="triton").train()(x) is x
-
-        # under torch.compile the op is opaque: same structure (every output 0 or x / (1 - p))
-        f = torch.compile(lambda t: drop.train()(t) * 2.0, backend="aot_eager")
-        z = f(x.detach()).detach()
-        kept = z != 0
-        torch.testing.assert_close(z[kept], 2.0 * x.detach()[kept] / (1 - p))
-        assert 0.15 < 1 - kept.double().mean() < 0.35
+        # (torch.compile traces the launch of a JIT kernel, not of the interpreter's stand-in: the compiled path is
+        # tested on the GPU, tests/test_model_gpu.py)
         print("OK")
     """)
     assert "OK" in out

@@ -61,44 +61,14 @@ def drop_threshold(p: float) -> int:
 
 
 def _launch_keep_mask(seed: torch.Tensor, shape, p: float) -> torch.Tensor:
-    keep = torch.empty(tuple(int(s) for s in shape), dtype=torch.bool, device=seed.device)
+    # Called as is under torch.compile too: dynamo traces the launch of this user-defined Triton kernel and inductor
+    # launches it from its generated code. (A torch.library custom op around it cost ~0.2 ms of host time per call
+    # on the H200 host, 25 calls per forward, and left the GPU waiting: benchmarks/RESULTS.md.)
+    keep = torch.empty(shape, dtype=torch.bool, device=seed.device)
     n = keep.numel()
-    if n:
-        _keep_mask_kernel[(triton.cdiv(n, _BLOCK),)](seed, keep, n, drop_threshold(p), BLOCK=_BLOCK)
+    if n > 0:
+        _keep_mask_kernel[((n + _BLOCK - 1) // _BLOCK,)](seed, keep, n, drop_threshold(p), BLOCK=_BLOCK)
     return keep
-
-
-# A torch.library custom op, opaque to torch.compile (inductor does not trace the kernel; the fake function gives
-# the output's shape). Registered once per process: this file can be imported under two module names (the package
-# and a Hugging Face remote-code copy), and the later import reuses the op.
-_OP_NAMESPACE, _OP_NAME = "mosaicbert", "dropout_keep_mask"
-
-
-def _registered_op():
-    try:
-        return getattr(getattr(torch.ops, _OP_NAMESPACE), _OP_NAME)
-    except (AttributeError, RuntimeError):
-        return None
-
-
-def _register_op():
-    op = _registered_op()
-    if op is not None:
-        return op
-
-    @torch.library.custom_op(f"{_OP_NAMESPACE}::{_OP_NAME}", mutates_args=(),
-                             schema="(Tensor seed, SymInt[] shape, float p) -> Tensor")
-    def keep_mask(seed, shape, p):
-        return _launch_keep_mask(seed, shape, p)
-
-    @keep_mask.register_fake
-    def _(seed, shape, p):
-        return torch.empty(shape, dtype=torch.bool, device=seed.device)
-
-    return _registered_op()
-
-
-dropout_keep_mask_op = _register_op() if HAS_TRITON else None
 
 
 def dropout_keep_mask(seed: torch.Tensor, shape, p: float) -> torch.Tensor:
@@ -109,7 +79,7 @@ def dropout_keep_mask(seed: torch.Tensor, shape, p: float) -> torch.Tensor:
         raise ValueError(f"dropout_kernel='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {seed.device}")
     if seed.numel() != 1 or seed.dtype != torch.int64:
         raise ValueError(f"seed must be a 1-element int64 tensor, got {seed.dtype} of shape {tuple(seed.shape)}")
-    return dropout_keep_mask_op(seed, list(shape), float(p))
+    return _launch_keep_mask(seed, tuple(shape), float(p))
 
 
 def triton_dropout_available(device: torch.device) -> bool:
