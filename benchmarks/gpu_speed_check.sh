@@ -6,7 +6,8 @@
 #   main      GPU 0: GPU tests; the base table (MosaicBERT with the triton / torch dropout mask, HF BERT; compiled,
 #                    one run, profiled, graph breaks logged)
 #             GPU 1: `main.py yamls/base.yaml` speed monitor, batch 256, then throughput.py --data on the same rows
-# usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main [DATA_MDS] [VOCAB]
+#   accum     one GPU: the table; main.py at the recipe's global batch 4096 in microbatches of 256; --data
+# usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main|accum [DATA_MDS] [VOCAB]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?profile or main}
@@ -58,6 +59,23 @@ main)
      --out "$o/throughput_data.json" > "$o/throughput_data.log" 2>&1
    echo "exit $?" >> "$o/throughput_data.log") &
   wait
+  ;;
+accum)
+  # one GPU, one after the other: the table (MosaicBERT and HF BERT compiled, one run); main.py with the recipe's
+  # global batch 4096 in microbatches of 256 (16 per step, as one GPU runs yamls/base.yaml); throughput.py --data
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 \
+    --out "$o/table.json" > "$o/table.log" 2>&1
+  echo "exit $?" >> "$o/table.log"
+  timeout -k 10 "$(left)" python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" \
+    tokenizer="$VOCAB" run_name=speed-main-accum global_train_batch_size=4096 device_train_microbatch_size=256 \
+    max_duration=35ba eval_interval=10000ba eval_subset_num_batches=2 save_folder="$(mktemp -d)" \
+    save_interval=10000ba autoresume=false compile=true data.num_workers=8 loggers.console_log_interval=10ba \
+    callbacks.speed_monitor.window_size=10 > "$o/main_accum.log" 2>&1
+  echo "main.py exit $?" >> "$o/main_accum.log"
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
+    --out "$o/throughput_data.json" > "$o/throughput_data.log" 2>&1
+  echo "exit $?" >> "$o/throughput_data.log"
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
 esac
