@@ -7,7 +7,8 @@
 #                    one run, profiled, graph breaks logged)
 #             GPU 1: `main.py yamls/base.yaml` speed monitor, batch 256, then throughput.py --data on the same rows
 #   accum     one GPU: the table; main.py at the recipe's global batch 4096 in microbatches of 256; --data
-# usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main|accum [DATA_MDS] [VOCAB]
+#   variants  one GPU: GPU tests, then the fused GeGLU-dropout candidate against the current code and HF BERT
+# usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main|accum|variants [DATA_MDS] [VOCAB]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?profile or main}
@@ -76,6 +77,17 @@ accum)
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
     --out "$o/throughput_data.json" > "$o/throughput_data.log" 2>&1
   echo "exit $?" >> "$o/throughput_data.log"
+  ;;
+variants)
+  # one GPU: GPU tests (the fused GeGLU-dropout candidate's included), then the candidate against the current
+  # code and HF BERT in one run, profiled, with kernel timelines for kernel_gaps.py
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  timeout -k 5 200 python3 -m pytest -q -m gpu tests/test_model_gpu.py tests/test_fused_geglu_dropout.py \
+    > "$o/gpu_tests.log" 2>&1
+  echo "pytest exit $?" >> "$o/gpu_tests.log"
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
+    --variants current,fused_geglu_dropout --out "$o/table.json" > "$o/table.log" 2>&1
+  echo "exit $?" >> "$o/table.log"
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
 esac

@@ -159,8 +159,37 @@ def _variant_geglu_fused_matmul():
     return undo
 
 
+def _variant_fused_geglu_dropout():
+    """Candidate: GeGLU + dropout in one Triton kernel each way, the mask drawn again in the backward instead of
+    stored (benchmarks/fused_geglu_dropout.py). Training with dropout on CUDA only; else the current code."""
+    import torch.nn.functional as F
+
+    from mosaicbert.model import layers
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fused_geglu_dropout import fused_geglu_dropout
+
+    old = layers.MosaicBertGatedMLP.forward
+
+    def forward(self, x):
+        p = self.dropout.p
+        if not (self.training and p > 0.0 and x.is_cuda and type(self.act).__name__ == "GELUActivation"):
+            return old(self, x)
+        w = self.gated_layers.weight  # [2I, hidden]
+        gate = F.linear(x, w[: self.intermediate_size])  # [T, I]
+        value = F.linear(x, w[self.intermediate_size:])  # [T, I]
+        return self.layernorm(self.wo(fused_geglu_dropout(gate, value, p)) + x)
+
+    layers.MosaicBertGatedMLP.forward = forward
+
+    def undo():
+        layers.MosaicBertGatedMLP.forward = old
+
+    return undo
+
+
 VARIANTS = {"current": lambda: (lambda: None), "index_pad": _variant_index_pad,
-            "geglu_fused_matmul": _variant_geglu_fused_matmul}
+            "geglu_fused_matmul": _variant_geglu_fused_matmul, "fused_geglu_dropout": _variant_fused_geglu_dropout}
 
 
 def parse_config_set(text: str) -> dict:
