@@ -7,7 +7,8 @@
 #                    one run, profiled, graph breaks logged)
 #             GPU 1: `main.py yamls/base.yaml` speed monitor, batch 256, then throughput.py --data on the same rows
 #   accum     one GPU: the table; main.py at the recipe's global batch 4096 in microbatches of 256; --data
-#   variants  one GPU: GPU tests, then the fused GeGLU-dropout candidate against the current code and HF BERT
+#   variants  one GPU: GPU tests, then the fused GeGLU-dropout candidate against the current code and HF BERT,
+#             then the attention kernels launched without custom ops (a process of its own)
 # usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main|accum|variants [DATA_MDS] [VOCAB]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -88,6 +89,10 @@ variants)
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
     --variants current,fused_geglu_dropout --out "$o/table.json" > "$o/table.log" 2>&1
   echo "exit $?" >> "$o/table.log"
+  # its own process: an illegal memory access would poison the CUDA context of the rows after it
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 2 --trace "$o/trace" \
+    --variants attention_direct_launch --out "$o/attention_direct.json" > "$o/attention_direct.log" 2>&1
+  echo "exit $?" >> "$o/attention_direct.log"
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
 esac
