@@ -180,3 +180,19 @@ def test_non_finite_loss_stops_with_clear_error(bad):
         FiniteLossCheck().batch_end(state, logger=None)
     FiniteLossCheck().batch_end(SimpleNamespace(total_loss_dict={"loss/train/total": 1.5},
                                                 timestamp=state.timestamp), logger=None)
+
+
+def test_step_seeded_rng_seeds_from_seed_rank_and_batch():
+    from types import SimpleNamespace
+
+    from mosaicbert.callbacks import StepSeededRNG
+
+    cb = StepSeededRNG(17)
+    draws = {}
+    for batch in (5, 6, 5):
+        cb.batch_start(SimpleNamespace(timestamp=SimpleNamespace(batch=batch)), logger=None)
+        draws.setdefault(batch, []).append(torch.rand(4))
+    assert torch.equal(draws[5][0], draws[5][1])  # the same batch index gives the same dropout stream
+    assert not torch.equal(draws[5][0], draws[6][0])
+    expected = torch.rand(4, generator=torch.Generator().manual_seed((17 * 1_000_003 + 5) % (2**63 - 1)))
+    assert torch.equal(draws[5][0], expected)  # rank 0
