@@ -23,41 +23,29 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from mosaicbert.model.dropout import keep_tile  # the model's mask, element for element
+
     _BLOCK = 1024  # elements per program (128 Philox calls)
 
     @triton.jit
-    def _keep_tile(seed, group, threshold):
-        """[G, 8] keep-mask for Philox counters `group` (element i = 8 * counter + lane), as model/dropout.py."""
-        r0, r1, r2, r3 = tl.randint4x(seed, group)
-        lane = tl.arange(0, 8)[None, :]
-        word = tl.where(lane < 2, r0[:, None], tl.where(lane < 4, r1[:, None],
-                                                         tl.where(lane < 6, r2[:, None], r3[:, None])))
-        bits = tl.where(lane % 2 == 0, word & 0xFFFF, word >> 16)
-        return bits >= threshold
-
-    @triton.jit
-    def _geglu_dropout_fwd_kernel(GATE, UP, OUT, SEED, N, threshold, scale, BLOCK: tl.constexpr):
-        GROUPS: tl.constexpr = BLOCK // 8
-        group = tl.program_id(0).to(tl.int64) * GROUPS + tl.arange(0, GROUPS)
-        offs = group[:, None] * 8 + tl.arange(0, 8)[None, :]
+    def _load_tile(SEED, BLOCK: tl.constexpr, threshold, N, GATE, UP):
+        offs, keep = keep_tile(SEED, BLOCK, threshold)
         inb = offs < N
         g = tl.load(GATE + offs, mask=inb, other=0.0).to(tl.float32)
         u = tl.load(UP + offs, mask=inb, other=0.0).to(tl.float32)
-        keep = _keep_tile(tl.load(SEED), group, threshold)
+        return offs, inb, keep, g, u
+
+    @triton.jit
+    def _geglu_dropout_fwd_kernel(GATE, UP, OUT, SEED, N, threshold, scale, BLOCK: tl.constexpr):
+        offs, inb, keep, g, u = _load_tile(SEED, BLOCK, threshold, N, GATE, UP)
         h = 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476)) * u  # erf GELU: x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2
         h = tl.where(keep, h * scale, 0.0)
         tl.store(OUT + offs, h.to(OUT.dtype.element_ty), mask=inb)
 
     @triton.jit
     def _geglu_dropout_bwd_kernel(DOUT, GATE, UP, DGATE, DUP, SEED, N, threshold, scale, BLOCK: tl.constexpr):
-        GROUPS: tl.constexpr = BLOCK // 8
-        group = tl.program_id(0).to(tl.int64) * GROUPS + tl.arange(0, GROUPS)
-        offs = group[:, None] * 8 + tl.arange(0, 8)[None, :]
-        inb = offs < N
-        g = tl.load(GATE + offs, mask=inb, other=0.0).to(tl.float32)
-        u = tl.load(UP + offs, mask=inb, other=0.0).to(tl.float32)
+        offs, inb, keep, g, u = _load_tile(SEED, BLOCK, threshold, N, GATE, UP)
         d = tl.load(DOUT + offs, mask=inb, other=0.0).to(tl.float32)
-        keep = _keep_tile(tl.load(SEED), group, threshold)
         d = tl.where(keep, d * scale, 0.0)
         cdf = 0.5 * (1.0 + tl.math.erf(g * 0.7071067811865476))
         pdf = tl.exp(-0.5 * g * g) * 0.3989422804014327  # phi(x) = exp(-x^2 / 2) / sqrt(2 pi); GELU' = Phi + x phi

@@ -47,3 +47,34 @@ def mosaicbert_cache(tmp_path_factory) -> Path:
         os.environ.pop("MOSAICBERT_CACHE", None)
     else:
         os.environ["MOSAICBERT_CACHE"] = old
+
+
+@pytest.fixture
+def compiled_mlm_training_losses():
+    """A function that trains a small MosaicBERT (hidden dropout 0.1) compiled on CUDA for `steps` steps on one
+    fixed batch and returns the losses: GPU tests check a compiled training path runs and learns."""
+
+    def run(steps: int = 30) -> list[float]:
+        import torch
+
+        from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
+
+        torch.manual_seed(0)
+        cfg = MosaicBertConfig(vocab_size=1024, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=512, hidden_dropout_prob=0.1)
+        model = MosaicBertForMaskedLM(cfg).cuda().train()
+        compiled = torch.compile(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        ids = torch.randint(5, 1024, (16, 64), device="cuda")
+        labels = torch.where(torch.rand(16, 64, device="cuda") < 0.3, ids, -100)
+        losses = []
+        for _ in range(steps):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = compiled(input_ids=ids, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return losses
+
+    return run

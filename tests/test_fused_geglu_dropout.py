@@ -80,7 +80,7 @@ def test_variant_is_registered():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
-def test_fused_geglu_dropout_on_gpu_eager_and_compiled():
+def test_fused_geglu_dropout_on_gpu_eager_and_compiled(compiled_mlm_training_losses):
     # bf16 on the GPU against the fp64 reference with the same mask; then the patched model compiled (dynamo traces
     # the kernel launches inside the autograd.Function) trains: finite, decreasing loss
     import torch
@@ -109,23 +109,7 @@ def test_fused_geglu_dropout_on_gpu_eager_and_compiled():
     spec.loader.exec_module(throughput)
     undo = throughput.VARIANTS["fused_geglu_dropout"]()
     try:
-        from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
-
-        cfg = MosaicBertConfig(vocab_size=1024, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=512, hidden_dropout_prob=0.1)
-        model = MosaicBertForMaskedLM(cfg).cuda().train()
-        compiled = torch.compile(model)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        ids = torch.randint(5, 1024, (16, 64), device="cuda")
-        labels = torch.where(torch.rand(16, 64, device="cuda") < 0.3, ids, -100)
-        losses = []
-        for _ in range(30):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = compiled(input_ids=ids, labels=labels).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+        losses = compiled_mlm_training_losses(30)
         assert all(v == v for v in losses) and losses[-1] < losses[0] - 1.0, losses
     finally:
         undo()

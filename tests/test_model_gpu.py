@@ -157,23 +157,8 @@ def test_triton_dropout_mask_on_gpu():
     assert torch.count_nonzero(x.grad[~kept]) == 0
 
 
-def test_compiled_training_step_with_triton_dropout():
+def test_compiled_training_step_with_triton_dropout(compiled_mlm_training_losses):
     # dropout on (the default "auto" -> triton kernel on CUDA), compiled: the loss is finite and decreases
-    torch.manual_seed(0)
-    cfg = MosaicBertConfig(vocab_size=1024, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=512, hidden_dropout_prob=0.1)
-    model = MosaicBertForMaskedLM(cfg).cuda().train()
-    compiled = torch.compile(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ids = torch.randint(5, 1024, (16, 64), device="cuda")
-    labels = torch.where(torch.rand(16, 64, device="cuda") < 0.3, ids, -100)
-    losses = []
-    for _ in range(30):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = compiled(input_ids=ids, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    losses = compiled_mlm_training_losses(30)
     assert all(map(lambda v: v == v and abs(v) < 1e9, losses))
     assert losses[-1] < losses[0] - 1.0, losses

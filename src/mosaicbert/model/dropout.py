@@ -18,41 +18,35 @@ Run on CPU with TRITON_INTERPRET=1 set before this module is imported (that is h
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .configuration_mosaic_bert import DROPOUT_KERNEL_NAMES
+from .triton_attention import HAS_TRITON, TRITON_INTERPRET, tl, triton  # the guarded triton import
 
-try:
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:
-    triton = tl = None
-    HAS_TRITON = False
-
-TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _BLOCK = 2048  # elements per program (256 Philox calls)
 
 if HAS_TRITON:
 
     @triton.jit
-    def _keep_mask_kernel(SEED, KEEP, N, threshold, BLOCK: tl.constexpr):
-        # KEEP[i] = (16-bit random number of element i) >= threshold, for the N elements of a flat bool tensor
+    def keep_tile(SEED, BLOCK: tl.constexpr, threshold):
+        """This program's BLOCK elements as a [BLOCK // 8, 8] tile: (flat offsets, keep-mask).
+        Element i = 8 * (Philox counter) + lane takes the 16-bit half (lane % 2) of word lane // 2."""
         GROUPS: tl.constexpr = BLOCK // 8
-        seed = tl.load(SEED)
         group = tl.program_id(0).to(tl.int64) * GROUPS + tl.arange(0, GROUPS)  # [G] Philox counters
-        r0, r1, r2, r3 = tl.randint4x(seed, group)  # 4 x [G] uint32
-        lane = tl.arange(0, 8)[None, :]  # [1, 8]: element i = 8 * group + lane
+        r0, r1, r2, r3 = tl.randint4x(tl.load(SEED), group)  # 4 x [G] uint32
+        lane = tl.arange(0, 8)[None, :]  # [1, 8]
         word = tl.where(lane < 2, r0[:, None], tl.where(lane < 4, r1[:, None],
                                                          tl.where(lane < 6, r2[:, None], r3[:, None])))  # [G, 8]
         bits = tl.where(lane % 2 == 0, word & 0xFFFF, word >> 16)
-        offs = group[:, None] * 8 + lane
-        tl.store(KEEP + offs, bits >= threshold, mask=offs < N)
+        return group[:, None] * 8 + lane, bits >= threshold
+
+    @triton.jit
+    def _keep_mask_kernel(SEED, KEEP, N, threshold, BLOCK: tl.constexpr):
+        # KEEP[i] = (16-bit random number of element i) >= threshold, for the N elements of a flat bool tensor
+        offs, keep = keep_tile(SEED, BLOCK, threshold)
+        tl.store(KEEP + offs, keep, mask=offs < N)
 
 
 def drop_threshold(p: float) -> int:
