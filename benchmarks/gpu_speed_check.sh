@@ -9,6 +9,8 @@
 #   accum     one GPU: the table; main.py at the recipe's global batch 4096 in microbatches of 256; --data
 #   variants  one GPU: GPU tests, then the fused GeGLU-dropout candidate against the current code and HF BERT,
 #             then the attention kernels launched without custom ops (a process of its own)
+#   counts    one GPU: GPU tests; the table with and without the collator's host counts, and HF BERT; main.py at
+#             global batch 4096 (microbatches of 256) and 256; throughput.py --data
 # usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main|accum|variants [DATA_MDS] [VOCAB]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -93,6 +95,29 @@ variants)
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 2 --trace "$o/trace" \
     --variants attention_direct_launch --out "$o/attention_direct.json" > "$o/attention_direct.log" 2>&1
   echo "exit $?" >> "$o/attention_direct.log"
+  ;;
+counts)
+  # one GPU: GPU tests; the table with and without the collator's host counts (device_counts = the nonzero syncs)
+  # and HF BERT, profiled, with kernel timelines; main.py at the recipe's global batch (4096 in microbatches of
+  # 256) and at global 256; throughput.py --data on the same rows
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  timeout -k 5 150 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$o/gpu_tests.log" 2>&1
+  echo "pytest exit $?" >> "$o/gpu_tests.log"
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
+    --variants current,device_counts --out "$o/table.json" > "$o/table.log" 2>&1
+  echo "exit $?" >> "$o/table.log"
+  for run in "accum 4096 35" "b256 256 300"; do
+    set -- $run
+    timeout -k 10 "$(left)" python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" \
+      tokenizer="$VOCAB" run_name=speed-main-$1 global_train_batch_size=$2 device_train_microbatch_size=256 \
+      max_duration=$3ba eval_interval=10000ba eval_subset_num_batches=2 save_folder="$(mktemp -d)" \
+      save_interval=10000ba autoresume=false compile=true data.num_workers=8 loggers.console_log_interval=$(($3 / 5))ba \
+      callbacks.speed_monitor.window_size=$(($3 / 5)) > "$o/main_$1.log" 2>&1
+    echo "main.py exit $?" >> "$o/main_$1.log"
+  done
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
+    --out "$o/throughput_data.json" > "$o/throughput_data.log" 2>&1
+  echo "exit $?" >> "$o/throughput_data.log"
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
 esac

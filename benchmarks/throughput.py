@@ -4,7 +4,9 @@
     python benchmarks/throughput.py --size tiny --device cpu --steps 3  # smoke test on CPU
 
 One step = forward, backward and a fused AdamW step under bf16 autocast (fp32 on CPU). Timing: CUDA events around
-each step after warm-up; the median of --steps steps is reported.
+each step after warm-up, the steps queued back to back as in training (one sync after the last); the median of
+--steps steps is reported. Each model gets the batch keys its forward takes (as Composer's HuggingFaceModel does):
+MosaicBERT also gets the collator's per-row host counts, which spare it a host sync per step.
 
 Useful FLOPs per step (the MFU numerator; padding and head work on unmasked tokens are not useful):
     6 x (encoder non-embedding parameters) x real tokens
@@ -16,7 +18,9 @@ MFU = useful FLOPs / step time / measured bf16 matmul peak of this GPU (8192^3 m
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
+import inspect
 import json
 import math
 import statistics
@@ -56,7 +60,9 @@ def make_batches(n: int, batch: int, seq: int, mask_prob: float, seed: int, text
         masked = (torch.rand(batch, seq, generator=g) < mask_prob) & ~special
         labels = torch.where(masked, ids, torch.full_like(ids, -100))
         inputs = torch.where(masked, torch.full_like(ids, 103), ids)
-        out.append(dict(input_ids=inputs, attention_mask=attn, token_type_ids=torch.zeros_like(ids), labels=labels))
+        out.append(dict(input_ids=inputs, attention_mask=attn, token_type_ids=torch.zeros_like(ids), labels=labels,
+                        # per-row host counts, as the MLM collator (pad_mlm_batch) sends them
+                        sequence_lengths=attn.sum(1).tolist(), label_counts=(labels != -100).sum(1).tolist()))
     return out
 
 
@@ -214,7 +220,26 @@ def _variant_attention_direct_launch():
     return undo
 
 
-VARIANTS = {"current": lambda: (lambda: None), "index_pad": _variant_index_pad,
+def _variant_device_counts():
+    """Ablation: no per-row host counts, so the forward learns the numbers of real and of labelled tokens with
+    torch.nonzero, two host syncs per step (as before the collator sent the counts)."""
+    from mosaicbert.model import modeling_mosaic_bert
+
+    old = modeling_mosaic_bert.MosaicBertForMaskedLM.forward
+
+    @functools.wraps(old)  # the same signature: the counts are still passed, and dropped here
+    def forward(self, *args, sequence_lengths=None, label_counts=None, **kwargs):
+        return old(self, *args, **kwargs)
+
+    modeling_mosaic_bert.MosaicBertForMaskedLM.forward = forward
+
+    def undo():
+        modeling_mosaic_bert.MosaicBertForMaskedLM.forward = old
+
+    return undo
+
+
+VARIANTS = {"current": lambda: (lambda: None), "device_counts": _variant_device_counts, "index_pad": _variant_index_pad,
             "geglu_fused_matmul": _variant_geglu_fused_matmul, "fused_geglu_dropout": _variant_fused_geglu_dropout,
             "attention_direct_launch": _variant_attention_direct_launch}
 
@@ -332,7 +357,9 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = (torch.compile(model, mode=args.compile_mode) if compiled else model)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    dev_batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
+    takes = inspect.signature(model.forward).parameters  # the keys this model's forward takes (as Composer filters)
+    dev_batches = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items() if k in takes}
+                   for b in batches]
 
     def step(b):
         with amp:
@@ -349,23 +376,25 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     warm_s = time.perf_counter() - t0
-    times, host_times, flops = [], [], []
+    times, host_times, events = [], [], []
+    flops = [useful_flops(model_name, cfg, batches[(args.warmup + i) % len(batches)]) for i in range(args.steps)]
     for i in range(args.steps):
         b = dev_batches[(args.warmup + i) % len(dev_batches)]
-        if device.type == "cuda":
+        if device.type == "cuda":  # steps queued back to back; each one's time is read from its events at the end
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
             t = time.perf_counter()
             loss = step(b)
-            host_times.append(time.perf_counter() - t)  # host time to issue the step (no sync inside unless the model syncs)
+            host_times.append(time.perf_counter() - t)  # host time to issue the step (it includes the model's syncs)
             e.record()
-            torch.cuda.synchronize()
-            times.append(s.elapsed_time(e) / 1e3)
+            events.append((s, e))
         else:
             t = time.perf_counter()
             loss = step(b)
             times.append(time.perf_counter() - t)
-        flops.append(useful_flops(model_name, cfg, batches[(args.warmup + i) % len(batches)]))
+    if events:
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) / 1e3 for s, e in events]
     trace = None
     if args.trace and args.profile:
         label = "-".join([model_name, "compiled" if compiled else "eager", variant]

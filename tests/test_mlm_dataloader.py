@@ -199,11 +199,37 @@ def test_collator_validates_vocab():
     assert b["input_ids"].tolist() == [[2, 50, 3], [2, 3, 0]]
     assert b["labels"].tolist() == [[-100, 50, -100], [-100, -100, -100]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert b["sequence_lengths"] == [3, 2] and b["label_counts"] == [1, 0]  # host counts for the model
     assert pad_mlm_batch(samples, pad_token_id=0, pad_to=5)["input_ids"].shape == (2, 5)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         pad_mlm_batch(samples, pad_token_id=0, vocab_size=40)
     with pytest.raises(ValueError, match="pad_to"):
         pad_mlm_batch(samples, pad_token_id=0, pad_to=2)
+
+
+def test_host_counts_follow_composer_microbatches():
+    """Composer moves the batch to the device (the lists stay on the host) and splits it into microbatches:
+    each microbatch keeps the counts of its own rows, and Composer counts the samples right."""
+    from composer.core import DataSpec
+    from composer.devices import DeviceCPU
+
+    rng = np.random.default_rng(0)
+    samples = [{"input_ids": rng.integers(5, 90, n), "labels": np.where(rng.random(n) < 0.4, 7, -100)}
+               for n in (5, 3, 8, 1, 6)]
+    batch = DeviceCPU().batch_to_device(pad_mlm_batch(samples, pad_token_id=0, vocab_size=100))
+    from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
+    from mosaicbert.composer_models import MaskedLMModel
+
+    model = MaskedLMModel(MosaicBertForMaskedLM(MosaicBertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                                                 num_attention_heads=2, intermediate_size=32)))
+    assert {"sequence_lengths", "label_counts"} <= set(model.model_forward_args)  # Composer passes them on
+    spec = DataSpec([batch])
+    assert spec.get_num_samples_in_batch(batch) == 5
+    micro = spec.split_batch(batch, 2)
+    assert [len(m["sequence_lengths"]) for m in micro] == [2, 2, 1]
+    for m in micro:
+        assert m["sequence_lengths"] == m["attention_mask"].sum(1).tolist()
+        assert m["label_counts"] == (m["labels"] != -100).sum(1).tolist()
 
 
 def test_remote_shards_are_cached_into_local(toy, tmp_path):

@@ -423,6 +423,48 @@ def test_compiled_training_forward_is_one_graph(backend, monkeypatch):
     assert ex.graph_break_count <= 1, [r.reason for r in ex.break_reasons]
 
 
+def _with_host_counts(batch):
+    """The per-row host counts the MLM collator adds."""
+    return dict(batch, sequence_lengths=batch["attention_mask"].sum(1).tolist(),
+                label_counts=(batch["labels"] != -100).sum(1).tolist())
+
+
+def test_host_counts_give_the_same_loss_and_gradients():
+    """sequence_lengths / label_counts (the collator's host counts, which spare the GPU path its syncs) change
+    nothing: same loss, logits and gradients as learning the counts from the tensors; also in the
+    classification model and without labels."""
+    import copy
+
+    cfg = tiny_config()
+    ref = randomize_(MosaicBertForMaskedLM(cfg)).train()
+    fast = copy.deepcopy(ref)
+    batch = _mlm_batch(cfg, [9, 4, 6], 9, seed=5)
+    out_ref, out_fast = ref(**batch), fast(**_with_host_counts(batch))
+    out_ref.loss.backward()
+    out_fast.loss.backward()
+    torch.testing.assert_close(out_fast.logits, out_ref.logits)
+    torch.testing.assert_close(out_fast.loss, out_ref.loss)
+    for (n, p1), (_, p2) in zip(ref.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(p2.grad, p1.grad, msg=n)
+    no_labels = {k: v for k, v in batch.items() if k != "labels"}
+    torch.testing.assert_close(fast(**no_labels, sequence_lengths=[9, 4, 6]).logits, ref(**no_labels).logits)
+    classifier = randomize_(MosaicBertForSequenceClassification(tiny_config(num_labels=3))).eval()
+    torch.testing.assert_close(classifier(**no_labels, sequence_lengths=[9, 4, 6]).logits,
+                               classifier(**no_labels).logits)
+
+
+def test_wrong_host_counts_are_clear_errors():
+    cfg = tiny_config()
+    model = MosaicBertForMaskedLM(cfg)
+    batch = _with_host_counts(_mlm_batch(cfg, [9, 4, 6], 9, seed=5))
+    with pytest.raises(ValueError, match=r"sum\(sequence_lengths\) = 18 disagrees"):
+        model(**dict(batch, sequence_lengths=[9, 4, 5]))
+    with pytest.raises(ValueError, match=r"sum\(label_counts\)"):
+        model(**dict(batch, label_counts=[c + 1 for c in batch["label_counts"]]))
+    with pytest.raises(ValueError, match="one count per row"):
+        model(**dict(batch, sequence_lengths=[9, 4]))
+
+
 def test_mismatched_shapes_are_clear_errors():
     cfg = tiny_config()
     model = MosaicBertForMaskedLM(cfg)
@@ -445,12 +487,15 @@ def test_alibi_matrix_built_only_for_backends_that_read_it():
         assert (cache._matrix is not None) == built and cache._slopes is not None
 
 
-def test_compiled_matches_eager_across_batches():
+@pytest.mark.parametrize("host_counts", [False, True])
+def test_compiled_matches_eager_across_batches(host_counts):
     """torch.compile (aot_eager: traces forward and backward like inductor, runs fast on CPU) over batches with
-    different T and M gives the eager loss and gradients, and compiles once (T, M marked dynamic)."""
+    different T and M gives the eager loss and gradients, and compiles once (T, M marked dynamic; the per-row
+    host counts, lists of ints that change every batch, cause no recompile either)."""
     import copy
 
     import torch._dynamo
+    import torch._dynamo.testing
 
     torch._dynamo.reset()
     cfg = tiny_config(attention_backend="sdpa")
@@ -460,6 +505,8 @@ def test_compiled_matches_eager_across_batches():
     compiled = torch.compile(compiled_model, backend=counter)
     for seed, lengths in enumerate([[9, 4, 6], [9, 9, 2], [1, 5, 7]]):
         batch = _mlm_batch(cfg, lengths, 9, seed=10 + seed)
+        if host_counts:
+            batch = _with_host_counts(batch)
         l1 = eager(**batch).loss
         l1.backward()
         l2 = compiled(**batch).loss

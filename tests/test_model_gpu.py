@@ -162,3 +162,36 @@ def test_compiled_training_step_with_triton_dropout(compiled_mlm_training_losses
     losses = compiled_mlm_training_losses(30)
     assert all(map(lambda v: v == v and abs(v) < 1e9, losses))
     assert losses[-1] < losses[0] - 1.0, losses
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_training_step_with_host_counts_never_syncs(compiled):
+    """With the collator's per-row host counts the forward and backward queue no host sync (the sync debug mode
+    turns any sync into an error), so the host can run ahead of the GPU; the loss is the one learnt without them."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model, ids, mask, labels = _setup(seed=4)
+    from mosaicbert.model.dropout import Dropout
+
+    for module in model.modules():  # the dropout kernel too
+        if isinstance(module, Dropout):
+            module.p = 0.1
+    model.train()
+    fn = torch.compile(model) if compiled else model
+    counts = dict(sequence_lengths=mask.sum(1).tolist(), label_counts=(labels != -100).sum(1).tolist())
+    for step in range(3):  # two to compile / fill the caches, then the checked one
+        torch.manual_seed(step)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            ref = fn(ids, attention_mask=mask, labels=labels).loss.detach()
+        torch.manual_seed(step)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error" if step == 2 else 0)
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = fn(ids, attention_mask=mask, labels=labels, **counts).loss
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        torch.testing.assert_close(loss.detach(), ref)
+        model.zero_grad(set_to_none=True)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from mosaicbert.model.padding import (
+    positions_of_true,
     gather_rows,
     get_unpad_info,
     max_seqlen_bound,
@@ -89,6 +90,19 @@ def test_gather_pad_unpad_without_real_tokens():
     assert back.shape == (3, 4, 5) and torch.count_nonzero(back) == 0
     back.sum().backward()
     assert torch.count_nonzero(x.grad) == 0
+
+
+@pytest.mark.parametrize("right_padded", [True, False])
+def test_host_token_count_gives_the_same_unpadding(right_padded):
+    """With the number of real tokens known on the host (nonzero_static, no sync) every map is the same."""
+    mask = _rand_mask(5, 11, seed=3, right_padded=right_padded)
+    ref = get_unpad_info(mask, with_max_seqlen=False)
+    fast = get_unpad_info(mask, with_max_seqlen=False, num_real_tokens=int(mask.sum()))
+    for name in ("indices", "cu_seqlens", "packed_pos", "real"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+    flags = torch.tensor([0, 1, 1, 0, 1, 0], dtype=torch.bool)
+    assert positions_of_true(flags, 3).tolist() == positions_of_true(flags).tolist() == [1, 2, 4]
+    assert positions_of_true(torch.zeros(4, dtype=torch.bool), 0).numel() == 0
 
 
 def test_max_seqlen_only_when_asked():

@@ -57,7 +57,8 @@ def test_benchmark_variants_compute_the_same_model(variant):
 
     def loss_and_grads():
         model.zero_grad()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels, sequence_lengths=mask.sum(1).tolist(),
+                     label_counts=(labels != -100).sum(1).tolist()).loss  # the host counts, as the benchmark passes
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 

@@ -245,8 +245,9 @@ def pad_mlm_batch(
     pad_token_id: int,
     pad_to: int | None = None,
     vocab_size: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Pad MLM samples into int64 tensors of shape ``(batch, length)``.
+) -> dict[str, Any]:
+    """Pad MLM samples into int64 tensors of shape ``(batch, length)``, plus the per-row host counts
+    ``sequence_lengths`` (real tokens) and ``label_counts`` (labels != -100) as lists of ints.
 
     ``length`` is the longest sample in the batch (``pad_to=None``, default) or ``pad_to``. Padding:
     ``input_ids`` with ``pad_token_id``, ``labels`` with -100, ``attention_mask``/``token_type_ids`` with 0.
@@ -280,6 +281,10 @@ def pad_mlm_batch(
         bad = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab_size)
         if bool(bad.any()):
             raise ValueError(f"Label {int(labels[bad][0])} is outside the vocabulary [0, {vocab_size}) and is not -100.")
+    # per-row counts on the host (lists, so Composer splits them into microbatches with the tensors): with them
+    # the model learns the number of real and of labelled tokens without waiting for the GPU
+    out["sequence_lengths"] = out["attention_mask"].sum(dim=1).tolist()
+    out["label_counts"] = (out["labels"] != IGNORE_INDEX).sum(dim=1).tolist()
     return out
 
 

@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOu
 from .attention import AlibiCache, AttentionContext, check_backend_name, log_backend_choice, resolve_backend
 from .configuration_mosaic_bert import MosaicBertConfig
 from .layers import MosaicBertEmbeddings, MosaicBertLayer, make_layernorm
-from .padding import UnpadInfo, gather_rows, get_unpad_info, pad_rows, unpad_rows
+from .padding import UnpadInfo, gather_rows, get_unpad_info, pad_rows, positions_of_true, unpad_rows
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as _init
@@ -41,6 +41,28 @@ def _check_ids(name: str, ids: torch.Tensor, upper: int, bad: bool) -> None:
         raise ValueError(f"{name} must be in [0, {upper}), got values in [{lo}, {hi}]")
 
 
+def _host_total(name: str, per_row, rows: int) -> int | None:
+    if per_row is None:
+        return None
+    if len(per_row) != rows:
+        raise ValueError(f"{name} must have one count per row ({rows}), got {len(per_row)}")
+    return sum(int(n) for n in per_row)
+
+
+def _check_host_totals(checks) -> None:
+    """checks: (name, flags tensor, total claimed by the host or None). A wrong total would silently corrupt the
+    unpadding (only the totals are used: positions and per-row lengths come from the tensors themselves)."""
+    for name, flags, claimed in checks:
+        if flags is None or claimed is None:
+            continue
+        actual = flags.sum()
+        if actual.is_cuda:  # no sync: the assert runs on the device, in stream order, and stops the process
+            torch._assert_async(actual == claimed, f"sum({name}) disagrees with the batch tensors")
+        elif int(actual) != claimed:
+            raise ValueError(f"sum({name}) = {claimed} disagrees with the batch tensors ({int(actual)}): "
+                             "pass counts made from this batch, or none")
+
+
 @_compiler_disable
 def _prepare_batch(
     input_ids: torch.Tensor,
@@ -52,33 +74,45 @@ def _prepare_batch(
     alibi: AlibiCache | None = None,
     with_alibi_matrix: bool = True,
     backend_choice: tuple | None = None,
+    sequence_lengths: list[int] | None = None,
+    label_counts: list[int] | None = None,
 ):
-    """Everything about a batch that needs the host to look at device data, in one place.
+    """Everything about a batch that needs the host to know device data, in one place.
 
     Returns (UnpadInfo, label_pos): label_pos [M] int64 = flat positions (row-major) of labels != -100, or None.
 
     The number of real tokens T and of masked tokens M are data-dependent shapes, so this runs outside
     torch.compile (`torch.compiler.disable`): the compiled forward graph-breaks once, here, at its start,
     instead of in the middle of the model; everything after it is one graph (with dynamic T and M).
-    It also checks the token ids (out-of-range ids would be an opaque device-side assert on CUDA): the flags
-    are computed before the first sync, so reading them costs no extra wait.
+
+    Two ways to learn T and M:
+      * from the device tensors (`torch.nonzero`): the host waits for the GPU to finish all queued work, every
+        forward, and the GPU then idles while the host launches the next kernels. The token ids are checked
+        here too (an out-of-range id would be an opaque device-side assert on CUDA), at no extra wait.
+      * from `sequence_lengths` / `label_counts` (per row, on the host: the MLM collator sends them), with no
+        sync at all, so the host can queue the next step while the GPU runs this one. The collator has
+        checked the ids. On CUDA the totals are checked against the tensors by a device-side assert (no sync;
+        a failure stops the process); elsewhere a sync is cheap and they are checked with a clear error.
     """
     if backend_choice is not None:  # (configured name, chosen name, dtype): logged once, here in eager code
         log_backend_choice(backend_choice[0], backend_choice[1], input_ids.device, backend_choice[2])
+    num_real = _host_total("sequence_lengths", sequence_lengths, input_ids.shape[0])
+    num_labels = _host_total("label_counts", label_counts, input_ids.shape[0]) if labels is not None else None
+    sync_free = num_real is not None and (labels is None or num_labels is not None)
     checks = []
-    if input_ids.numel() > 0:
+    if input_ids.numel() > 0 and not (sync_free and input_ids.is_cuda):
         checks.append(("input_ids", input_ids, vocab_size))
         if token_type_ids is not None:
             checks.append(("token_type_ids", token_type_ids, type_vocab_size))
     flags = [((ids < 0) | (ids >= upper)).any() for _, ids, upper in checks]
-    # nonzero waits for the flags too; no exact max_seqlen (a second sync): the varlen kernels take S as a bound
-    info = get_unpad_info(attention_mask, with_max_seqlen=False)
-    if flags:
+    # no exact max_seqlen (a sync of its own): the varlen kernels take S as a bound
+    info = get_unpad_info(attention_mask, with_max_seqlen=False, num_real_tokens=num_real)
+    if flags:  # one sync (the nonzero above, if any, has waited for the flags already)
         for (name, ids, upper), bad in zip(checks, torch.stack(flags).tolist()):
             _check_ids(name, ids, upper, bad)
-    label_pos = None
-    if labels is not None:
-        label_pos = torch.nonzero(labels.reshape(-1) != -100, as_tuple=False).flatten()  # [M], row-major
+    label_flags = labels.reshape(-1) != -100 if labels is not None else None  # [B*S]
+    _check_host_totals([("sequence_lengths", info.real, num_real), ("label_counts", label_flags, num_labels)])
+    label_pos = positions_of_true(label_flags, num_labels) if labels is not None else None  # [M], row-major
     if alibi is not None:  # build/grow the cached ALiBi tensors here, so no compiled graph ever mutates the cache
         alibi.slopes(attention_mask.device)
         if with_alibi_matrix:  # [H, S, S] fp32: only for the backends that read it
@@ -181,9 +215,10 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
                                cfg.hidden_size // cfg.num_attention_heads,
                                cfg.attention_probs_dropout_prob if self.training else 0.0)
 
-    def _prepare(self, input_ids, attention_mask, token_type_ids, labels):
+    def _prepare(self, input_ids, attention_mask, token_type_ids, labels, sequence_lengths=None, label_counts=None):
         """-> (attention_mask, backend, UnpadInfo, label_pos [M] or None). Call it from the outermost forward:
-        it is the one graph break of a compiled forward (see `_prepare_batch`)."""
+        it is the one graph break of a compiled forward (see `_prepare_batch`, also for the optional per-row
+        `sequence_lengths` / `label_counts` that spare the host sync)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seqlen], got shape {tuple(input_ids.shape)}")
         if attention_mask is None:
@@ -196,6 +231,7 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
             input_ids, token_type_ids, attention_mask, labels, self.config.vocab_size,
             self.config.type_vocab_size, self.encoder.alibi, backend.needs_alibi_matrix,
             (self.config.attention_backend, backend.name, self._compute_dtype(input_ids.device)),
+            sequence_lengths, label_counts,
         )
         return attention_mask, backend, info, label_pos
 
@@ -220,10 +256,12 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        sequence_lengths: list[int] | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        attention_mask, backend, info, _ = self._prepare(input_ids, attention_mask, token_type_ids, None)
+        attention_mask, backend, info, _ = self._prepare(input_ids, attention_mask, token_type_ids, None,
+                                                         sequence_lengths)
         out = self._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend, output_hidden_states)
         if not return_dict:
             return tuple(v for v in (out.last_hidden_state, out.pooler_output, out.hidden_states) if v is not None)
@@ -285,6 +323,8 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         ("masked-only prediction", saves the vocab projection on ~85% of tokens). Then
         logits is [num_masked, vocab] with rows in the row-major order of `labels != -100`, i.e.
         aligned with `labels[labels != -100]`; loss = mean cross-entropy over those rows.
+    Optional `sequence_lengths` / `label_counts` (per row, host ints; the MLM collator sends them) let the
+    forward run without a host sync (see `_prepare_batch`).
     """
 
     _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
@@ -309,19 +349,22 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        sequence_lengths: list[int] | None = None,
+        label_counts: list[int] | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         loss = None
         if labels is None:
-            attention_mask, backend, info, _ = self.bert._prepare(input_ids, attention_mask, token_type_ids, None)
+            attention_mask, backend, info, _ = self.bert._prepare(input_ids, attention_mask, token_type_ids, None,
+                                                                  sequence_lengths)
             outputs = self.bert._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend,
                                                   output_hidden_states)
             hidden_states = outputs.hidden_states
             logits = self.cls(outputs.last_hidden_state)  # [B, S, vocab]
         else:
             attention_mask, backend, info, label_pos = self.bert._prepare(input_ids, attention_mask, token_type_ids,
-                                                                          labels)
+                                                                          labels, sequence_lengths, label_counts)
             h, hidden_states = self.bert._encode(input_ids, attention_mask, token_type_ids, info, backend,
                                                  bool(output_hidden_states))
             # Gather the labelled rows straight from the packed tokens (no re-padding). A label on a padding
@@ -367,10 +410,12 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        sequence_lengths: list[int] | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        attention_mask, backend, info, _ = self.bert._prepare(input_ids, attention_mask, token_type_ids, None)
+        attention_mask, backend, info, _ = self.bert._prepare(input_ids, attention_mask, token_type_ids, None,
+                                                              sequence_lengths)
         outputs = self.bert._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend,
                                               output_hidden_states)
         logits = self.classifier(self.dropout(outputs.pooler_output))  # [B, num_labels]

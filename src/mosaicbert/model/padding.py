@@ -33,7 +33,20 @@ class UnpadInfo(NamedTuple):
     real: Optional[torch.Tensor] = None  # [B*S] bool, True for real tokens (the flattened mask)
 
 
-def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True) -> UnpadInfo:
+def positions_of_true(flags: torch.Tensor, count: Optional[int] = None) -> torch.Tensor:
+    """[N] bool -> [count] int64: the positions where `flags` is True, in order.
+
+    `count` None: `torch.nonzero`, whose output size is data-dependent, so the host waits for the device.
+    `count` given (the number of True flags, known on the host, e.g. from the collator): `torch.nonzero_static`,
+    which needs no host sync. The count must be right (padded with -1 / truncated otherwise): callers check it.
+    """
+    if count is None:
+        return torch.nonzero(flags, as_tuple=False).flatten()
+    return torch.nonzero_static(flags, size=int(count)).flatten()
+
+
+def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True,
+                   num_real_tokens: Optional[int] = None) -> UnpadInfo:
     """attention_mask: [B, S], nonzero/True for real tokens.
 
     Batches must be right-padded (real tokens first), as BERT tokenizers and our collators produce: ALiBi
@@ -42,12 +55,12 @@ def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True) -
     `torch.nonzero` makes the number of real tokens T a data-dependent shape (a host sync, and a graph break
     under torch.compile); `max_seqlen` costs a second sync and is only needed by varlen kernels, so it is
     computed only when `with_max_seqlen` is True (else None; `max_seqlen_bound` then gives S, which the kernels
-    accept as well).
+    accept as well). With `num_real_tokens` (T, known on the host) and `with_max_seqlen=False` nothing here syncs.
     """
     batch, seqlen = attention_mask.shape
     real = attention_mask.bool().flatten()  # [B*S]
     seqlens = real.view(batch, seqlen).sum(dim=-1, dtype=torch.int32)  # [B]
-    indices = torch.nonzero(real, as_tuple=False).flatten()  # [T]
+    indices = positions_of_true(real, num_real_tokens)  # [T]
     max_seqlen = (int(seqlens.max().item()) if batch > 0 else 0) if with_max_seqlen else None
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))  # [B+1]
     packed_pos = (torch.cumsum(real, dim=0) - 1).clamp_(min=0)  # [B*S] int64
