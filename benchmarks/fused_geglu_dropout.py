@@ -57,6 +57,30 @@ def _grid(n: int):
     return ((n + _BLOCK - 1) // _BLOCK,)
 
 
+def _launch_bwd(dout, gate, up, seed, p: float):
+    dout = dout.contiguous()
+    dgate, dup = torch.empty_like(gate), torch.empty_like(up)
+    n = gate.numel()
+    if n > 0:
+        _geglu_dropout_bwd_kernel[_grid(n)](dout, gate, up, dgate, dup, seed, n, drop_threshold(p), 1.0 / (1.0 - p),
+                                            BLOCK=_BLOCK)
+    return dgate, dup
+
+
+# The backward runs as a torch.library custom op, opaque to inductor: traced as a user-defined Triton kernel in a
+# compiled backward with dynamic T, inductor 2.11 failed on it (AssertionError in decompose_triton_kernel_wrapper_
+# functional, benchmarks/RESULTS.md). The forward's launch is traced (as the model's mask kernel is), no op needed.
+@torch.library.custom_op("mosaicbert_bench::geglu_dropout_bwd", mutates_args=())
+def geglu_dropout_bwd(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, seed: torch.Tensor,
+                      p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_bwd(dout, gate, up, seed, p)
+
+
+@geglu_dropout_bwd.register_fake
+def _(dout, gate, up, seed, p):
+    return torch.empty_like(gate), torch.empty_like(up)
+
+
 class FusedGegluDropout(torch.autograd.Function):
     """dropout(gelu(gate) * up, p) with the mask drawn from `seed` in the forward and drawn again in the backward."""
 
@@ -75,12 +99,7 @@ class FusedGegluDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         gate, up, seed = ctx.saved_tensors
-        dout = dout.contiguous()
-        dgate, dup = torch.empty_like(gate), torch.empty_like(up)
-        n = gate.numel()
-        if n > 0:
-            _geglu_dropout_bwd_kernel[_grid(n)](dout, gate, up, dgate, dup, seed, n, drop_threshold(ctx.p),
-                                                1.0 / (1.0 - ctx.p), BLOCK=_BLOCK)
+        dgate, dup = geglu_dropout_bwd(dout, gate, up, seed, ctx.p)
         return dgate, dup, None, None
 
 

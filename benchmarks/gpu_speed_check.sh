@@ -11,6 +11,8 @@
 #             then the attention kernels launched without custom ops (a process of its own)
 #   counts    one GPU: GPU tests; the table with and without the collator's host counts, and HF BERT; main.py at
 #             global batch 4096 (microbatches of 256) and 256; throughput.py --data
+#   sizes     one GPU: the fused GeGLU-dropout candidate against the current code and HF BERT; large at S=128 and
+#             base at S=512
 # usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main|accum|variants [DATA_MDS] [VOCAB]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -118,6 +120,22 @@ counts)
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
     --out "$o/throughput_data.json" > "$o/throughput_data.log" 2>&1
   echo "exit $?" >> "$o/throughput_data.log"
+  ;;
+sizes)
+  # one GPU: the fused GeGLU-dropout candidate (its backward now a custom op) against the current code and HF BERT
+  # (base, S=128); then large at S=128 and base at S=512 (batch 64), MosaicBERT and HF BERT compiled
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  timeout -k 5 100 python3 -m pytest -q -m gpu tests/test_fused_geglu_dropout.py > "$o/gpu_tests.log" 2>&1
+  echo "pytest exit $?" >> "$o/gpu_tests.log"
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 \
+    --variants current,fused_geglu_dropout --out "$o/table.json" > "$o/table.log" 2>&1
+  echo "exit $?" >> "$o/table.log"
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --size large \
+    --out "$o/large.json" > "$o/large.log" 2>&1
+  echo "exit $?" >> "$o/large.log"
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --seq 512 --batch 64 \
+    --out "$o/seq512.json" > "$o/seq512.log" 2>&1
+  echo "exit $?" >> "$o/seq512.log"
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
 esac

@@ -63,9 +63,11 @@ def test_batches_shapes_and_consistency(toy, kind):
     special = torch.tensor([tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id, tok.unk_token_id])
     n_sel = n_elig = 0
     for b in batches:
-        assert set(b) == {"input_ids", "labels", "attention_mask", "token_type_ids"}
+        assert set(b) == {"input_ids", "labels", "attention_mask", "token_type_ids", "sequence_lengths", "label_counts"}
         ids, labels, am, tt = b["input_ids"], b["labels"], b["attention_mask"], b["token_type_ids"]
-        assert all(t.dtype == torch.int64 for t in b.values())
+        assert all(b[k].dtype == torch.int64 for k in ("input_ids", "labels", "attention_mask", "token_type_ids"))
+        assert b["sequence_lengths"] == am.sum(1).tolist()
+        assert b["label_counts"] == (labels != IGNORE_INDEX).sum(1).tolist()
         assert ids.shape == labels.shape == am.shape == tt.shape
         assert ids.shape[0] <= BATCH and ids.shape[1] <= MAX_LEN
         assert ids.shape[1] == int(am.sum(1).max())  # padded to the longest in the batch
