@@ -113,3 +113,68 @@ def fused_geglu_dropout(gate: torch.Tensor, up: torch.Tensor, p: float, seed: to
 def reference_geglu_dropout(gate: torch.Tensor, up: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
     """The plain computation with an explicit keep-mask (exact erf GELU, as hidden_act="gelu")."""
     return torch.nn.functional.gelu(gate) * up * keep / (1.0 - p)
+
+
+def sweep(T: int = 29_500, inter: int = 3072, p: float = 0.1, reps: int = 20) -> list[dict]:
+    """GPU: time the fused kernels per launch configuration (BLOCK, num_warps) on MosaicBERT-base's [T, 3072] bf16,
+    against what the model runs now (the keep-mask kernel, then inductor's fused GeGLU * mask forward and its
+    backward), and report the memory bandwidth each reaches."""
+    import torch.nn.functional as F
+
+    from mosaicbert.model.dropout import dropout_keep_mask
+
+    dev = torch.device("cuda")
+    gate, up, dout = (torch.randn(T, inter, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    seed = torch.tensor([7], device=dev, dtype=torch.int64)
+    n, thr, scale = gate.numel(), drop_threshold(p), 1.0 / (1.0 - p)
+    out, dgate, dup = (torch.empty_like(gate) for _ in range(3))
+
+    def ms(fn) -> float:
+        for _ in range(3):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / reps
+
+    rows = []
+
+    def add(name, t, bytes_moved):
+        rows.append(dict(kernel=name, ms=round(t, 4), tb_per_s=round(bytes_moved / t / 1e9, 2)))
+        print(rows[-1], flush=True)
+
+    for block in (1024, 2048, 4096, 8192):
+        for warps in (4, 8, 16):
+            grid = (triton.cdiv(n, block),)
+            add(f"fused fwd BLOCK={block} warps={warps}", ms(lambda: _geglu_dropout_fwd_kernel[grid](
+                gate, up, out, seed, n, thr, scale, BLOCK=block, num_warps=warps)), 3 * 2 * n)
+            add(f"fused bwd BLOCK={block} warps={warps}", ms(lambda: _geglu_dropout_bwd_kernel[grid](
+                dout, gate, up, dgate, dup, seed, n, thr, scale, BLOCK=block, num_warps=warps)), 5 * 2 * n)
+    keep = dropout_keep_mask(seed, gate.shape, p)
+    add("model: keep-mask kernel", ms(lambda: dropout_keep_mask(seed, gate.shape, p)), n)
+    fwd = torch.compile(lambda g, u, k: F.gelu(g) * u * k * scale)
+
+    def bwd_math(d, g, u, k):
+        d = d.float() * k * scale
+        g32, u32 = g.float(), u.float()
+        cdf = 0.5 * (1.0 + torch.erf(g32 * 0.7071067811865476))
+        pdf = torch.exp(-0.5 * g32 * g32) * 0.3989422804014327
+        return (d * u32 * (cdf + g32 * pdf)).to(g.dtype), (d * g32 * cdf).to(u.dtype)
+
+    bwd = torch.compile(bwd_math)
+    add("model: inductor gelu*up*mask fwd", ms(lambda: fwd(gate, up, keep)), 3 * 2 * n + n)
+    add("model: inductor gelu*up*mask bwd", ms(lambda: bwd(dout, gate, up, keep)), 5 * 2 * n + n)
+    return rows
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    rows = sweep()
+    if len(sys.argv) > 1:
+        with open(sys.argv[1], "w") as fh:
+            json.dump(dict(torch=torch.__version__, device=torch.cuda.get_device_name(), rows=rows), fh, indent=2)

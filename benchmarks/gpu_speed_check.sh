@@ -13,6 +13,7 @@
 #             global batch 4096 (microbatches of 256) and 256; throughput.py --data
 #   sizes     one GPU: the fused GeGLU-dropout candidate against the current code and HF BERT; large at S=128 and
 #             base at S=512
+#   tune      one GPU: fused GeGLU-dropout kernel launch configurations (standalone); max-autotune compile
 # usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main|accum|variants [DATA_MDS] [VOCAB]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -136,6 +137,17 @@ sizes)
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --seq 512 --batch 64 \
     --out "$o/seq512.json" > "$o/seq512.log" 2>&1
   echo "exit $?" >> "$o/seq512.log"
+  ;;
+tune)
+  # one GPU: the fused GeGLU-dropout kernels per launch configuration against the model's kernels (standalone);
+  # then MosaicBERT-base compiled with inductor's max-autotune (Triton GEMM templates with fused epilogues)
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  timeout -k 5 120 python3 benchmarks/fused_geglu_dropout.py "$o/sweep.json" > "$o/sweep.log" 2>&1
+  echo "exit $?" >> "$o/sweep.log"
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --variants current \
+    --mosaic_configs default --compile_mode max-autotune-no-cudagraphs --out "$o/max_autotune.json" \
+    > "$o/max_autotune.log" 2>&1
+  echo "exit $?" >> "$o/max_autotune.log"
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
 esac
