@@ -9,8 +9,12 @@ from the same seed, so no mask is written or read and no mask kernel runs: on Mo
 memory traffic per layer and 12 fewer launches per step.
 
 `throughput.py --variants fused_geglu_dropout` patches MosaicBertGatedMLP.forward with it. Tested against a plain
-reference under the Triton interpreter (tests/test_fused_geglu_dropout.py); it becomes the model's path only if the
-GPU measurement says so.
+reference under the Triton interpreter (tests/test_fused_geglu_dropout.py).
+
+Measured on the H200 (benchmarks/RESULTS.md, session 5): not adopted. The whole step gained 0.6 ms of 51 (1.2%), but
+the kernels alone, at their best launch configuration (`python benchmarks/fused_geglu_dropout.py`), save only
+0.02 ms per layer against the model's mask kernel + inductor's kernels: drawing the mask inside the GeGLU kernel
+makes it compute-bound (2.9 TB/s against inductor's 3.9).
 """
 
 from __future__ import annotations

@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
-# Issue 4, session 4: short GPU calls on a 2-GPU machine, one job per GPU, results under $OUT/<job>/
-# (on a 1-GPU machine the jobs of `main` run one after the other).
+# Issue 4: short GPU calls, results under $OUT/<job>/. `profile` and `main` use two GPUs, one job per GPU (on a
+# 1-GPU machine the jobs of `main` run one after the other); the others run on one GPU, one job after the other.
 #   profile   GPU 0: GPU tests; the compiled MosaicBERT-base step profiled (top kernels) with graph breaks logged
 #             GPU 1: the same step with inductor's coordinate-descent tuning, then with pointwise autotuning
 #   main      GPU 0: GPU tests; the base table (MosaicBERT with the triton / torch dropout mask, HF BERT; compiled,
 #                    one run, profiled, graph breaks logged)
 #             GPU 1: `main.py yamls/base.yaml` speed monitor, batch 256, then throughput.py --data on the same rows
 #   accum     one GPU: the table; main.py at the recipe's global batch 4096 in microbatches of 256; --data
-#   variants  one GPU: GPU tests, then the fused GeGLU-dropout candidate against the current code and HF BERT,
-#             then the attention kernels launched without custom ops (a process of its own)
 #   counts    one GPU: GPU tests; the table with and without the collator's host counts, and HF BERT; main.py at
 #             global batch 4096 (microbatches of 256) and 256; throughput.py --data
 #   sizes     one GPU: the fused GeGLU-dropout candidate against the current code and HF BERT; large at S=128 and
 #             base at S=512
 #   tune      one GPU: fused GeGLU-dropout kernel launch configurations (standalone); max-autotune compile
-# usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main|accum|variants [DATA_MDS] [VOCAB]
+# usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main|accum|counts|sizes|tune [DATA_MDS] [VOCAB]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?profile or main}
@@ -83,21 +81,6 @@ accum)
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
     --out "$o/throughput_data.json" > "$o/throughput_data.log" 2>&1
   echo "exit $?" >> "$o/throughput_data.log"
-  ;;
-variants)
-  # one GPU: GPU tests (the fused GeGLU-dropout candidate's included), then the candidate against the current
-  # code and HF BERT in one run, profiled, with kernel timelines for kernel_gaps.py
-  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
-  timeout -k 5 200 python3 -m pytest -q -m gpu tests/test_model_gpu.py tests/test_fused_geglu_dropout.py \
-    > "$o/gpu_tests.log" 2>&1
-  echo "pytest exit $?" >> "$o/gpu_tests.log"
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
-    --variants current,fused_geglu_dropout --out "$o/table.json" > "$o/table.log" 2>&1
-  echo "exit $?" >> "$o/table.log"
-  # its own process: an illegal memory access would poison the CUDA context of the rows after it
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 2 --trace "$o/trace" \
-    --variants attention_direct_launch --out "$o/attention_direct.json" > "$o/attention_direct.log" 2>&1
-  echo "exit $?" >> "$o/attention_direct.log"
   ;;
 counts)
   # one GPU: GPU tests; the table with and without the collator's host counts (device_counts = the nonzero syncs)

@@ -194,32 +194,6 @@ def _variant_fused_geglu_dropout():
     return undo
 
 
-def _variant_attention_direct_launch():
-    """Candidate: the triton attention kernels launched through the plain autograd.Function, which torch.compile
-    traces (inductor then launches the kernels), instead of the torch.library custom ops, whose calls cost ~0.2 ms
-    of host time each (24 per step). Session 2 saw an illegal memory access on this path before the launches made
-    their inputs contiguous: run it in a process of its own."""
-    import dataclasses
-
-    from mosaicbert.model import attention, triton_attention
-
-    old = attention.ATTENTION_BACKENDS["triton"]
-
-    def attend(qkv, ctx, dropout_p):
-        if dropout_p > 0.0:
-            raise ValueError("the triton kernel has no attention dropout")
-        info = ctx.info
-        return triton_attention.TritonAlibiVarlenAttention.apply(
-            qkv, info.cu_seqlens, attention.max_seqlen_bound(info), ctx.alibi.slopes(qkv.device))
-
-    attention.ATTENTION_BACKENDS["triton"] = dataclasses.replace(old, attend=attend)
-
-    def undo():
-        attention.ATTENTION_BACKENDS["triton"] = old
-
-    return undo
-
-
 def _variant_device_counts():
     """Ablation: no per-row host counts, so the forward learns the numbers of real and of labelled tokens with
     torch.nonzero, two host syncs per step (as before the collator sent the counts)."""
@@ -240,8 +214,7 @@ def _variant_device_counts():
 
 
 VARIANTS = {"current": lambda: (lambda: None), "device_counts": _variant_device_counts, "index_pad": _variant_index_pad,
-            "geglu_fused_matmul": _variant_geglu_fused_matmul, "fused_geglu_dropout": _variant_fused_geglu_dropout,
-            "attention_direct_launch": _variant_attention_direct_launch}
+            "geglu_fused_matmul": _variant_geglu_fused_matmul, "fused_geglu_dropout": _variant_fused_geglu_dropout}
 
 
 def parse_config_set(text: str) -> dict:

@@ -74,30 +74,3 @@ def test_benchmark_variants_compute_the_same_model(variant):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
     again, _ = loss_and_grads()
     torch.testing.assert_close(again, ref_loss)
-
-
-def test_attention_direct_launch_variant_wires_the_function_and_undoes():
-    from mosaicbert.model import attention, triton_attention
-
-    before = attention.ATTENTION_BACKENDS["triton"]
-    undo = throughput.VARIANTS["attention_direct_launch"]()
-    try:
-        patched = attention.ATTENTION_BACKENDS["triton"]
-        assert patched.attend is not before.attend and patched.name == "triton"
-        calls = []
-        original_apply = triton_attention.TritonAlibiVarlenAttention.apply
-        triton_attention.TritonAlibiVarlenAttention.apply = lambda *a: calls.append(a) or "out"
-        try:
-            mask = torch.ones(2, 5, dtype=torch.bool)
-            from mosaicbert.model.padding import get_unpad_info
-
-            ctx = attention.AttentionContext(get_unpad_info(mask, with_max_seqlen=False), mask,
-                                             attention.AlibiCache(2, 8), 2)
-            assert patched.attend(torch.zeros(10, 3, 2, 16), ctx, 0.0) == "out"
-            qkv, cu, max_seqlen, slopes = calls[0]
-            assert cu.tolist() == [0, 5, 10] and max_seqlen == 5 and slopes.shape == (2,)
-        finally:
-            triton_attention.TritonAlibiVarlenAttention.apply = original_apply
-    finally:
-        undo()
-    assert attention.ATTENTION_BACKENDS["triton"] is before
