@@ -128,6 +128,19 @@ def test_malformed_tsv_row_names_file_and_line(tmp_path):
     assert ex.labels == [1, 0] and ex.texts[1] == ('Stray " quotes',)
 
 
+def test_collator_pads_and_sends_host_lengths():
+    import torch
+
+    from mosaicbert.glue.data import Collator
+
+    features = [{"input_ids": [2, 7, 9, 3], "token_type_ids": [0, 0, 1, 1], "labels": 1},
+                {"input_ids": [2, 3], "token_type_ids": [0, 0], "labels": 0}]
+    batch = Collator(pad_token_id=0, regression=False)(features)
+    assert batch["input_ids"].shape == (2, 8)  # the longest row, rounded up to a multiple of 8
+    assert batch["sequence_lengths"] == batch["attention_mask"].sum(1).tolist() == [4, 2]
+    assert batch["labels"].tolist() == [1, 0] and batch["labels"].dtype == torch.long
+
+
 @needs_glue
 def test_local_tsvs_parse():
     for task in TASKS.values():
