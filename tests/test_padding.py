@@ -105,6 +105,16 @@ def test_host_token_count_gives_the_same_unpadding(right_padded):
     assert positions_of_true(torch.zeros(4, dtype=torch.bool), 0).numel() == 0
 
 
+def test_positions_of_true_without_nonzero_static(monkeypatch):
+    """A torch without nonzero_static (for this device) falls back to nonzero: same positions, with a sync."""
+    def missing(*args, **kwargs):
+        raise NotImplementedError("nonzero_static: no kernel for this backend")
+
+    monkeypatch.setattr(torch, "nonzero_static", missing)
+    flags = torch.tensor([0, 1, 1, 0, 1, 0], dtype=torch.bool)
+    assert positions_of_true(flags, 3).tolist() == [1, 2, 4]
+
+
 def test_max_seqlen_only_when_asked():
     mask = _mask([3, 6, 1], 8)
     assert get_unpad_info(mask, with_max_seqlen=False).max_seqlen is None

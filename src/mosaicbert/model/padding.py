@@ -38,11 +38,15 @@ def positions_of_true(flags: torch.Tensor, count: Optional[int] = None) -> torch
 
     `count` None: `torch.nonzero`, whose output size is data-dependent, so the host waits for the device.
     `count` given (the number of True flags, known on the host, e.g. from the collator): `torch.nonzero_static`,
-    which needs no host sync. The count must be right (padded with -1 / truncated otherwise): callers check it.
+    which needs no host sync (a torch without it falls back to `torch.nonzero`). The count must be right (padded with
+    -1 / truncated otherwise): callers check it.
     """
-    if count is None:
-        return torch.nonzero(flags, as_tuple=False).flatten()
-    return torch.nonzero_static(flags, size=int(count)).flatten()
+    if count is not None:
+        try:
+            return torch.nonzero_static(flags, size=int(count)).flatten()
+        except (AttributeError, NotImplementedError):  # an older torch (e.g. running exported weights): no such kernel
+            pass
+    return torch.nonzero(flags, as_tuple=False).flatten()
 
 
 def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True,
