@@ -24,6 +24,22 @@ T0=$SECONDS
 left() { local l=$((LIMIT - (SECONDS - T0) - 10)); echo $((l > 1 ? l : 1)); }  # timeout rejects <= 0
 TP=(python3 benchmarks/throughput.py --profile_top 40)
 
+# main.py's speed monitor on the MDS rows: speed_main DIR NAME GLOBAL_BATCH BATCHES WINDOW (microbatches of 256)
+speed_main() {
+  timeout -k 10 "$(left)" python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" \
+    tokenizer="$VOCAB" run_name=speed-main-$2 global_train_batch_size=$3 device_train_microbatch_size=256 \
+    max_duration=$4ba eval_interval=10000ba eval_subset_num_batches=2 save_folder="$(mktemp -d)" \
+    save_interval=10000ba autoresume=false compile=true data.num_workers=8 loggers.console_log_interval=$5ba \
+    callbacks.speed_monitor.window_size=$5 > "$1/main_$2.log" 2>&1
+  echo "main.py exit $?" >> "$1/main_$2.log"
+}
+# the benchmark on the same rows: throughput_on_data DIR
+throughput_on_data() {
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
+    --out "$1/throughput_data.json" > "$1/throughput_data.log" 2>&1
+  echo "exit $?" >> "$1/throughput_data.log"
+}
+
 case $STEP in
 profile)
   mkdir -p "$OUT"/{gpu0,gpu1}
@@ -54,15 +70,8 @@ main)
    echo "exit $?" >> "$o/table.log") &
   [ "$NGPU" = 1 ] && wait  # one GPU: the jobs one after the other
   (export CUDA_VISIBLE_DEVICES=$G1; o=$OUT/gpu1
-   timeout -k 10 200 python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" \
-     tokenizer="$VOCAB" run_name=speed-main global_train_batch_size=256 device_train_microbatch_size=256 \
-     max_duration=350ba eval_interval=10000ba eval_subset_num_batches=2 save_folder="$(mktemp -d)" \
-     save_interval=10000ba autoresume=false compile=true data.num_workers=8 loggers.console_log_interval=50ba \
-     callbacks.speed_monitor.window_size=50 > "$o/main_base.log" 2>&1
-   echo "main.py exit $?" >> "$o/main_base.log"
-   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
-     --out "$o/throughput_data.json" > "$o/throughput_data.log" 2>&1
-   echo "exit $?" >> "$o/throughput_data.log") &
+   speed_main "$o" base 256 350 50
+   throughput_on_data "$o") &
   wait
   ;;
 accum)
@@ -72,15 +81,8 @@ accum)
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 \
     --out "$o/table.json" > "$o/table.log" 2>&1
   echo "exit $?" >> "$o/table.log"
-  timeout -k 10 "$(left)" python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" \
-    tokenizer="$VOCAB" run_name=speed-main-accum global_train_batch_size=4096 device_train_microbatch_size=256 \
-    max_duration=35ba eval_interval=10000ba eval_subset_num_batches=2 save_folder="$(mktemp -d)" \
-    save_interval=10000ba autoresume=false compile=true data.num_workers=8 loggers.console_log_interval=10ba \
-    callbacks.speed_monitor.window_size=10 > "$o/main_accum.log" 2>&1
-  echo "main.py exit $?" >> "$o/main_accum.log"
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
-    --out "$o/throughput_data.json" > "$o/throughput_data.log" 2>&1
-  echo "exit $?" >> "$o/throughput_data.log"
+  speed_main "$o" accum 4096 35 10
+  throughput_on_data "$o"
   ;;
 counts)
   # one GPU: GPU tests; the table with and without the collator's host counts (device_counts = the nonzero syncs)
@@ -92,18 +94,9 @@ counts)
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
     --variants current,device_counts --out "$o/table.json" > "$o/table.log" 2>&1
   echo "exit $?" >> "$o/table.log"
-  for run in "accum 4096 35" "b256 256 300"; do
-    set -- $run
-    timeout -k 10 "$(left)" python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" \
-      tokenizer="$VOCAB" run_name=speed-main-$1 global_train_batch_size=$2 device_train_microbatch_size=256 \
-      max_duration=$3ba eval_interval=10000ba eval_subset_num_batches=2 save_folder="$(mktemp -d)" \
-      save_interval=10000ba autoresume=false compile=true data.num_workers=8 loggers.console_log_interval=$(($3 / 5))ba \
-      callbacks.speed_monitor.window_size=$(($3 / 5)) > "$o/main_$1.log" 2>&1
-    echo "main.py exit $?" >> "$o/main_$1.log"
-  done
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
-    --out "$o/throughput_data.json" > "$o/throughput_data.log" 2>&1
-  echo "exit $?" >> "$o/throughput_data.log"
+  speed_main "$o" accum 4096 35 7
+  speed_main "$o" b256 256 300 60
+  throughput_on_data "$o"
   ;;
 sizes)
   # one GPU: the fused GeGLU-dropout candidate (its backward now a custom op) against the current code and HF BERT
