@@ -92,23 +92,29 @@ def bench(name: str, mask: torch.Tensor, heads: int, head_dim: int, dtype, iters
     }
 
 
-def bench_triton_blocks(blocks: str, mask, args, dtype) -> dict:
+def bench_triton_blocks(spec: str, mask, args, dtype) -> dict:
+    """spec "MxN" (query x key block; warps by the launcher's rule) or "MxN:W" (W warps instead)."""
+    import mosaicbert.model.triton_attention as triton_attention
     from mosaicbert.model.padding import max_seqlen_bound
-    from mosaicbert.model.triton_attention import triton_alibi_varlen_attention
 
+    blocks, _, warps = spec.partition(":")
     bm, bn = (int(x) for x in blocks.split("x"))
 
     def attend(qkv, ctx, dropout_p):
         info = ctx.info
-        return triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_bound(info),
-                                             ctx.alibi.slopes(qkv.device), bm, bn)
+        return triton_attention.triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_bound(info),
+                                                              ctx.alibi.slopes(qkv.device), bm, bn)
 
-    name = f"triton[{blocks}]"
+    rule = triton_attention._config
+    if warps:  # the forward and both backward paths take their warps from _config
+        triton_attention._config = lambda *a: (*rule(*a)[:2], int(warps))
     try:
         r = bench("triton", mask, args.heads, args.head_dim, dtype, args.iters, args.warmup, attend)
     except Exception as e:
-        return {"backend": name, "fill": "?", "error": f"{type(e).__name__}: {e}"[:300]}
-    return {**r, "backend": name}
+        return {"backend": f"triton[{spec}]", "fill": "?", "error": f"{type(e).__name__}: {e}"[:300]}
+    finally:
+        triton_attention._config = rule
+    return {**r, "backend": f"triton[{spec}]"}
 
 
 def main() -> None:
@@ -124,7 +130,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--triton_blocks", nargs="*", default=[], metavar="MxN",
-                   help="also time the triton backend with these query x key block sizes, e.g. 64x64 128x128")
+                   help="also time the triton backend with these query x key block sizes, e.g. 64x64 64x128:8 "
+                        "(':W' = W warps); a key block >= the sequence length takes the one-kernel backward")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
@@ -149,15 +156,15 @@ def main() -> None:
 
     print(f"B={args.batch} S={args.seqlen} H={args.heads} D={args.head_dim} {args.dtype}, "
           f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    header = f"{'fill':6} {'backend':16} {'tokens':>7} {'fwd+bwd ms':>11} {'fwd ms':>8} {'prepare ms':>11} " \
+    header = f"{'fill':6} {'backend':20} {'tokens':>7} {'fwd+bwd ms':>11} {'fwd ms':>8} {'prepare ms':>11} " \
              f"{'peak MB':>8} {'1st call s':>10}"
     print(header)
     print("-" * len(header))
     for r in rows:
         if "error" in r:
-            print(f"{r['fill']:6} {r['backend']:16} {r['error']}")
+            print(f"{r['fill']:6} {r['backend']:20} {r['error']}")
         else:
-            print(f"{r['fill']:6} {r['backend']:16} {r['tokens']:7d} {r['fwd_bwd_ms']:11.3f} {r['fwd_ms']:8.3f} "
+            print(f"{r['fill']:6} {r['backend']:20} {r['tokens']:7d} {r['fwd_bwd_ms']:11.3f} {r['fwd_ms']:8.3f} "
                   f"{r['prepare_ms']:11.3f} {r['peak_mem_mb']:8.0f} {r['first_call_s']:10.2f}")
     meta = {
         "batch": args.batch, "seqlen": args.seqlen, "heads": args.heads, "head_dim": args.head_dim,

@@ -12,7 +12,9 @@
 #   sizes     one GPU: the fused GeGLU-dropout candidate against the current code and HF BERT; large at S=128 and
 #             base at S=512
 #   tune      one GPU: fused GeGLU-dropout kernel launch configurations (standalone); max-autotune compile
-# usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh profile|main|accum|counts|sizes|tune [DATA_MDS] [VOCAB]
+#   attention one GPU: GPU tests; attention alone per tile configuration (one-kernel backward vs three); the table,
+#             profiled, with kernel timelines
+# usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh JOB [DATA_MDS] [VOCAB], JOB one of the above
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:?profile or main}
@@ -124,6 +126,18 @@ tune)
     --mosaic_configs default --compile_mode max-autotune-no-cudagraphs --out "$o/max_autotune.json" \
     > "$o/max_autotune.log" 2>&1
   echo "exit $?" >> "$o/max_autotune.log"
+  ;;
+attention)
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  timeout -k 5 150 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$o/gpu_tests.log" 2>&1
+  echo "pytest exit $?" >> "$o/gpu_tests.log"
+  # 64x64: the three-kernel backward (the old default); key block 128: the one-kernel backward
+  timeout -k 5 120 python3 benchmarks/attention_backends.py --out "$o/attention.json" --backends triton \
+    --triton_blocks 64x64 64x64:8 32x128 32x128:8 64x128 64x128:8 128x128:4 128x128:8 > "$o/attention.log" 2>&1
+  echo "exit $?" >> "$o/attention.log"
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
+    --out "$o/table.json" > "$o/table.log" 2>&1
+  echo "exit $?" >> "$o/table.log"
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
 esac

@@ -80,7 +80,11 @@ def test_kernels_match_reference_fp32():
         check([1, 5, 17, 70], H=3, D=16, bm=16, bn=32)
         check([33, 2, 16], H=2, D=32, bm=32, bn=16)
         check([40], H=3, D=64, bm=16, bn=16, seed=1)   # one sequence, several blocks each way
-        check([3, 0, 9], H=2, D=128, bm=16, bn=16)     # an empty sequence in the batch
+        check([3, 0, 20], H=2, D=128, bm=16, bn=16)    # an empty sequence in the batch
+        # key block >= the longest sequence: the one-kernel (whole-sequence) backward
+        check([1, 5, 17, 70], H=3, D=16, bm=16, bn=128)
+        check([40], H=3, D=64, bm=32, bn=64, seed=1)
+        check([3, 0, 9], H=2, D=128, bm=16, bn=16)
         print("OK")
     """)
     assert "OK" in out
@@ -91,6 +95,7 @@ def test_kernels_low_precision():
     out = run_interpreted("""
         check([5, 20], H=2, D=16, bm=16, bn=16, dtype=torch.float16, tol=2e-2)
         check([5, 20], H=2, D=16, bm=16, bn=16, dtype=torch.bfloat16, tol=6e-2)
+        check([5, 20], H=2, D=16, bm=None, bn=None, dtype=torch.bfloat16, tol=6e-2)  # default: whole sequence
         print("OK")
     """)
     assert "OK" in out
@@ -320,4 +325,36 @@ def test_compiled_model_matches_eager(backend):
     else:
         batches = [[17, 4, 6], [17, 17, 2], [1, 5, 11], [3, 9, 2]]
     out = run_interpreted(COMPILED_MODEL.format(backend=backend, batches=batches), timeout=600)
+    assert "OK" in out
+
+
+def test_whole_sequence_backward_matches_split_backward():
+    # The one-kernel backward (a key block holds every sequence) and the three-kernel one give the same dQ, dK, dV;
+    # the default picks the one-kernel path for 16-bit pretraining shapes (S <= 128 at D = 64) and not beyond.
+    out = run_interpreted("""
+        from mosaicbert.model.triton_attention import _bwd_config
+
+        assert _bwd_config(64, torch.bfloat16, 128, None, None)[3]
+        assert _bwd_config(64, torch.bfloat16, 100, None, None)[1] == 128
+        assert not _bwd_config(64, torch.bfloat16, 512, None, None)[3]
+        assert not _bwd_config(128, torch.bfloat16, 128, None, None)[3]
+        assert not _bwd_config(64, torch.float32, 128, None, None)[3]  # fp32 keeps its small tiles by default
+        assert _bwd_config(64, torch.float32, 60, 16, 64)[3]          # an explicit block_n >= max_seqlen
+
+        torch.manual_seed(5)
+        lens, H, D = [9, 31, 1, 0, 24], 2, 32
+        T = sum(lens)
+        slopes = torch.tensor(alibi_slopes(H))
+        cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+        qkv = (torch.randn(T, 3, H, D) * 2).requires_grad_(True)
+        g = torch.randn(T, H, D)
+        grads = {}
+        for bn in (16, 32):  # 16: split (three kernels); 32 >= 31: whole sequence (one kernel)
+            out = triton_alibi_varlen_attention(qkv, cu, max(lens), slopes, 16, bn)
+            (grads[bn],) = torch.autograd.grad(out, qkv, g)
+        err = (grads[16] - grads[32]).abs().max().item()
+        print("split vs whole-sequence backward", err)
+        assert err < 1e-5, err
+        print("OK")
+    """)
     assert "OK" in out

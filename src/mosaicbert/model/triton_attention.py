@@ -7,7 +7,8 @@ Computes, on the packed tokens of a right-padded batch (no padding materialised,
 Forward: one program per (query block, sequence, head) streams the key blocks of its own sequence with an
 online softmax and saves the row logsumexp. Backward recomputes the probabilities from that logsumexp
 (no [T, T] matrix is ever stored): a small kernel for delta = rowsum(dO * O), then one kernel for dK/dV
-(loop over query blocks) and one for dQ (loop over key blocks), so no atomics are needed.
+(loop over query blocks) and one for dQ (loop over key blocks), so no atomics are needed. When one key block
+holds every sequence (S <= 128 at head dim 64, as in pretraining), a single kernel does all of it.
 
 The launches are wrapped as torch.library custom ops (mosaicbert::triton_alibi_varlen_fwd / _bwd, with fake
 functions and an autograd registration), so torch.compile treats the attention as an opaque call instead of
@@ -120,14 +121,18 @@ if HAS_TRITON:
 
     @triton.jit
     def _attention_bwd_dkdv_kernel(
-        Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES,
-        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-        stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
+        Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, CU, SLOPES,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+        stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
         qk_scale, sm_scale,
-        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WHOLE_SEQUENCE: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):
-        # one program owns a key block and loops over the query blocks: dK, dV accumulate in registers
+        # One program owns a key block and loops over the query blocks: dK, dV accumulate in registers.
+        # WHOLE_SEQUENCE (the launcher's promise that BLOCK_N >= every sequence length): the key block is the
+        # whole sequence, so each query block's dS rows are complete and dQ = dS K is finished here, and
+        # delta = rowsum(dO * O) is computed from O here too. One launch instead of three (delta, dK/dV, dQ),
+        # and P and dP are computed once instead of twice.
         pid_n, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         start = tl.load(CU + b).to(tl.int64)
         seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
@@ -148,12 +153,20 @@ if HAS_TRITON:
             q = _load_rows(Q, start, offs_m, mask_m, h, stride_qt, stride_qh, offs_d)
             do = _load_rows(DO, start, offs_m, mask_m, h, stride_dot, stride_doh, offs_d)
             lse = tl.load(LSE + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
-            delta = tl.load(DELTA + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
+            if WHOLE_SEQUENCE:
+                o = _load_rows(O, start, offs_m, mask_m, h, stride_ot, stride_oh, offs_d)
+                delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+            else:
+                delta = tl.load(DELTA + h * stride_lh + start + offs_m, mask=mask_m, other=0.0)
             p = _recompute_probs(q, k, offs_m, offs_n, mask_m, mask_n, lse, slope, qk_scale, PRECISION, UPCAST)
             dv += _dot(tl.trans(p.to(do.dtype)), do, PRECISION, UPCAST)
             dp = _dot(do, tl.trans(v), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])  # softmax backward; the ALiBi bias is constant
             dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
+            if WHOLE_SEQUENCE:
+                dq = (_dot(ds.to(k.dtype), k, PRECISION, UPCAST) * sm_scale).to(tl.float32)
+                tl.store(DQ + (start + offs_m)[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
+                         dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
         dk = (dk * sm_scale).to(tl.float32)
         tl.store(DK + (start + offs_n)[:, None] * stride_dkt + h * stride_dkh + offs_d[None, :],
                  dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
@@ -238,6 +251,26 @@ def _config(D: int, dtype: torch.dtype, block_m: int | None, block_n: int | None
     return bm, bn, num_warps
 
 
+# Longest sequence (x head dim) for which the backward keeps a whole sequence's keys in one block by default: the
+# same register budget as the 64x64 tiles at D=64 when the key block is 128 x 64 (see WHOLE_SEQUENCE in the kernel).
+_WHOLE_SEQUENCE_KEYS_X_DIM = 128 * 64
+
+
+def _bwd_config(D: int, dtype: torch.dtype, max_seqlen: int, block_m: int | None, block_n: int | None):
+    """Backward tiles -> (bm, bn, num_warps, whole_sequence).
+
+    whole_sequence when the key block covers every sequence (bn >= max_seqlen): then one kernel computes dQ, dK,
+    dV and delta. By default it is chosen for 16-bit inputs when the block fits the budget above; an explicit
+    block_n chooses it whenever block_n >= max_seqlen.
+    """
+    if block_n is None and dtype != torch.float32:
+        whole = max(16, triton.next_power_of_2(max(int(max_seqlen), 1)))
+        if whole * D <= _WHOLE_SEQUENCE_KEYS_X_DIM:
+            block_n = whole
+    bm, bn, num_warps = _config(D, dtype, block_m, block_n)
+    return bm, bn, num_warps, bn >= max_seqlen
+
+
 def _dot_args(dtype: torch.dtype) -> dict:
     # fp32 inputs: full-precision dots (Triton would use TF32 on Ampere+ otherwise); ignored for fp16/bf16
     upcast = TRITON_INTERPRET and dtype == torch.bfloat16
@@ -283,32 +316,37 @@ def _launch_bwd(dout, qkv, out, lse, cu_seqlens, slopes, max_seqlen: int, block_
     lse = lse.to(torch.float32).contiguous()
     cu_seqlens = cu_seqlens.to(device=qkv.device, dtype=torch.int32).contiguous()
     slopes = slopes.to(device=qkv.device, dtype=torch.float32).contiguous()
-    bm, bn, num_warps = _config(D, qkv.dtype, block_m, block_n)
+    bm, bn, num_warps, whole_sequence = _bwd_config(D, qkv.dtype, max_seqlen, block_m, block_n)
     sm_scale = 1.0 / math.sqrt(D)
     dqkv = torch.empty(T, 3, H, D, device=qkv.device, dtype=qkv.dtype)  # kernels write into its 3 slices
     batch = cu_seqlens.numel() - 1
     if T > 0 and batch > 0 and max_seqlen > 0:
-        # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij: the softmax-backward correction, [H, T] fp32
-        delta = torch.empty(H, T, device=qkv.device, dtype=torch.float32)
-        _attention_bwd_delta_kernel[(triton.cdiv(T, _DELTA_BLOCK_T), H)](
-            out, dout, delta, T, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), delta.stride(0),
-            D=D, BLOCK_T=_DELTA_BLOCK_T,
-        )
         q, k, v = qkv.unbind(1)
         dq, dk, dv = dqkv.unbind(1)
+        # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij: the softmax-backward correction, [H, T] fp32.
+        # The whole-sequence kernel computes it itself (lse stands in for the unused pointer).
+        delta = lse
+        if not whole_sequence:
+            delta = torch.empty(H, T, device=qkv.device, dtype=torch.float32)
+            _attention_bwd_delta_kernel[(triton.cdiv(T, _DELTA_BLOCK_T), H)](
+                out, dout, delta, T, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), delta.stride(0),
+                D=D, BLOCK_T=_DELTA_BLOCK_T,
+            )
         common = dict(D=D, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps, **_dot_args(qkv.dtype))
         _attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, bn), batch, H)](
-            q, k, v, dout, lse, delta, dk, dv, cu_seqlens, slopes,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            lse.stride(0), sm_scale * _LOG2E, sm_scale, **common,
+            q, k, v, out, dout, lse, delta, dq, dk, dv, cu_seqlens, slopes,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+            dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1),
+            dv.stride(0), dv.stride(1), lse.stride(0), sm_scale * _LOG2E, sm_scale,
+            WHOLE_SEQUENCE=whole_sequence, **common,
         )
-        _attention_bwd_dq_kernel[(triton.cdiv(max_seqlen, bm), batch, H)](
-            q, k, v, dout, lse, delta, dq, cu_seqlens, slopes,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
-            lse.stride(0), sm_scale * _LOG2E, sm_scale, **common,
-        )
+        if not whole_sequence:
+            _attention_bwd_dq_kernel[(triton.cdiv(max_seqlen, bm), batch, H)](
+                q, k, v, dout, lse, delta, dq, cu_seqlens, slopes,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
+                lse.stride(0), sm_scale * _LOG2E, sm_scale, **common,
+            )
     else:
         dqkv.zero_()
     return dqkv
