@@ -224,7 +224,7 @@ def test_triton_whole_sequence_backward_matches_split_bf16():
 
     (ref,) = torch.autograd.grad(reference(qkv), qkv, g.float())
     grads = {}
-    for bm, bn in ((64, 64), (64, 128), (None, None)):  # split; whole sequence; the default (whole sequence)
+    for bm, bn in ((64, 64), (64, 128), (None, None)):  # split; whole sequence (also forward 64x128); the default
         out = triton_alibi_varlen_attention(qkv, cu, max(lens), slopes, bm, bn)
         (grads[bm, bn],) = torch.autograd.grad(out, qkv, g)
     for key, d in grads.items():
@@ -232,4 +232,3 @@ def test_triton_whole_sequence_backward_matches_split_bf16():
         print(key, "grad rel err", err)
         assert err < 2e-2, (key, err)
     assert _rel(grads[64, 128].float(), grads[64, 64].float()) < 1e-2
-    assert torch.equal(grads[None, None], grads[64, 128])
