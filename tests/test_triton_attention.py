@@ -334,7 +334,7 @@ def test_whole_sequence_backward_matches_split_backward():
     out = run_interpreted("""
         from mosaicbert.model.triton_attention import _bwd_config
 
-        assert _bwd_config(64, torch.bfloat16, 128, None, None)[3]
+        assert _bwd_config(64, torch.bfloat16, 128, None, None) == (16, 128, 4, True)
         assert _bwd_config(64, torch.bfloat16, 100, None, None)[1] == 128
         assert not _bwd_config(64, torch.bfloat16, 512, None, None)[3]
         assert not _bwd_config(128, torch.bfloat16, 128, None, None)[3]

@@ -251,8 +251,11 @@ def _config(D: int, dtype: torch.dtype, block_m: int | None, block_n: int | None
     return bm, bn, num_warps
 
 
-# Longest sequence (x head dim) for which the backward keeps a whole sequence's keys in one block by default: the
-# same register budget as the 64x64 tiles at D=64 when the key block is 128 x 64 (see WHOLE_SEQUENCE in the kernel).
+# The one-kernel backward's default tiles: 16 queries x a key block of the whole sequence, 4 warps. Measured on the
+# H200 at B=256, S=128, D=64 (benchmarks/RESULTS.md, session 6): 0.263 ms per layer against 0.283 for the three
+# kernels at 64x64; bigger query blocks spill registers (64x128: 0.54 ms). Beyond 128 keys x D=64 it is not used
+# by default (not measured, and the [keys, D] fp32 dK/dV accumulators grow).
+_WHOLE_SEQUENCE_BLOCK_M = 16
 _WHOLE_SEQUENCE_KEYS_X_DIM = 128 * 64
 
 
@@ -266,7 +269,7 @@ def _bwd_config(D: int, dtype: torch.dtype, max_seqlen: int, block_m: int | None
     if block_n is None and dtype != torch.float32:
         whole = max(16, triton.next_power_of_2(max(int(max_seqlen), 1)))
         if whole * D <= _WHOLE_SEQUENCE_KEYS_X_DIM:
-            block_n = whole
+            block_m, block_n = block_m or _WHOLE_SEQUENCE_BLOCK_M, whole
     bm, bn, num_warps = _config(D, dtype, block_m, block_n)
     return bm, bn, num_warps, bn >= max_seqlen
 
