@@ -213,8 +213,36 @@ def _variant_device_counts():
     return undo
 
 
+def _variant_split_attention_backward():
+    """Ablation: the attention backward as three kernels (delta, dK/dV, dQ) at 64x64 tiles, as before the
+    one-kernel backward became the default for S <= 128."""
+    from mosaicbert.model import triton_attention
+
+    old = triton_attention._WHOLE_SEQUENCE_KEYS_X_DIM
+    triton_attention._WHOLE_SEQUENCE_KEYS_X_DIM = 0  # no default shape qualifies
+
+    def undo():
+        triton_attention._WHOLE_SEQUENCE_KEYS_X_DIM = old
+
+    return undo
+
+
+def _variant_combo_kernels():
+    """Candidate: inductor's combo kernels (independent small kernels launched as one: fewer launch gaps)."""
+    from torch._inductor import config
+
+    old = config.combo_kernels
+    config.combo_kernels = True
+
+    def undo():
+        config.combo_kernels = old
+
+    return undo
+
+
 VARIANTS = {"current": lambda: (lambda: None), "device_counts": _variant_device_counts, "index_pad": _variant_index_pad,
-            "geglu_fused_matmul": _variant_geglu_fused_matmul, "fused_geglu_dropout": _variant_fused_geglu_dropout}
+            "geglu_fused_matmul": _variant_geglu_fused_matmul, "fused_geglu_dropout": _variant_fused_geglu_dropout,
+            "split_attention_backward": _variant_split_attention_backward, "combo_kernels": _variant_combo_kernels}
 
 
 def parse_config_set(text: str) -> dict:
