@@ -14,6 +14,9 @@
 #   tune      one GPU: fused GeGLU-dropout kernel launch configurations (standalone); max-autotune compile
 #   attention one GPU: GPU tests; attention alone per tile configuration (one-kernel backward vs three); the table,
 #             profiled, with kernel timelines
+#   graphs    one GPU: is the step bound by the host's launches? MosaicBERT-base on static batches (fixed T and M)
+#             compiled without and with CUDA graphs (reduce-overhead); then inductor's combo kernels (fewer
+#             launches) against the current code on the usual batches
 # usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh JOB [DATA_MDS] [VOCAB], JOB one of the above
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -140,6 +143,18 @@ attention)
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
     --out "$o/table.json" > "$o/table.log" 2>&1
   echo "exit $?" >> "$o/table.log"
+  ;;
+graphs)
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  for mode in default reduce-overhead; do
+    extra=(); [ "$mode" != default ] && extra=(--compile_mode "$mode")
+    timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --static_batches --profile 2 "${extra[@]}" \
+      --out "$o/static_$mode.json" > "$o/static_$mode.log" 2>&1
+    echo "exit $?" >> "$o/static_$mode.log"
+  done
+  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 2 --variants current,combo_kernels \
+    --out "$o/combo.json" > "$o/combo.log" 2>&1
+  echo "exit $?" >> "$o/combo.log"
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
 esac

@@ -38,8 +38,11 @@ SIZES = {
 VOCAB = 30528
 
 
-def make_batches(n: int, batch: int, seq: int, mask_prob: float, seed: int, texts: list[list[int]] | None):
-    """Batches with 75% full-length rows and 25% uniform shorter ones (or real token rows when given)."""
+def make_batches(n: int, batch: int, seq: int, mask_prob: float, seed: int, texts: list[list[int]] | None,
+                 static: bool = False):
+    """Batches with 75% full-length rows and 25% uniform shorter ones (or real token rows when given).
+    static: every row full length with the same number of masked tokens, so every batch has the same numbers of
+    real and of masked tokens (the shapes CUDA graphs need)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for b in range(n):
@@ -50,14 +53,18 @@ def make_batches(n: int, batch: int, seq: int, mask_prob: float, seed: int, text
             for i, r in enumerate(rows):
                 ids[i, : len(r)] = torch.tensor(r)
         else:
-            full = torch.rand(batch, generator=g) < 0.75
+            full = torch.rand(batch, generator=g) < (1.0 if static else 0.75)
             lengths = torch.where(full, torch.full((batch,), seq), torch.randint(16, seq, (batch,), generator=g))
             ids = torch.randint(1000, VOCAB - 8, (batch, seq), generator=g)
             ids[:, 0] = 101
         attn = (torch.arange(seq)[None, :] < lengths[:, None]).long()
         ids = ids * attn
         special = (ids == 101) | (ids == 102) | (attn == 0)
-        masked = (torch.rand(batch, seq, generator=g) < mask_prob) & ~special
+        if static:  # the same count per row: the first round(mask_prob * seq) of a random order of the non-special
+            scores = torch.rand(batch, seq, generator=g).masked_fill(special, 2.0)
+            masked = torch.zeros_like(special).scatter_(1, scores.argsort(1)[:, : round(mask_prob * seq)], True)
+        else:
+            masked = (torch.rand(batch, seq, generator=g) < mask_prob) & ~special
         labels = torch.where(masked, ids, torch.full_like(ids, -100))
         inputs = torch.where(masked, torch.full_like(ids, 103), ids)
         out.append(dict(input_ids=inputs, attention_mask=attn, token_type_ids=torch.zeros_like(ids), labels=labels,
@@ -437,6 +444,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None,
                    help="real token rows: an MDS folder (as main.py reads) or C4-format *.json.gz file/folder")
     p.add_argument("--tokenizer", default="bert-base-uncased")
+    p.add_argument("--static_batches", action="store_true",
+                   help="every row full length with the same number of masked tokens: fixed T and M for every batch "
+                        "(to measure CUDA graphs, --compile_mode reduce-overhead, without bucketing)")
     p.add_argument("--attention_backend", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -461,7 +471,7 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     texts = load_texts(args.data, args.tokenizer, args.seq) if args.data else None
-    batches = make_batches(8, args.batch, args.seq, args.mask_prob, 0, texts)
+    batches = make_batches(8, args.batch, args.seq, args.mask_prob, 0, texts, args.static_batches)
     peak = matmul_peak(device)
     env = dict(torch=torch.__version__, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                matmul_peak_tflops=peak / 1e12, date=time.strftime("%Y-%m-%d"), argv=sys.argv)

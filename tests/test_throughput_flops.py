@@ -74,3 +74,16 @@ def test_benchmark_variants_compute_the_same_model(variant):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
     again, _ = loss_and_grads()
     torch.testing.assert_close(again, ref_loss)
+
+
+def test_static_batches_have_fixed_token_and_label_counts():
+    """--static_batches: every batch has the same T and M (what CUDA graphs need), with no label on [CLS] and
+    host counts that match the tensors."""
+    batches = throughput.make_batches(3, 6, 32, 0.3, 0, None, static=True)
+    for b in batches:
+        assert b["attention_mask"].all()
+        assert b["sequence_lengths"] == [32] * 6
+        assert b["label_counts"] == [round(0.3 * 32)] * 6
+        assert (b["labels"] != -100).sum(1).tolist() == b["label_counts"]
+        assert (b["labels"][:, 0] == -100).all()  # special tokens are never masked
+    assert not torch.equal(batches[0]["labels"], batches[1]["labels"])  # still random positions
