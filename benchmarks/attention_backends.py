@@ -17,12 +17,10 @@ import time
 from pathlib import Path
 
 import torch
+from throughput import profile_steps  # this script's folder is on sys.path when it runs
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mosaicbert.model.attention import ATTENTION_BACKENDS, AlibiCache, AttentionContext  # noqa: E402
-from mosaicbert.model.padding import get_unpad_info  # noqa: E402
-from throughput import profile_steps  # noqa: E402  (benchmarks/ is on sys.path: this script's folder)
+from mosaicbert.model.attention import ATTENTION_BACKENDS, AlibiCache, AttentionContext
+from mosaicbert.model.padding import get_unpad_info
 
 
 def make_mask(batch: int, seqlen: int, fill: str, gen: torch.Generator) -> torch.Tensor:
