@@ -256,3 +256,31 @@ def test_eval_masks_are_the_same_every_epoch(toy):
     loader = _loader(root / "tok", tok, shuffle=False, same_masks_every_epoch=True)
     first, second = _batches(loader), _batches(loader)
     assert all(torch.equal(x["labels"], y["labels"]) for x, y in zip(first, second))
+
+
+def test_eval_metrics_ignore_the_dummy_logit_rows():
+    """With packed_length_multiple the masked-only head returns dummy rows after the real ones: the Composer
+    model's eval metrics give the same values as without them."""
+    import copy
+
+    from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
+    from mosaicbert.composer_models import MaskedLMModel
+
+    rng = np.random.default_rng(1)
+    samples = [{"input_ids": rng.integers(5, 90, n), "labels": np.where(rng.random(n) < 0.4, 7, -100)}
+               for n in (5, 3, 8)]
+    batch = pad_mlm_batch(samples, pad_token_id=0, vocab_size=100)
+    net = MosaicBertForMaskedLM(MosaicBertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=2, intermediate_size=32)).eval()
+    rounded = copy.deepcopy(net)
+    rounded.config.packed_length_multiple = 16
+    values = []
+    for m in (MaskedLMModel(net), MaskedLMModel(rounded)):
+        metrics = m.get_metrics(is_train=False)
+        outputs = m.eval_forward(batch)
+        for metric in metrics.values():
+            m.update_metric(batch, outputs, metric)
+        values.append({name: float(metric.compute()) for name, metric in metrics.items()})
+    assert values[1].keys() == values[0].keys() and len(values[0]) == 2
+    for name in values[0]:
+        assert values[1][name] == pytest.approx(values[0][name], rel=1e-5), name

@@ -517,3 +517,100 @@ def test_compiled_matches_eager_across_batches(host_counts):
         eager.zero_grad()
         compiled_model.zero_grad()
     assert counter.frame_count == 1
+
+
+def _assert_same_training_step(ref, other, batch, other_batch=None):
+    """Same loss and gradients (the logits may differ by trailing dummy rows)."""
+    out_ref, out_other = ref(**batch), other(**(other_batch or batch))
+    out_ref.loss.backward()
+    out_other.loss.backward()
+    torch.testing.assert_close(out_other.loss, out_ref.loss, rtol=1e-5, atol=1e-6)
+    for (n, p1), (_, p2) in zip(ref.named_parameters(), other.named_parameters()):
+        assert rel_err(p2.grad, p1.grad) < 1e-5, n
+    return out_ref, out_other
+
+
+@pytest.mark.parametrize("backend", ["torch", "sdpa"])
+@pytest.mark.parametrize("host_counts", [False, True])
+def test_packed_length_multiple_gives_the_same_loss_and_gradients(backend, host_counts):
+    """packed_length_multiple rounds T and M up with dummy rows (fixed shapes for CUDA graphs): same loss and
+    gradients, the real logits first, and T, M, cu_seqlens of the rounded sizes. A multiple larger than S
+    (several dummy sequences) and one smaller; a label on padding too."""
+    import copy
+
+    cfg = tiny_config(attention_backend=backend, hidden_dropout_prob=0.0)
+    batch = _mlm_batch(cfg, [9, 4, 6], 9, seed=12)
+    batch["labels"][1, 7] = 4  # a label on a padding position
+    if host_counts:
+        batch = _with_host_counts(batch)
+    num_labels = int((batch["labels"] != -100).sum())
+    for multiple in (8, 20):
+        ref = randomize_(MosaicBertForMaskedLM(cfg)).train()
+        rounded = copy.deepcopy(ref)
+        rounded.config.packed_length_multiple = multiple
+        out_ref, out = _assert_same_training_step(ref, rounded, batch)
+        assert out.logits.shape[0] % multiple == 0 and out.logits.shape[0] >= num_labels
+        torch.testing.assert_close(out.logits[:num_labels], out_ref.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_length_multiple_unpad_info():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    info = get_unpad_info(mask, length_multiple=16)  # T = 8 -> 16: 8 dummy rows in ceil(16 / 4) = 4 sequences
+    assert info.indices.shape == (16,) and info.indices[8:].eq(0).all()
+    assert info.valid_rows.tolist() == [True] * 8 + [False] * 8
+    assert info.cu_seqlens.tolist() == [0, 3, 4, 8, 12, 16, 16, 16]  # 4 + 4 dummy tokens, then empty sequences
+    assert info.max_seqlen == 4
+    full = get_unpad_info(torch.ones(2, 4, dtype=torch.long), length_multiple=8)  # already a multiple
+    assert full.indices.shape == (8,) and full.valid_rows.all() and full.cu_seqlens.tolist() == [0, 4, 8, 8, 8]
+    assert get_unpad_info(mask).valid_rows is None
+
+
+def test_packed_length_multiple_in_other_heads():
+    """Classification and the bare encoder (padded outputs, hidden states) are unchanged by the dummy rows."""
+    import copy
+
+    ids, mask, tt = make_batch([7, 3, 5], 7, 101, seed=4)
+    classifier = randomize_(MosaicBertForSequenceClassification(tiny_config(num_labels=3))).train()
+    rounded = copy.deepcopy(classifier)
+    rounded.config.packed_length_multiple = 4
+    labels = torch.tensor([0, 2, 1])
+    _assert_same_training_step(classifier, rounded, dict(input_ids=ids, attention_mask=mask, token_type_ids=tt,
+                                                         labels=labels))
+    encoder = randomize_(MosaicBertModel(tiny_config())).eval()
+    out = encoder(ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
+    encoder.config.packed_length_multiple = 6
+    out_rounded = encoder(ids, attention_mask=mask, token_type_ids=tt, output_hidden_states=True)
+    torch.testing.assert_close(out_rounded.last_hidden_state, out.last_hidden_state)
+    for a, b in zip(out_rounded.hidden_states, out.hidden_states):
+        torch.testing.assert_close(a, b)
+
+
+def test_packed_length_multiple_compiles_once_per_rounded_shape():
+    """Batches whose T and M round to the same multiples reuse one compiled graph with the same shapes, and
+    match eager (aot_eager traces forward and backward as inductor does)."""
+    import copy
+
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    cfg = tiny_config(attention_backend="sdpa", packed_length_multiple=32)
+    eager = randomize_(MosaicBertForMaskedLM(cfg)).train()
+    compiled_model = copy.deepcopy(eager)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(compiled_model, backend=counter)
+    shapes = set()
+    for seed, lengths in enumerate([[9, 4, 6], [9, 9, 2], [1, 5, 7]]):
+        batch = _with_host_counts(_mlm_batch(cfg, lengths, 9, seed=20 + seed))
+        l1 = eager(**batch).loss
+        l1.backward()
+        out = compiled(**batch)
+        out.loss.backward()
+        shapes.add(tuple(out.logits.shape))
+        torch.testing.assert_close(out.loss, l1, rtol=1e-5, atol=1e-6)
+        for (n, p1), (_, p2) in zip(eager.named_parameters(), compiled_model.named_parameters()):
+            assert rel_err(p2.grad, p1.grad) < 1e-5, n
+        eager.zero_grad()
+        compiled_model.zero_grad()
+    assert shapes == {(32, cfg.vocab_size)}
+    assert counter.frame_count == 1

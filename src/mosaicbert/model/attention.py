@@ -232,6 +232,8 @@ def flex_attention_backend(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: 
     info = ctx.info
     if "flex" not in ctx.cache:
         doc = (info.indices // info.seqlen).to(torch.int32)  # [T] which sequence each token belongs to
+        if info.valid_rows is not None:  # dummy rows (T rounded up) attend among themselves only
+            doc = doc.masked_fill(~info.valid_rows, -1)
         pos = (info.indices % info.seqlen).to(torch.int32)  # [T] position inside its (padded) row
         slopes = ctx.alibi.slopes(qkv.device)  # [H]
 

@@ -20,6 +20,10 @@ class MosaicBertConfig(_BaseConfig):
       low_precision_layernorm: under autocast run LayerNorm in the autocast dtype instead of fp32.
       dropout_kernel: "auto" | "triton" | "torch": how hidden dropout draws its mask (see dropout.py); "auto" uses
         the Triton kernel on CUDA when triton is installed. Same semantics either way, different random streams.
+      packed_length_multiple: 0 (default) = the encoder runs on exactly the T real tokens and the MLM head on the
+        M masked ones. N > 1 = T and M are rounded up to multiples of N with dummy rows (up to N - 1 extra rows of
+        work each), so that a compiled model sees few distinct shapes: what CUDA graphs (torch.compile
+        mode="reduce-overhead") need, since they record one graph per shape. Same loss and gradients.
     """
 
     model_type = "mosaic_bert"
@@ -43,6 +47,7 @@ class MosaicBertConfig(_BaseConfig):
         attention_backend: str = "auto",
         low_precision_layernorm: bool = True,
         dropout_kernel: str = "auto",
+        packed_length_multiple: int = 0,
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
@@ -56,6 +61,9 @@ class MosaicBertConfig(_BaseConfig):
             )
         if dropout_kernel not in DROPOUT_KERNEL_NAMES:
             raise ValueError(f"dropout_kernel={dropout_kernel!r} is not valid; choose one of {list(DROPOUT_KERNEL_NAMES)}")
+        if isinstance(packed_length_multiple, bool) or not isinstance(packed_length_multiple, int) \
+                or packed_length_multiple < 0:
+            raise ValueError(f"packed_length_multiple must be an int >= 0 (0 = off), got {packed_length_multiple!r}")
         if not 0.0 <= attention_probs_dropout_prob < 1.0:
             raise ValueError(f"attention_probs_dropout_prob must be in [0, 1), got {attention_probs_dropout_prob}")
         self.vocab_size = vocab_size
@@ -75,5 +83,6 @@ class MosaicBertConfig(_BaseConfig):
         self.attention_backend = attention_backend
         self.low_precision_layernorm = low_precision_layernorm
         self.dropout_kernel = dropout_kernel
+        self.packed_length_multiple = packed_length_multiple
         self.tie_word_embeddings = tie_word_embeddings
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)

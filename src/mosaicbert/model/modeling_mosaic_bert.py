@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOu
 from .attention import AlibiCache, AttentionContext, check_backend_name, log_backend_choice, resolve_backend
 from .configuration_mosaic_bert import MosaicBertConfig
 from .layers import MosaicBertEmbeddings, MosaicBertLayer, make_layernorm
-from .padding import UnpadInfo, gather_rows, get_unpad_info, pad_rows, positions_of_true, unpad_rows
+from .padding import UnpadInfo, gather_rows, get_unpad_info, pad_rows, positions_of_true, round_up, unpad_rows
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as _init
@@ -76,10 +76,13 @@ def _prepare_batch(
     backend_choice: tuple | None = None,
     sequence_lengths: list[int] | None = None,
     label_counts: list[int] | None = None,
+    length_multiple: int = 0,
 ):
     """Everything about a batch that needs the host to know device data, in one place.
 
     Returns (UnpadInfo, label_pos): label_pos [M] int64 = flat positions (row-major) of labels != -100, or None.
+    With `length_multiple` > 1, T and M are rounded up to multiples of it (config.packed_length_multiple): dummy
+    token rows (see `get_unpad_info`) and dummy label positions (0, after the real ones).
 
     The number of real tokens T and of masked tokens M are data-dependent shapes, so this runs outside
     torch.compile (`torch.compiler.disable`): the compiled forward graph-breaks once, here, at its start,
@@ -106,13 +109,17 @@ def _prepare_batch(
             checks.append(("token_type_ids", token_type_ids, type_vocab_size))
     flags = [((ids < 0) | (ids >= upper)).any() for _, ids, upper in checks]
     # no exact max_seqlen (a sync of its own): the varlen kernels take S as a bound
-    info = get_unpad_info(attention_mask, with_max_seqlen=False, num_real_tokens=num_real)
+    info = get_unpad_info(attention_mask, with_max_seqlen=False, num_real_tokens=num_real,
+                          length_multiple=length_multiple)
     if flags:  # one sync (the nonzero above, if any, has waited for the flags already)
         for (name, ids, upper), bad in zip(checks, torch.stack(flags).tolist()):
             _check_ids(name, ids, upper, bad)
     label_flags = labels.reshape(-1) != -100 if labels is not None else None  # [B*S]
     _check_host_totals([("sequence_lengths", info.real, num_real), ("label_counts", label_flags, num_labels)])
     label_pos = positions_of_true(label_flags, num_labels) if labels is not None else None  # [M], row-major
+    if label_pos is not None and length_multiple > 1:
+        label_pos = torch.cat([label_pos, label_pos.new_zeros(round_up(label_pos.shape[0], length_multiple)
+                                                                - label_pos.shape[0])])
     if alibi is not None:  # build/grow the cached ALiBi tensors here, so no compiled graph ever mutates the cache
         alibi.slopes(attention_mask.device)
         if with_alibi_matrix:  # [H, S, S] fp32: only for the backends that read it
@@ -231,7 +238,7 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
             input_ids, token_type_ids, attention_mask, labels, self.config.vocab_size,
             self.config.type_vocab_size, self.encoder.alibi, backend.needs_alibi_matrix,
             (self.config.attention_backend, backend.name, self._compute_dtype(input_ids.device)),
-            sequence_lengths, label_counts,
+            sequence_lengths, label_counts, self.config.packed_length_multiple,
         )
         return attention_mask, backend, info, label_pos
 
@@ -324,7 +331,8 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         logits is [num_masked, vocab] with rows in the row-major order of `labels != -100`, i.e.
         aligned with `labels[labels != -100]`; loss = mean cross-entropy over those rows.
     Optional `sequence_lengths` / `label_counts` (per row, host ints; the MLM collator sends them) let the
-    forward run without a host sync (see `_prepare_batch`).
+    forward run without a host sync (see `_prepare_batch`). With config.packed_length_multiple > 1 the masked-only
+    logits have dummy rows after the real ones, up to a multiple of it; the loss ignores them.
     """
 
     _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
@@ -370,16 +378,25 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
             # Gather the labelled rows straight from the packed tokens (no re-padding). A label on a padding
             # position gets a zero row, exactly what the padded encoder output holds there.
             flat_labels = labels.reshape(-1)
+            label_flags = flat_labels != -100  # [B*S]
+            keep = info.real[label_pos]  # [M] False for labels on padding
+            targets = flat_labels[label_pos]  # [M]
+            labelled_rows = label_flags[info.indices]  # [T] is this packed row labelled
+            if info.valid_rows is not None:  # T and M rounded up: dummy rows get zero rows, no label, no gradient
+                labelled_rows = labelled_rows & info.valid_rows
+                real_label = torch.arange(label_pos.shape[0], device=label_pos.device) < label_flags.sum()
+                keep = keep & real_label
+                targets = targets.masked_fill(~real_label, -100)
             rows = gather_rows(
                 h,
                 info.packed_pos[label_pos],  # [M] packed row of each labelled position
-                info.real[label_pos],  # [M] False for labels on padding
-                (torch.cumsum(flat_labels != -100, dim=0) - 1).clamp(min=0)[info.indices],  # [T] inverse map
-                (flat_labels != -100)[info.indices],  # [T] is this real token labelled
+                keep,
+                (torch.cumsum(label_flags, dim=0) - 1).clamp(min=0)[info.indices],  # [T] inverse map
+                labelled_rows,
             )
-            logits = self.cls(rows)  # [num_masked, vocab], rows in row-major order of labels != -100
+            logits = self.cls(rows)  # [M, vocab], rows in row-major order of labels != -100 (then any dummies)
             if label_pos.numel() > 0:
-                loss = F.cross_entropy(logits.float(), flat_labels[label_pos])
+                loss = F.cross_entropy(logits.float(), targets)  # mean over the real labels (dummies are -100)
             else:  # no masked token in the batch: zero loss (not NaN) that still touches the graph
                 loss = logits.float().sum() * 0.0
         if not return_dict:

@@ -31,6 +31,14 @@ class UnpadInfo(NamedTuple):
     seqlen: int  # S (padded length)
     packed_pos: Optional[torch.Tensor] = None  # [B*S] int64, packed row of each padded slot (0 at padding)
     real: Optional[torch.Tensor] = None  # [B*S] bool, True for real tokens (the flattened mask)
+    # [T] bool, False for the dummy rows that round T up to a multiple (get_unpad_info's `length_multiple`);
+    # None when every packed row is a real token
+    valid_rows: Optional[torch.Tensor] = None
+
+
+def round_up(n: int, multiple: int) -> int:
+    """n rounded up to a multiple of `multiple` (n itself when multiple <= 1)."""
+    return -(-n // multiple) * multiple if multiple > 1 else n
 
 
 def positions_of_true(flags: torch.Tensor, count: Optional[int] = None) -> torch.Tensor:
@@ -50,7 +58,7 @@ def positions_of_true(flags: torch.Tensor, count: Optional[int] = None) -> torch
 
 
 def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True,
-                   num_real_tokens: Optional[int] = None) -> UnpadInfo:
+                   num_real_tokens: Optional[int] = None, length_multiple: int = 0) -> UnpadInfo:
     """attention_mask: [B, S], nonzero/True for real tokens.
 
     Batches must be right-padded (real tokens first), as BERT tokenizers and our collators produce: ALiBi
@@ -60,6 +68,12 @@ def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True,
     under torch.compile); `max_seqlen` costs a second sync and is only needed by varlen kernels, so it is
     computed only when `with_max_seqlen` is True (else None; `max_seqlen_bound` then gives S, which the kernels
     accept as well). With `num_real_tokens` (T, known on the host) and `with_max_seqlen=False` nothing here syncs.
+
+    `length_multiple` > 1: T is rounded up to a multiple of it with dummy rows after the real ones, so that a
+    compiled model sees few distinct shapes (CUDA graphs need one recording per shape). The dummy rows copy
+    the first token (finite values), form their own sequences in cu_seqlens (ceil(length_multiple / S) entries
+    are always added, some empty, so its length is fixed too), and `valid_rows` marks them False; every map
+    back to the padded layout skips them, so they never reach an output or a gradient of the real tokens.
     """
     batch, seqlen = attention_mask.shape
     real = attention_mask.bool().flatten()  # [B*S]
@@ -68,7 +82,20 @@ def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True,
     max_seqlen = (int(seqlens.max().item()) if batch > 0 else 0) if with_max_seqlen else None
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))  # [B+1]
     packed_pos = (torch.cumsum(real, dim=0) - 1).clamp_(min=0)  # [B*S] int64
-    return UnpadInfo(indices, cu_seqlens, max_seqlen, batch, seqlen, packed_pos, real)
+    valid_rows = None
+    if length_multiple > 1 and seqlen > 0:
+        num_real = indices.shape[0]
+        num_dummy = round_up(num_real, length_multiple) - num_real
+        indices = torch.cat([indices, indices.new_zeros(num_dummy)])  # [T rounded up]
+        valid_rows = torch.arange(indices.shape[0], device=indices.device) < num_real
+        # dummy sequences of at most S tokens each (the varlen kernels size their grids by S), then empty ones
+        num_seqs = -(-length_multiple // seqlen)
+        starts = torch.arange(num_seqs, device=cu_seqlens.device, dtype=torch.int32) * seqlen
+        dummy = (num_dummy - starts).clamp(0, seqlen)  # [num_seqs] dummy sequence lengths
+        cu_seqlens = torch.cat([cu_seqlens, cu_seqlens[-1:] + torch.cumsum(dummy, dim=0, dtype=torch.int32)])
+        if max_seqlen is not None:
+            max_seqlen = max(max_seqlen, min(num_dummy, seqlen))
+    return UnpadInfo(indices, cu_seqlens, max_seqlen, batch, seqlen, packed_pos, real, valid_rows)
 
 
 def max_seqlen_bound(info: UnpadInfo) -> int:
@@ -158,7 +185,7 @@ def pad_rows(x: torch.Tensor, info: UnpadInfo) -> torch.Tensor:
     """[T, *rest] -> [B, S, *rest] with zeros at padding; same values as `pad`, gather-only backward."""
     if info.packed_pos is None:
         return pad(x, info.indices, info.batch, info.seqlen)
-    out = gather_rows(x, info.packed_pos, info.real, info.indices, None)
+    out = gather_rows(x, info.packed_pos, info.real, info.indices, info.valid_rows)  # dummy rows: no gradient
     return out.view(info.batch, info.seqlen, *x.shape[1:])
 
 
