@@ -33,6 +33,10 @@ def test_published_recipe_in_base_yaml():
 def test_override_applies():
     cfg = load_pretrain_config(str(ROOT / "yamls/quickstart.yaml"), ["optimizer.lr=1e-4", "data.local=/x/y"])
     assert cfg.optimizer.lr == 1e-4 and cfg.data.local == "/x/y"
+    graphs = load_pretrain_config(str(ROOT / "yamls/quickstart.yaml"), [
+        "compile=true", "compile_mode=reduce-overhead", "model.config_overrides.packed_length_multiple=1024"])
+    assert graphs.compile_mode == "reduce-overhead"
+    assert graphs.model.config_overrides["packed_length_multiple"] == 1024
 
 
 @pytest.mark.parametrize(
@@ -72,6 +76,9 @@ def test_misspelled_key_in_yaml_file(tmp_path):
         (["scheduler.t_warmup=soon"], "scheduler.t_warmup"),
         (["seed=-1"], "'seed' must be >= 0"),
         (["data.max_seq_len=2"], "data.max_seq_len"),
+        (["compile=true", "compile_mode=reduce_overhead"], "did you mean 'reduce-overhead'"),
+        (["compile_mode=max-autotune"], "needs compile: true"),
+        (["compile=true", "compile_mode=reduce-overhead"], "packed_length_multiple"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):

@@ -319,7 +319,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         precision=precision,
         device_train_microbatch_size=microbatch,
         parallelism_config=build_fsdp(cfg.fsdp),
-        compile_config={} if cfg.compile else None,
+        compile_config=({"mode": cfg.compile_mode} if cfg.compile_mode else {}) if cfg.compile else None,
         seed=cfg.seed,
         save_folder=cfg.save_folder,
         save_interval=time_or_composer_interval(cfg.save_interval),

@@ -179,6 +179,10 @@ class PretrainConfig:
     precision: str = "amp_bf16"  # fp32 | amp_bf16 | amp_fp16
     device: Optional[str] = None  # cpu | gpu; None picks gpu when available
     compile: bool = False  # torch.compile the model through Composer
+    # torch.compile mode (with compile: true): null = torch's default, reduce-overhead (CUDA graphs), max-autotune,
+    # max-autotune-no-cudagraphs. CUDA graphs record one graph per shape: for mosaic_bert also set
+    # model.config_overrides.packed_length_multiple (e.g. 1024), so the unpadded shapes repeat.
+    compile_mode: Optional[str] = None
     # Composer's FSDP config (e.g. {sharding_strategy: FULL_SHARD}); null means plain data parallel (DDP).
     fsdp: Optional[Dict[str, Any]] = None
     algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
@@ -297,6 +301,9 @@ def _one_of(value: Any, valid: Sequence[str], key: str) -> None:
         raise ConfigError(f"config key '{key}' = {value!r} is not one of {list(valid)}: {suggest(str(value), valid)}")
 
 
+COMPILE_MODES = ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
 def validate_training_choices(cfg: Any) -> None:
     """Names from closed sets shared by the pretraining and GLUE schemas (model, optimizer, scheduler, precision)."""
     _one_of(cfg.model.name, ["mosaic_bert", "hf_bert"], "model.name")
@@ -326,6 +333,15 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
     check_interval(cfg.scheduler.t_warmup, "scheduler.t_warmup", wall_clock=False)
     if cfg.seed < 0:
         raise ConfigError(f"config key 'seed' must be >= 0, got {cfg.seed}")
+    if cfg.compile_mode is not None:
+        _one_of(cfg.compile_mode, COMPILE_MODES, "compile_mode")
+        if not cfg.compile:
+            raise ConfigError(f"config key 'compile_mode' = {cfg.compile_mode!r} needs compile: true")
+        if cfg.compile_mode == "reduce-overhead" and cfg.model.name == "mosaic_bert" \
+                and int(cfg.model.config_overrides.get("packed_length_multiple", 0)) <= 1:
+            raise ConfigError("config key 'compile_mode' = 'reduce-overhead' records a CUDA graph per shape, and "
+                              "MosaicBERT's unpadded shapes change with every batch: set "
+                              "model.config_overrides.packed_length_multiple (e.g. 1024) so that they repeat")
     if cfg.data.max_seq_len < 3:
         raise ConfigError(f"config key 'data.max_seq_len' must be >= 3 ([CLS] x [SEP]), got {cfg.data.max_seq_len}")
     mb = cfg.device_train_microbatch_size
