@@ -17,7 +17,9 @@
 #   graphs    one GPU: GPU tests (CUDA graphs with packed_length_multiple among them); is the step bound by the
 #             host's launches? MosaicBERT-base on static batches (fixed T and M)
 #             compiled without and with CUDA graphs (reduce-overhead); the usual batches with and without
-#             packed_length_multiple=1024, without and with CUDA graphs; inductor's combo kernels (fewer launches)
+#             packed_length_multiple=1024, without and with CUDA graphs
+#   graphs_main one GPU: main.py at the recipe's batch with CUDA graphs (packed_length_multiple=1024) and without;
+#             inductor's combo kernels (fewer launches) against the current code
 # usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh JOB [DATA_MDS] [VOCAB], JOB one of the above
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,12 +33,13 @@ left() { local l=$((LIMIT - (SECONDS - T0) - 10)); echo $((l > 1 ? l : 1)); }  #
 TP=(python3 benchmarks/throughput.py --profile_top 40)
 
 # main.py's speed monitor on the MDS rows: speed_main DIR NAME GLOBAL_BATCH BATCHES WINDOW (microbatches of 256)
+# (further arguments: more overrides)
 speed_main() {
   timeout -k 10 "$(left)" python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" \
     tokenizer="$VOCAB" run_name=speed-main-$2 global_train_batch_size=$3 device_train_microbatch_size=256 \
     max_duration=$4ba eval_interval=10000ba eval_subset_num_batches=2 save_folder="$(mktemp -d)" \
     save_interval=10000ba autoresume=false compile=true data.num_workers=8 loggers.console_log_interval=$5ba \
-    callbacks.speed_monitor.window_size=$5 > "$1/main_$2.log" 2>&1
+    callbacks.speed_monitor.window_size=$5 "${@:6}" > "$1/main_$2.log" 2>&1
   echo "main.py exit $?" >> "$1/main_$2.log"
 }
 # the benchmark on the same rows: throughput_on_data DIR
@@ -164,6 +167,11 @@ graphs)
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 2 --compile_mode reduce-overhead \
     --mosaic_configs packed_length_multiple=1024 --out "$o/rounded_graphs.json" > "$o/rounded_graphs.log" 2>&1
   echo "exit $?" >> "$o/rounded_graphs.log"
+  ;;
+graphs_main)
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  speed_main "$o" graphs 4096 35 7 compile_mode=reduce-overhead model.config_overrides.packed_length_multiple=1024
+  speed_main "$o" accum 4096 35 7
   timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 2 --variants current,combo_kernels \
     --out "$o/combo.json" > "$o/combo.log" 2>&1
   echo "exit $?" >> "$o/combo.log"
