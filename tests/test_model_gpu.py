@@ -1,5 +1,7 @@
 """GPU backends vs the "torch" reference backend, same weights, bf16 autocast (and fp32 for sdpa)."""
 
+import math
+
 import pytest
 import torch
 
@@ -256,6 +258,29 @@ def test_cuda_graphs_training_with_packed_length_multiple():
         torch.testing.assert_close(out[0], out_ref[0], rtol=2e-2, atol=2e-2)
         for n, g in out_ref[1].items():
             assert _rel(out[1][n], g) < 2e-2, (step, n)
+
+
+def test_cuda_graphs_draw_new_dropout_masks_every_step():
+    """Under CUDA graphs (reduce-overhead) the replayed graph must still draw fresh dropout masks: the same batch
+    gives a different loss at every step (a frozen seed would repeat the masks silently)."""
+    import torch._dynamo
+
+    from mosaicbert.model.dropout import Dropout
+
+    torch._dynamo.reset()
+    model, ids, mask, labels = _setup(seed=7)
+    model.config.packed_length_multiple = 512
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.p = 0.1
+    model.train()
+    fn = torch.compile(model, mode="reduce-overhead")
+    batch = dict(input_ids=ids, attention_mask=mask, labels=labels, sequence_lengths=mask.sum(1).tolist(),
+                 label_counts=(labels != -100).sum(1).tolist())
+    losses = [_run_graph_step(model, fn, batch)[0].item() for _ in range(4)]
+    print("losses", losses)
+    assert all(math.isfinite(x) for x in losses)
+    assert len(set(losses[1:])) == 3, losses  # the replays (steps 2-4) differ from each other
 
 
 def _run_graph_step(model, fn, batch):
