@@ -32,51 +32,46 @@ T0=$SECONDS
 left() { local l=$((LIMIT - (SECONDS - T0) - 10)); echo $((l > 1 ? l : 1)); }  # timeout rejects <= 0
 TP=(python3 benchmarks/throughput.py --profile_top 40)
 
-# main.py's speed monitor on the MDS rows: speed_main DIR NAME GLOBAL_BATCH BATCHES WINDOW (microbatches of 256)
-# (further arguments: more overrides)
+# logged LOG SECONDS CMD...: CMD under a time limit, its output and exit status into LOG
+logged() { local log=$1 secs=$2; shift 2; timeout -k 5 "$secs" "$@" > "$log" 2>&1; echo "exit $?" >> "$log"; }
+# bench DIR NAME ARGS...: throughput.py ARGS with the time left, into DIR/NAME.json and DIR/NAME.log
+bench() { local dir=$1 name=$2; shift 2; logged "$dir/$name.log" "$(left)" "${TP[@]}" "$@" --out "$dir/$name.json"; }
+# gpu_tests DIR [TEST_FILE]: the GPU-marked tests into DIR/gpu_tests.log
+gpu_tests() { logged "$1/gpu_tests.log" 150 python3 -m pytest -q -m gpu "${2:-tests/test_model_gpu.py}"; }
+# main.py's speed monitor on the MDS rows: speed_main DIR NAME GLOBAL_BATCH BATCHES WINDOW [OVERRIDES...]
+# (microbatches of 256)
 speed_main() {
-  timeout -k 10 "$(left)" python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" \
+  logged "$1/main_$2.log" "$(left)" python3 -m composer.cli.launcher -n 1 main.py yamls/base.yaml data.local="$DATA" \
     tokenizer="$VOCAB" run_name=speed-main-$2 global_train_batch_size=$3 device_train_microbatch_size=256 \
     max_duration=$4ba eval_interval=10000ba eval_subset_num_batches=2 save_folder="$(mktemp -d)" \
     save_interval=10000ba autoresume=false compile=true data.num_workers=8 loggers.console_log_interval=$5ba \
-    callbacks.speed_monitor.window_size=$5 "${@:6}" > "$1/main_$2.log" 2>&1
-  echo "main.py exit $?" >> "$1/main_$2.log"
+    callbacks.speed_monitor.window_size=$5 "${@:6}"
 }
 # the benchmark on the same rows: throughput_on_data DIR
 throughput_on_data() {
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB" \
-    --out "$1/throughput_data.json" > "$1/throughput_data.log" 2>&1
-  echo "exit $?" >> "$1/throughput_data.log"
+  bench "$1" throughput_data --models mosaic_bert --modes compiled --data "$DATA" --tokenizer "$VOCAB"
 }
 
 case $STEP in
 profile)
   mkdir -p "$OUT"/{gpu0,gpu1}
   (export CUDA_VISIBLE_DEVICES=0; o=$OUT/gpu0
-   timeout -k 5 150 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$o/gpu_tests.log" 2>&1
-   echo "pytest exit $?" >> "$o/gpu_tests.log"
-   TORCH_LOGS=graph_breaks,recompiles timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled \
-     --profile 3 --out "$o/profile.json" > "$o/profile.log" 2>&1
-   echo "exit $?" >> "$o/profile.log") &
+   gpu_tests "$o"
+   TORCH_LOGS=graph_breaks,recompiles bench "$o" profile --models mosaic_bert --modes compiled --profile 3) &
   (export CUDA_VISIBLE_DEVICES=1; o=$OUT/gpu1
-   TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert \
-     --modes compiled --profile 3 --out "$o/coordinate_descent.json" > "$o/coordinate_descent.log" 2>&1
-   echo "exit $?" >> "$o/coordinate_descent.log"
-   TORCHINDUCTOR_MAX_AUTOTUNE_POINTWISE=1 timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert \
-     --modes compiled --profile 3 --out "$o/autotune_pointwise.json" > "$o/autotune_pointwise.log" 2>&1
-   echo "exit $?" >> "$o/autotune_pointwise.log") &
+   TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 bench "$o" coordinate_descent --models mosaic_bert --modes compiled \
+     --profile 3
+   TORCHINDUCTOR_MAX_AUTOTUNE_POINTWISE=1 bench "$o" autotune_pointwise --models mosaic_bert --modes compiled \
+     --profile 3) &
   wait
   ;;
 main)
   mkdir -p "$OUT"/{gpu0,gpu1}
   [ "$NGPU" = 1 ] && G1=0 || G1=1
   (export CUDA_VISIBLE_DEVICES=0; o=$OUT/gpu0
-   timeout -k 5 150 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$o/gpu_tests.log" 2>&1
-   echo "pytest exit $?" >> "$o/gpu_tests.log"
-   TORCH_LOGS=graph_breaks,recompiles timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert \
-     --modes compiled --profile 2 --trace "$o/trace" --mosaic_configs default dropout_kernel=torch \
-     --out "$o/table.json" > "$o/table.log" 2>&1
-   echo "exit $?" >> "$o/table.log") &
+   gpu_tests "$o"
+   TORCH_LOGS=graph_breaks,recompiles bench "$o" table --models mosaic_bert,hf_bert --modes compiled --profile 2 \
+     --trace "$o/trace" --mosaic_configs default dropout_kernel=torch) &
   [ "$NGPU" = 1 ] && wait  # one GPU: the jobs one after the other
   (export CUDA_VISIBLE_DEVICES=$G1; o=$OUT/gpu1
    speed_main "$o" base 256 350 50
@@ -87,9 +82,7 @@ accum)
   # one GPU, one after the other: the table (MosaicBERT and HF BERT compiled, one run); main.py with the recipe's
   # global batch 4096 in microbatches of 256 (16 per step, as one GPU runs yamls/base.yaml); throughput.py --data
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 \
-    --out "$o/table.json" > "$o/table.log" 2>&1
-  echo "exit $?" >> "$o/table.log"
+  bench "$o" table --models mosaic_bert,hf_bert --modes compiled --profile 2
   speed_main "$o" accum 4096 35 10
   throughput_on_data "$o"
   ;;
@@ -98,11 +91,9 @@ counts)
   # and HF BERT, profiled, with kernel timelines; main.py at the recipe's global batch (4096 in microbatches of
   # 256) and at global 256; throughput.py --data on the same rows
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
-  timeout -k 5 150 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$o/gpu_tests.log" 2>&1
-  echo "pytest exit $?" >> "$o/gpu_tests.log"
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
-    --variants current,device_counts --out "$o/table.json" > "$o/table.log" 2>&1
-  echo "exit $?" >> "$o/table.log"
+  gpu_tests "$o"
+  bench "$o" table --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
+    --variants current,device_counts
   speed_main "$o" accum 4096 35 7
   speed_main "$o" b256 256 300 60
   throughput_on_data "$o"
@@ -111,70 +102,49 @@ sizes)
   # one GPU: the fused GeGLU-dropout candidate (its backward now a custom op) against the current code and HF BERT
   # (base, S=128); then large at S=128 and base at S=512 (batch 64), MosaicBERT and HF BERT compiled
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
-  timeout -k 5 100 python3 -m pytest -q -m gpu tests/test_fused_geglu_dropout.py > "$o/gpu_tests.log" 2>&1
-  echo "pytest exit $?" >> "$o/gpu_tests.log"
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 \
-    --variants current,fused_geglu_dropout --out "$o/table.json" > "$o/table.log" 2>&1
-  echo "exit $?" >> "$o/table.log"
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --size large \
-    --out "$o/large.json" > "$o/large.log" 2>&1
-  echo "exit $?" >> "$o/large.log"
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --seq 512 --batch 64 \
-    --out "$o/seq512.json" > "$o/seq512.log" 2>&1
-  echo "exit $?" >> "$o/seq512.log"
+  gpu_tests "$o" tests/test_fused_geglu_dropout.py
+  bench "$o" table --models mosaic_bert,hf_bert --modes compiled --profile 2 --variants current,fused_geglu_dropout
+  bench "$o" large --models mosaic_bert,hf_bert --modes compiled --size large
+  bench "$o" seq512 --models mosaic_bert,hf_bert --modes compiled --seq 512 --batch 64
   ;;
 tune)
   # one GPU: the fused GeGLU-dropout kernels per launch configuration against the model's kernels (standalone);
   # then MosaicBERT-base compiled with inductor's max-autotune (Triton GEMM templates with fused epilogues)
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
-  timeout -k 5 120 python3 benchmarks/fused_geglu_dropout.py "$o/sweep.json" > "$o/sweep.log" 2>&1
-  echo "exit $?" >> "$o/sweep.log"
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --variants current \
-    --mosaic_configs default --compile_mode max-autotune-no-cudagraphs --out "$o/max_autotune.json" \
-    > "$o/max_autotune.log" 2>&1
-  echo "exit $?" >> "$o/max_autotune.log"
+  logged "$o/sweep.log" 120 python3 benchmarks/fused_geglu_dropout.py "$o/sweep.json"
+  bench "$o" max_autotune --models mosaic_bert --modes compiled --variants current --mosaic_configs default \
+    --compile_mode max-autotune-no-cudagraphs
   ;;
 attention)
   ATTENTION_BLOCKS=${ATTENTION_BLOCKS:-64x64 64x64:8 32x64 16x128 32x128 32x128:8 64x128:8 128x128:8}
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
-  timeout -k 5 150 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$o/gpu_tests.log" 2>&1
-  echo "pytest exit $?" >> "$o/gpu_tests.log"
+  gpu_tests "$o"
   # 64x64: the three-kernel backward (the old default); key block 128: the one-kernel backward
-  timeout -k 5 120 python3 benchmarks/attention_backends.py --out "$o/attention.json" --backends triton \
-    --triton_blocks $ATTENTION_BLOCKS > "$o/attention.log" 2>&1
-  echo "exit $?" >> "$o/attention.log"
+  logged "$o/attention.log" 120 python3 benchmarks/attention_backends.py --out "$o/attention.json" \
+    --backends triton --triton_blocks $ATTENTION_BLOCKS
   [ -n "${NO_TABLE:-}" ] && exit 0
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
-    --out "$o/table.json" > "$o/table.log" 2>&1
-  echo "exit $?" >> "$o/table.log"
+  bench "$o" table --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace"
   ;;
 graphs)
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
-  timeout -k 5 150 python3 -m pytest -q -m gpu tests/test_model_gpu.py > "$o/gpu_tests.log" 2>&1
-  echo "pytest exit $?" >> "$o/gpu_tests.log"
+  gpu_tests "$o"
   for mode in default reduce-overhead; do
     extra=(); [ "$mode" != default ] && extra=(--compile_mode "$mode")
-    timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --static_batches --profile 2 "${extra[@]}" \
-      --out "$o/static_$mode.json" > "$o/static_$mode.log" 2>&1
-    echo "exit $?" >> "$o/static_$mode.log"
+    bench "$o" "static_$mode" --models mosaic_bert --modes compiled --static_batches --profile 2 "${extra[@]}"
   done
   # the usual batches: exact T and M, and rounded up to multiples of 1024 (few shapes); then the rounded ones with
   # CUDA graphs (not the exact ones: the benchmark cycles through 8 batches, so graphs for 8 shapes would be
   # replayed, while training meets a new T almost every step)
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 2 \
-    --mosaic_configs default packed_length_multiple=1024 --out "$o/rounded.json" > "$o/rounded.log" 2>&1
-  echo "exit $?" >> "$o/rounded.log"
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 2 --compile_mode reduce-overhead \
-    --mosaic_configs packed_length_multiple=1024 --out "$o/rounded_graphs.json" > "$o/rounded_graphs.log" 2>&1
-  echo "exit $?" >> "$o/rounded_graphs.log"
+  bench "$o" rounded --models mosaic_bert --modes compiled --profile 2 \
+    --mosaic_configs default packed_length_multiple=1024
+  bench "$o" rounded_graphs --models mosaic_bert --modes compiled --profile 2 --compile_mode reduce-overhead \
+    --mosaic_configs packed_length_multiple=1024
   ;;
 graphs_main)
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
   speed_main "$o" graphs 4096 35 7 compile_mode=reduce-overhead model.config_overrides.packed_length_multiple=1024
   speed_main "$o" accum 4096 35 7
-  timeout -k 5 "$(left)" "${TP[@]}" --models mosaic_bert --modes compiled --profile 2 --variants current,combo_kernels \
-    --out "$o/combo.json" > "$o/combo.log" 2>&1
-  echo "exit $?" >> "$o/combo.log"
+  bench "$o" combo --models mosaic_bert --modes compiled --profile 2 --variants current,combo_kernels
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
 esac

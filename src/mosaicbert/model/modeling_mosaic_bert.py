@@ -22,7 +22,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOu
 from .attention import AlibiCache, AttentionContext, check_backend_name, log_backend_choice, resolve_backend
 from .configuration_mosaic_bert import MosaicBertConfig
 from .layers import MosaicBertEmbeddings, MosaicBertLayer, make_layernorm
-from .padding import UnpadInfo, gather_rows, get_unpad_info, pad_rows, positions_of_true, round_up, unpad_rows
+from .padding import (UnpadInfo, extend_positions, gather_rows, get_unpad_info, pad_rows, positions_of_true,
+                      unpad_rows)
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as _init
@@ -118,8 +119,7 @@ def _prepare_batch(
     _check_host_totals([("sequence_lengths", info.real, num_real), ("label_counts", label_flags, num_labels)])
     label_pos = positions_of_true(label_flags, num_labels) if labels is not None else None  # [M], row-major
     if label_pos is not None and length_multiple > 1:
-        label_pos = torch.cat([label_pos, label_pos.new_zeros(round_up(label_pos.shape[0], length_multiple)
-                                                                - label_pos.shape[0])])
+        label_pos = extend_positions(label_pos, length_multiple)  # [M rounded up]
     if alibi is not None:  # build/grow the cached ALiBi tensors here, so no compiled graph ever mutates the cache
         alibi.slopes(attention_mask.device)
         if with_alibi_matrix:  # [H, S, S] fp32: only for the backends that read it

@@ -41,6 +41,12 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple if multiple > 1 else n
 
 
+def extend_positions(positions: torch.Tensor, multiple: int) -> torch.Tensor:
+    """[N] positions -> [N rounded up to `multiple`]: dummy positions 0 after the real ones."""
+    extra = round_up(positions.shape[0], multiple) - positions.shape[0]
+    return torch.cat([positions, positions.new_zeros(extra)]) if extra else positions
+
+
 def positions_of_true(flags: torch.Tensor, count: Optional[int] = None) -> torch.Tensor:
     """[N] bool -> [count] int64: the positions where `flags` is True, in order.
 
@@ -85,8 +91,8 @@ def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True,
     valid_rows = None
     if length_multiple > 1 and seqlen > 0:
         num_real = indices.shape[0]
-        num_dummy = round_up(num_real, length_multiple) - num_real
-        indices = torch.cat([indices, indices.new_zeros(num_dummy)])  # [T rounded up]
+        indices = extend_positions(indices, length_multiple)  # [T rounded up]
+        num_dummy = indices.shape[0] - num_real
         valid_rows = torch.arange(indices.shape[0], device=indices.device) < num_real
         # dummy sequences of at most S tokens each (the varlen kernels size their grids by S), then empty ones
         num_seqs = -(-length_multiple // seqlen)
