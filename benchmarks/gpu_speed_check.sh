@@ -20,6 +20,9 @@
 #             packed_length_multiple=1024, without and with CUDA graphs
 #   graphs_main one GPU: main.py at the recipe's batch with CUDA graphs (packed_length_multiple=1024) and without;
 #             inductor's combo kernels (fewer launches) against the current code
+#   origins   one GPU: the table with inductor's combo kernels as a variant, with kernel timelines and their idle
+#             gaps; then one step traced with the host's ops, naming the ops that launch the memsets and the
+#             reductions outside inductor
 # usage: OUT=dir LIMIT=seconds bash benchmarks/gpu_speed_check.sh JOB [DATA_MDS] [VOCAB], JOB one of the above
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -145,6 +148,18 @@ graphs_main)
   speed_main "$o" graphs 4096 35 7 compile_mode=reduce-overhead model.config_overrides.packed_length_multiple=1024
   speed_main "$o" accum 4096 35 7
   bench "$o" combo --models mosaic_bert --modes compiled --profile 2 --variants current,combo_kernels
+  ;;
+origins)
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  bench "$o" table --models mosaic_bert,hf_bert --modes compiled --profile 2 --trace "$o/trace" \
+    --variants current,combo_kernels
+  for t in "$o"/trace-*.json; do python3 benchmarks/kernel_gaps.py "$t" --steps 2 > "${t%.json}.gaps.txt" 2>&1; done
+  bench "$o" host --models mosaic_bert --modes compiled --profile 2 --trace "$o/host" --trace_host
+  for t in "$o"/host-*.json; do
+    python3 benchmarks/kernel_gaps.py "$t" --steps 2 --top 25 \
+      --origins Memset reduce_kernel splitKreduce triton_red_fused_sum Memcpy > "${t%.json}.origins.txt" 2>&1
+  done
+  gzip "$o"/*.json
   ;;
 *) echo "unknown step $STEP" >&2; exit 2 ;;
 esac

@@ -297,12 +297,17 @@ KERNEL_CATEGORIES = [
 ]
 
 
-def profile_steps(step, batches, n: int, device, top: int = 0, trace: str | None = None) -> tuple[dict, list]:
+def profile_steps(step, batches, n: int, device, top: int = 0, trace: str | None = None,
+                  trace_host: bool = False) -> tuple[dict, list]:
     """GPU (or CPU) time per step by kernel category, and the `top` kernels, from torch.profiler over `n` steps.
-    trace: also write the kernel timeline there (chrome trace JSON; GPU kernels only, so the host is not slowed)."""
+    trace: also write the kernel timeline there (chrome trace JSON; GPU kernels only, so the host is not slowed).
+    trace_host: record the host's ops too, so `kernel_gaps.py --origins` can name the op that launched a kernel
+    (the host then runs slower: use that trace for attribution, not for gaps)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
+    if trace_host and device.type == "cuda":
+        activities.append(ProfilerActivity.CPU)
     with profile(activities=activities) as prof:
         for i in range(n):
             step(batches[i % len(batches)])
@@ -408,8 +413,8 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
         label = "-".join([model_name, "compiled" if compiled else "eager", variant]
                          + [f"{k}={v}" for k, v in sorted((overrides or {}).items())])
         trace = f"{args.trace}-{label}.json"
-    profile, top_kernels = (profile_steps(step, dev_batches, args.profile, device, args.profile_top, trace)
-                            if args.profile else (None, []))
+    profile, top_kernels = (profile_steps(step, dev_batches, args.profile, device, args.profile_top, trace,
+                                          args.trace_host) if args.profile else (None, []))
     med = statistics.median(times)
     bsz = batches[0]["input_ids"].shape[0]
     real_tokens = statistics.mean(float(b["attention_mask"].sum()) for b in batches)
@@ -462,6 +467,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile_top", type=int, default=15, help="with --profile: also record the N slowest kernels")
     p.add_argument("--trace", default=None, metavar="PREFIX",
                    help="with --profile: write each row's GPU kernel timeline to PREFIX-<row>.json (chrome trace)")
+    p.add_argument("--trace_host", action="store_true",
+                   help="with --trace: record the host's ops too (for kernel_gaps.py --origins; slows the host)")
     p.add_argument("--fail_fast", action="store_true", help="stop at the first failing row (default: record it)")
     args = p.parse_args(argv)
     try:
