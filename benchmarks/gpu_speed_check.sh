@@ -22,6 +22,8 @@
 #             inductor's combo kernels (fewer launches) against the current code
 #   power     one GPU: is the step bound by the GPU's power limit? The table (200 timed steps per row) and a
 #             10-second sustained matmul peak, with the SM clock, power and throttle reasons sampled every 100 ms
+#   power_main one GPU: main.py at the recipe's batch and throughput.py --data on the same rows, with the same
+#             sampling; then inductor's generated code for the compiled step, kept where it calls ATen's sum
 #   origins   one GPU: the table with inductor's combo kernels as a variant, with kernel timelines and their idle
 #             gaps; then one step traced with the host's ops, naming the ops that launch the memsets and the
 #             reductions outside inductor
@@ -151,14 +153,21 @@ graphs_main)
   speed_main "$o" accum 4096 35 7
   bench "$o" combo --models mosaic_bert --modes compiled --profile 2 --variants current,combo_kernels
   ;;
-power)
+power | power_main)
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
   q=timestamp,utilization.gpu,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu
   nvidia-smi --query-gpu=$q,clocks_event_reasons.active --format=csv -i 0 > /dev/null 2>&1 &&
     q=$q,clocks_event_reasons.active,clocks_event_reasons.sw_power_cap,clocks_event_reasons.sw_thermal_slowdown
   nvidia-smi --query-gpu=$q --format=csv -i 0 -lms 100 > "$o/smi.csv" 2>&1 & smi=$!
-  bench "$o" table --models mosaic_bert,hf_bert --modes compiled --steps 200 --profile 2 \
-    --sustained_peak_seconds 10
+  if [ "$STEP" = power ]; then
+    bench "$o" table --models mosaic_bert,hf_bert --modes compiled --steps 200 --profile 2 \
+      --sustained_peak_seconds 10
+  else
+    speed_main "$o" accum 4096 35 7
+    throughput_on_data "$o"
+    TORCH_LOGS=output_code bench "$o" code --models mosaic_bert --modes compiled --steps 2 --warmup 1
+    grep -n -B6 "aten\.sum\|reduce_kernel" "$o/code.log" > "$o/aten_sum_calls.txt"; gzip "$o/code.log"
+  fi
   kill $smi
   ;;
 origins)
