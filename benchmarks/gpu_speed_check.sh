@@ -24,6 +24,8 @@
 #             10-second sustained matmul peak, with the SM clock, power and throttle reasons sampled every 100 ms
 #   power_main one GPU: main.py at the recipe's batch and throughput.py --data on the same rows, with the same
 #             sampling; then inductor's generated code for the compiled step, kept where it calls ATen's sum
+#   inductor_env one GPU: MosaicBERT-base with inductor settings read from the environment, one process each:
+#             the defaults, programmatic dependent launch (PDL), mix-order reductions off
 #   origins   one GPU: the table with inductor's combo kernels as a variant, with kernel timelines and their idle
 #             gaps; then one step traced with the host's ops, naming the ops that launch the memsets and the
 #             reductions outside inductor
@@ -169,6 +171,13 @@ power | power_main)
     grep -n -B6 "aten\.sum\|reduce_kernel" "$o/code.log" > "$o/aten_sum_calls.txt"; gzip "$o/code.log"
   fi
   kill $smi
+  ;;
+inductor_env)
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  for setting in default TORCHINDUCTOR_ENABLE_PDL=1 TORCHINDUCTOR_MIX_ORDER_REDUCTION=0; do
+    (if [ "$setting" != default ]; then export "${setting?}"; fi
+     bench "$o" "env_${setting%%=*}" --models mosaic_bert --modes compiled --steps 100 --profile 2)
+  done
   ;;
 origins)
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
