@@ -431,7 +431,7 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
         host_ms_per_step=statistics.median(host_times) * 1e3 if host_times else float("nan"), seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
         useful_tflops=tflops, mfu=tflops * 1e12 / peak if math.isfinite(peak) else float("nan"),
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
-        warmup_s=warm_s, final_loss=float(loss), profile_ms_per_step=profile, top_kernels=top_kernels,
+        warmup_s=warm_s, final_loss=float(loss.detach()), profile_ms_per_step=profile, top_kernels=top_kernels,
     )
     del model, opt, step_model
     if device.type == "cuda":
@@ -523,6 +523,12 @@ def main(argv=None) -> int:
         print(f"| {label(r)} | {mode_of(r)} | {r['ms_per_step']:.1f} | "
               f"{r['seq_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {r['useful_tflops']:.0f} | "
               f"{r['mfu']:.1%} | {r['peak_mem_gib']:.1f} |")
+    if "sustained_matmul_peak_tflops" in env:
+        sustained = env["sustained_matmul_peak_tflops"]
+        print(f"matmul peak sustained over {args.sustained_peak_seconds:g} s: {sustained:.0f} TFLOP/s "
+              f"(short burst, the MFU denominator: {env['matmul_peak_tflops']:.0f}); useful TFLOP/s against it: "
+              + ", ".join(f"{label(r)} {mode_of(r)} {r['useful_tflops'] / sustained:.1%}"
+                          for r in rows if "error" not in r))
     for r in rows:
         if r.get("profile_ms_per_step"):
             parts = ", ".join(f"{k} {v:.1f}" for k, v in r["profile_ms_per_step"].items())
