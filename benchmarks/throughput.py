@@ -13,6 +13,9 @@ Useful FLOPs per step (the MFU numerator; padding and head work on unmasked toke
   + 12 x sum_i S_i^2 x hidden x layers            (attention scores and values, forward + backward)
   + 6 x (MLM head parameters) x masked tokens
 MFU = useful FLOPs / step time / measured bf16 matmul peak of this GPU (8192^3 matmul).
+
+On CUDA each row also records the GPU's median SM clock and board power over its timed steps (`nvidia-smi`, when
+present): a GPU at its power limit lowers its clock under sustained load, which the step time alone does not show.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import gzip
 import inspect
 import json
 import math
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -367,6 +372,52 @@ def run_one(model_name, compiled, args, batches, device, peak, variant="current"
         undo()
 
 
+class ClockPowerSampler:
+    """Samples one GPU's SM clock (MHz) and board power (W) every `interval_ms` with `nvidia-smi` while the `with`
+    block runs; `summary()` gives their medians. Without nvidia-smi (or a GPU id) it samples nothing."""
+
+    QUERY = "clocks.sm,power.draw"
+
+    def __init__(self, gpu_id: str | None, interval_ms: int = 100):
+        self.gpu_id, self.interval_ms, self.proc, self.lines = gpu_id, interval_ms, None, []
+
+    @staticmethod
+    def for_device(device) -> "ClockPowerSampler":
+        gpu_id = f"GPU-{torch.cuda.get_device_properties(device).uuid}" if device.type == "cuda" else None
+        return ClockPowerSampler(gpu_id)
+
+    def __enter__(self):
+        if self.gpu_id and shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(
+                ["nvidia-smi", f"--query-gpu={self.QUERY}", "--format=csv,noheader,nounits", "-i", self.gpu_id,
+                 f"-lms={self.interval_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate(timeout=10)
+            self.lines = out.splitlines()
+
+    @staticmethod
+    def parse(lines: list[str]) -> dict:
+        """'1725, 691.52' lines -> medians; lines that are not two numbers ("[N/A]", a cut-off line) are skipped."""
+        clocks, watts = [], []
+        for line in lines:
+            try:
+                clock, watt = (float(x) for x in line.split(","))
+            except ValueError:
+                continue
+            clocks.append(clock)
+            watts.append(watt)
+        if not clocks:
+            return {}
+        return dict(sm_clock_mhz=statistics.median(clocks), power_w=statistics.median(watts), gpu_samples=len(clocks))
+
+    def summary(self) -> dict:
+        return self.parse(self.lines)
+
+
 def _run_one(model_name, compiled, args, batches, device, peak, variant, overrides):
     model, cfg = build(model_name, args.size, args.attention_backend, overrides)
     model.to(device).train()
@@ -394,23 +445,24 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
     warm_s = time.perf_counter() - t0
     times, host_times, events = [], [], []
     flops = [useful_flops(model_name, cfg, batches[(args.warmup + i) % len(batches)]) for i in range(args.steps)]
-    for i in range(args.steps):
-        b = dev_batches[(args.warmup + i) % len(dev_batches)]
-        if device.type == "cuda":  # steps queued back to back; each one's time is read from its events at the end
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            t = time.perf_counter()
-            loss = step(b)
-            host_times.append(time.perf_counter() - t)  # host time to issue the step (it includes the model's syncs)
-            e.record()
-            events.append((s, e))
-        else:
-            t = time.perf_counter()
-            loss = step(b)
-            times.append(time.perf_counter() - t)
-    if events:
-        torch.cuda.synchronize()
-        times = [s.elapsed_time(e) / 1e3 for s, e in events]
+    with ClockPowerSampler.for_device(device) as sampler:  # the GPU's clock and power over the timed steps
+        for i in range(args.steps):
+            b = dev_batches[(args.warmup + i) % len(dev_batches)]
+            if device.type == "cuda":  # steps queued back to back; each one's time is read from its events at the end
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                t = time.perf_counter()
+                loss = step(b)
+                host_times.append(time.perf_counter() - t)  # host time to issue the step (incl. the model's syncs)
+                e.record()
+                events.append((s, e))
+            else:
+                t = time.perf_counter()
+                loss = step(b)
+                times.append(time.perf_counter() - t)
+        if events:
+            torch.cuda.synchronize()
+            times = [s.elapsed_time(e) / 1e3 for s, e in events]
     trace = None
     if args.trace and args.profile:
         label = "-".join([model_name, "compiled" if compiled else "eager", variant]
@@ -428,10 +480,12 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
         compile_mode=args.compile_mode if compiled else None,
         attention_backend=resolved_backend(cfg, device),
         ms_per_step=med * 1e3,
-        host_ms_per_step=statistics.median(host_times) * 1e3 if host_times else float("nan"), seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
+        host_ms_per_step=statistics.median(host_times) * 1e3 if host_times else float("nan"),
+        seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
         useful_tflops=tflops, mfu=tflops * 1e12 / peak if math.isfinite(peak) else float("nan"),
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
         warmup_s=warm_s, final_loss=float(loss.detach()), profile_ms_per_step=profile, top_kernels=top_kernels,
+        **sampler.summary(),
     )
     del model, opt, step_model
     if device.type == "cuda":
@@ -505,8 +559,8 @@ def main(argv=None) -> int:
                 print(json.dumps(row), flush=True)
                 if args.out:  # after every row, so a run cut short by a timeout keeps what it measured
                     Path(args.out).write_text(json.dumps(dict(env=env, rows=rows), indent=2))
-    hdr = f"| model | mode | ms/step | seq/s | real tok/s | useful TFLOP/s | MFU | peak GiB |"
-    print("\n" + hdr + "\n|" + "---|" * 8)
+    hdr = "| model | mode | ms/step | seq/s | real tok/s | useful TFLOP/s | MFU | peak GiB | SM MHz | W |"
+    print("\n" + hdr + "\n|" + "---|" * 10)
 
     def label(r):
         notes = [r["variant"]] if r.get("variant") not in ("", "current", None) else []
@@ -518,11 +572,12 @@ def main(argv=None) -> int:
 
     for r in rows:
         if "error" in r:
-            print(f"| {label(r)} | {mode_of(r)} | failed: {r['error'][:120]} |||||| ")
+            print(f"| {label(r)} | {mode_of(r)} | failed: {r['error'][:120]} |||||||| ")
             continue
+        clock = f"{r['sm_clock_mhz']:.0f} | {r['power_w']:.0f}" if "sm_clock_mhz" in r else "- | -"
         print(f"| {label(r)} | {mode_of(r)} | {r['ms_per_step']:.1f} | "
               f"{r['seq_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {r['useful_tflops']:.0f} | "
-              f"{r['mfu']:.1%} | {r['peak_mem_gib']:.1f} |")
+              f"{r['mfu']:.1%} | {r['peak_mem_gib']:.1f} | {clock} |")
     if "sustained_matmul_peak_tflops" in env:
         sustained = env["sustained_matmul_peak_tflops"]
         print(f"matmul peak sustained over {args.sustained_peak_seconds:g} s: {sustained:.0f} TFLOP/s "

@@ -2,6 +2,8 @@
 MosaicBERT-base at S=128 and 30% masking (113.2M encoder parameters). Also the wiring of benchmark variants."""
 
 import importlib.util
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,30 @@ def test_static_batches_have_fixed_token_and_label_counts():
         assert (b["labels"] != -100).sum(1).tolist() == b["label_counts"]
         assert (b["labels"][:, 0] == -100).all()  # special tokens are never masked
     assert not torch.equal(batches[0]["labels"], batches[1]["labels"])  # still random positions
+
+
+def test_clock_power_sampler_parses_nvidia_smi_lines():
+    parse = throughput.ClockPowerSampler.parse
+    assert parse(["1725, 691.52", "1755, 689.00", "1695, 700.1", "[N/A], [N/A]", "17"]) == dict(
+        sm_clock_mhz=1725.0, power_w=691.52, gpu_samples=3)
+    assert parse([]) == {}
+
+
+def test_clock_power_sampler_runs_nvidia_smi_for_one_gpu(tmp_path, monkeypatch):
+    """The sampler starts nvidia-smi for the given GPU, stops it when the block ends and keeps what it printed."""
+    args_file = tmp_path / "args"
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {args_file}\nwhile true; do echo "1500, 650.0"; sleep 0.02; done\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with throughput.ClockPowerSampler("GPU-1234") as sampler:
+        time.sleep(0.3)
+    summary = sampler.summary()
+    assert summary["sm_clock_mhz"] == 1500.0 and summary["power_w"] == 650.0 and summary["gpu_samples"] >= 2
+    assert "-i GPU-1234" in args_file.read_text() and "clocks.sm,power.draw" in args_file.read_text()
+
+
+def test_clock_power_sampler_without_gpu_samples_nothing():
+    with throughput.ClockPowerSampler.for_device(torch.device("cpu")) as sampler:
+        pass
+    assert sampler.summary() == {}
