@@ -95,11 +95,13 @@ def bench(name: str, mask: torch.Tensor, heads: int, head_dim: int, dtype, iters
 
 
 def bench_triton_blocks(spec: str, mask, args, dtype) -> dict:
-    """spec "MxN" (query x key block; warps by the launcher's rule) or "MxN:W" (W warps instead)."""
+    """spec "MxN" (query x key block; warps by the launcher's rule), "MxN:W" (W warps instead) or "MxN:W:S" (and S
+    pipeline stages instead of Triton's default)."""
     import mosaicbert.model.triton_attention as triton_attention
     from mosaicbert.model.padding import max_seqlen_bound
 
-    blocks, _, warps = spec.partition(":")
+    blocks, _, launch = spec.partition(":")
+    warps, _, stages = launch.partition(":")
     bm, bn = (int(x) for x in blocks.split("x"))
 
     def attend(qkv, ctx, dropout_p):
@@ -107,15 +109,17 @@ def bench_triton_blocks(spec: str, mask, args, dtype) -> dict:
         return triton_attention.triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_bound(info),
                                                               ctx.alibi.slopes(qkv.device), bm, bn)
 
-    rule = triton_attention._config
+    rule, default_stages = triton_attention._config, triton_attention._NUM_STAGES
     if warps:  # the forward and both backward paths take their warps from _config
         triton_attention._config = lambda *a: (*rule(*a)[:2], int(warps))
+    if stages:
+        triton_attention._NUM_STAGES = int(stages)
     try:
         r = bench("triton", mask, args.heads, args.head_dim, dtype, args.iters, args.warmup, attend)
     except Exception as e:
         return {"backend": f"triton[{spec}]", "fill": "?", "error": f"{type(e).__name__}: {e}"[:300]}
     finally:
-        triton_attention._config = rule
+        triton_attention._config, triton_attention._NUM_STAGES = rule, default_stages
     return {**r, "backend": f"triton[{spec}]"}
 
 
@@ -133,7 +137,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--triton_blocks", nargs="*", default=[], metavar="MxN",
                    help="also time the triton backend with these query x key block sizes, e.g. 64x64 64x128:8 "
-                        "(':W' = W warps); a key block >= the sequence length takes the one-kernel backward")
+                        "(':W' = W warps, ':W:S' = and S pipeline stages); a key block >= the sequence length takes "
+                        "the one-kernel backward")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")

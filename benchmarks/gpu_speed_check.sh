@@ -12,8 +12,8 @@
 #   sizes     one GPU: the fused GeGLU-dropout candidate against the current code and HF BERT; large at S=128 and
 #             base at S=512
 #   tune      one GPU: fused GeGLU-dropout kernel launch configurations (standalone); max-autotune compile
-#   attention one GPU: GPU tests; attention alone per tile configuration (one-kernel backward vs three); the table,
-#             profiled, with kernel timelines
+#   attention one GPU: GPU tests; attention alone per tile configuration and pipeline depth (ATTENTION_BLOCKS);
+#             the table, profiled, with kernel timelines
 #   graphs    one GPU: GPU tests (CUDA graphs with packed_length_multiple among them); is the step bound by the
 #             host's launches? MosaicBERT-base on static batches (fixed T and M)
 #             compiled without and with CUDA graphs (reduce-overhead); the usual batches with and without
@@ -125,7 +125,8 @@ tune)
     --compile_mode max-autotune-no-cudagraphs
   ;;
 attention)
-  ATTENTION_BLOCKS=${ATTENTION_BLOCKS:-64x64 64x64:8 32x64 16x128 32x128 32x128:8 64x128:8 128x128:8}
+  # the defaults (forward 64x64, one-kernel backward 16x128; 4 warps) at 1, 2 and 4 pipeline stages
+  ATTENTION_BLOCKS=${ATTENTION_BLOCKS:-64x64 64x64:4:1 64x64:4:2 64x64:4:4 16x128 16x128:4:1 16x128:4:2 16x128:4:4}
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
   gpu_tests "$o"
   # 64x64: the three-kernel backward (the old default); key block 128: the one-kernel backward

@@ -274,6 +274,15 @@ def _bwd_config(D: int, dtype: torch.dtype, max_seqlen: int, block_m: int | None
     return bm, bn, num_warps, bn >= max_seqlen
 
 
+# Software-pipelining depth of the kernels' loops; None leaves Triton's default. Not tuned yet:
+# benchmarks/attention_backends.py sweeps it (--triton_blocks MxN:W:S).
+_NUM_STAGES: int | None = None
+
+
+def _launch_args(num_warps: int) -> dict:
+    return dict(num_warps=num_warps) if _NUM_STAGES is None else dict(num_warps=num_warps, num_stages=_NUM_STAGES)
+
+
 def _dot_args(dtype: torch.dtype) -> dict:
     # fp32 inputs: full-precision dots (Triton would use TF32 on Ampere+ otherwise); ignored for fp16/bf16
     upcast = TRITON_INTERPRET and dtype == torch.bfloat16
@@ -304,7 +313,7 @@ def _launch_fwd(qkv, cu_seqlens, max_seqlen: int, slopes, block_m=None, block_n=
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1), lse.stride(0),
             sm_scale * _LOG2E,
-            D=D, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps, **_dot_args(qkv.dtype),
+            D=D, BLOCK_M=bm, BLOCK_N=bn, **_launch_args(num_warps), **_dot_args(qkv.dtype),
         )
     return out, lse
 
@@ -335,7 +344,7 @@ def _launch_bwd(dout, qkv, out, lse, cu_seqlens, slopes, max_seqlen: int, block_
                 out, dout, delta, T, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), delta.stride(0),
                 D=D, BLOCK_T=_DELTA_BLOCK_T,
             )
-        common = dict(D=D, BLOCK_M=bm, BLOCK_N=bn, num_warps=num_warps, **_dot_args(qkv.dtype))
+        common = dict(D=D, BLOCK_M=bm, BLOCK_N=bn, **_launch_args(num_warps), **_dot_args(qkv.dtype))
         _attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, bn), batch, H)](
             q, k, v, out, dout, lse, delta, dq, dk, dv, cu_seqlens, slopes,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
