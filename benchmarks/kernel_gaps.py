@@ -26,9 +26,13 @@ def load_events(path: str) -> list[dict]:
         return [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
 
 
-def load_kernels(path: str, events: list[dict] | None = None) -> list[tuple[float, float, str]]:
-    events = load_events(path) if events is None else events
+def gpu_kernels(events: list[dict]) -> list[tuple[float, float, str]]:
+    """(start, end, name) of every GPU kernel, memcpy and memset, in time order."""
     return sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events if e.get("cat") in GPU_CATEGORIES)
+
+
+def load_kernels(path: str) -> list[tuple[float, float, str]]:
+    return gpu_kernels(load_events(path))
 
 
 def kernel_origins(events: list[dict], pattern: str, depth: int = 3) -> dict[str, int]:
@@ -65,7 +69,7 @@ def main(argv=None) -> int:
                    help="name the host ops that launched the GPU events whose name contains NAME")
     args = p.parse_args(argv)
     events = load_events(args.trace)
-    kernels = load_kernels(args.trace, events)
+    kernels = gpu_kernels(events)
     if not kernels:
         raise SystemExit(f"{args.trace}: no GPU kernels in the trace")
     span = kernels[-1][1] - kernels[0][0]
