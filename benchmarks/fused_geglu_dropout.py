@@ -133,16 +133,10 @@ def sweep(T: int = 29_500, inter: int = 3072, p: float = 0.1, reps: int = 20) ->
     n, thr, scale = gate.numel(), drop_threshold(p), 1.0 / (1.0 - p)
     out, dgate, dup = (torch.empty_like(gate) for _ in range(3))
 
+    from attention_backends import cuda_time_ms  # this script's folder is on sys.path when it runs
+
     def ms(fn) -> float:
-        for _ in range(3):
-            fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / reps
+        return cuda_time_ms(fn, iters=reps, warmup=3)
 
     rows = []
 

@@ -95,8 +95,9 @@ def _prepare_batch(
         here too (an out-of-range id would be an opaque device-side assert on CUDA), at no extra wait.
       * from `sequence_lengths` / `label_counts` (per row, on the host: the MLM collator sends them), with no
         sync at all, so the host can queue the next step while the GPU runs this one. Whoever sends the counts
-        vouches for the ids (the MLM collator checks them; GLUE checks the tokenizer against the vocab). On CUDA the totals are checked against the tensors by a device-side assert (no sync;
-        a failure stops the process); elsewhere a sync is cheap and they are checked with a clear error.
+        vouches for the ids (the MLM collator checks them; GLUE checks the tokenizer against the vocab). On
+        CUDA the totals are checked against the tensors by a device-side assert (no sync; a failure stops the
+        process); elsewhere a sync is cheap and they are checked with a clear error.
     """
     if backend_choice is not None:  # (configured name, chosen name, dtype): logged once, here in eager code
         log_backend_choice(backend_choice[0], backend_choice[1], input_ids.device, backend_choice[2])
