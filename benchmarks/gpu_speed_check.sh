@@ -12,6 +12,8 @@
 #   sizes     one GPU: the fused GeGLU-dropout candidate against the current code and HF BERT; large at S=128 and
 #             base at S=512
 #   tune      one GPU: fused GeGLU-dropout kernel launch configurations (standalone); max-autotune compile
+#   epilogue  one GPU: the GeGLU up-projection with its activation in the matmul's epilogue: tile configurations
+#             (standalone), then the step with the fastest against the current code
 #   attention one GPU: GPU tests; attention alone per tile configuration and pipeline depth (ATTENTION_BLOCKS);
 #             the table, profiled, with kernel timelines
 #   graphs    one GPU: GPU tests (CUDA graphs with packed_length_multiple among them); is the step bound by the
@@ -115,6 +117,17 @@ sizes)
   bench "$o" table --models mosaic_bert,hf_bert --modes compiled --profile 2 --variants current,fused_geglu_dropout
   bench "$o" large --models mosaic_bert,hf_bert --modes compiled --size large
   bench "$o" seq512 --models mosaic_bert,hf_bert --modes compiled --seq 512 --batch 64
+  ;;
+epilogue)
+  # one GPU: the GeGLU up-projection with the activation in the matmul's epilogue, per tile configuration, against
+  # the model's kernels (standalone); then the step with the fastest configuration against the current code
+  mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
+  logged "$o/epilogue_tests.log" 60 python3 -m pytest -q tests/test_geglu_epilogue.py
+  logged "$o/sweep.log" 150 python3 benchmarks/geglu_epilogue.py "$o/sweep.json"
+  best=$(python3 benchmarks/geglu_epilogue.py --best "$o/sweep.json")
+  echo "fastest: $best" >> "$o/sweep.log"
+  GEGLU_EPILOGUE_BLOCKS=$best bench "$o" table --models mosaic_bert --modes compiled --profile 2 \
+    --variants current,geglu_epilogue
   ;;
 tune)
   # one GPU: the fused GeGLU-dropout kernels per launch configuration against the model's kernels (standalone);

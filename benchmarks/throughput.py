@@ -209,6 +209,39 @@ def _variant_fused_geglu_dropout():
     return undo
 
 
+def _variant_geglu_epilogue():
+    """Candidate: the GeGLU up-projection as one Triton matmul that applies gelu * value * keep-mask in its
+    epilogue (benchmarks/geglu_epilogue.py; tiles from GEGLU_EPILOGUE_BLOCKS). CUDA and exact-GELU only; else the
+    current code."""
+    import torch
+
+    from mosaicbert.model import layers
+    from mosaicbert.model.dropout import dropout_keep_mask
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from geglu_epilogue import geglu_up_projection
+
+    old = layers.MosaicBertGatedMLP.forward
+
+    def forward(self, x):
+        if not (x.is_cuda and type(self.act).__name__ == "GELUActivation"):
+            return old(self, x)
+        p = self.dropout.p if self.training else 0.0
+        keep = None
+        if p > 0.0:
+            seed = torch.randint(0, 2**62, (1,), device=x.device, dtype=torch.int64)
+            keep = dropout_keep_mask(seed, (x.shape[0], self.intermediate_size), p)
+        h = geglu_up_projection(x, self.gated_layers.weight.to(x.dtype), p, keep)  # [T, I]
+        return self.layernorm(self.wo(h) + x)
+
+    layers.MosaicBertGatedMLP.forward = forward
+
+    def undo():
+        layers.MosaicBertGatedMLP.forward = old
+
+    return undo
+
+
 def _variant_device_counts():
     """Ablation: no per-row host counts, so the forward learns the numbers of real and of labelled tokens with
     torch.nonzero, two host syncs per step (as before the collator sent the counts)."""
@@ -257,7 +290,8 @@ def _variant_combo_kernels():
 
 VARIANTS = {"current": lambda: (lambda: None), "device_counts": _variant_device_counts, "index_pad": _variant_index_pad,
             "geglu_fused_matmul": _variant_geglu_fused_matmul, "fused_geglu_dropout": _variant_fused_geglu_dropout,
-            "split_attention_backward": _variant_split_attention_backward, "combo_kernels": _variant_combo_kernels}
+            "split_attention_backward": _variant_split_attention_backward, "combo_kernels": _variant_combo_kernels,
+            "geglu_epilogue": _variant_geglu_epilogue}
 
 
 def parse_config_set(text: str) -> dict:
