@@ -34,25 +34,18 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _geglu_up_kernel(X, W, KEEP, GATE, VALUE, OUT, T, I, K, scale,
+    def _geglu_up_kernel(X, W, KEEP, GATE, VALUE, OUT, T, scale, I: tl.constexpr, K: tl.constexpr,
                          HAS_DROPOUT: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
         # X: [T, K], W: [2I, K] (rows [gate | value]), all row-major and contiguous; GATE, VALUE, OUT, KEEP: [T, I]
-        pid = tl.program_id(0)
-        num_m, num_n = tl.cdiv(T, BLOCK_M), tl.cdiv(I, BLOCK_N)
-        # GROUP_M row blocks walk the column blocks together, so their x tiles stay in L2
-        per_group = GROUP_M * num_n
-        first_m = (pid // per_group) * GROUP_M
-        group_rows = tl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % per_group) % group_rows
-        pid_n = (pid % per_group) // group_rows
+        pid_m, pid_n = _tile(T, I, BLOCK_M, BLOCK_N, GROUP_M)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM] rows of x
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] columns of gate / value
         rk = tl.arange(0, BLOCK_K)
         # out-of-range rows/columns wrap onto valid ones, so the loads need no mask; the stores are masked
         x_ptrs = X + (rm % T).to(tl.int64)[:, None] * K + rk[None, :]  # [BM, BK]
         wg_ptrs = W + (rn % I).to(tl.int64)[None, :] * K + rk[:, None]  # [BK, BN]: W_g^T tile
-        wv_ptrs = wg_ptrs + I.to(tl.int64) * K  # W_v^T tile
+        wv_ptrs = wg_ptrs + I * K  # W_v^T tile
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_v = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(0, tl.cdiv(K, BLOCK_K)):
@@ -70,7 +63,42 @@ if HAS_TRITON:
             x_ptrs += BLOCK_K
             wg_ptrs += BLOCK_K
             wv_ptrs += BLOCK_K
-        # epilogue: h = gelu(gate) * value (exact erf GELU, as hidden_act="gelu"), masked and scaled
+        _epilogue(acc_g, acc_v, rm, rn, KEEP, GATE, VALUE, OUT, T, I, scale, HAS_DROPOUT)
+
+    @triton.jit
+    def _geglu_up_tma_kernel(x_desc, wg_desc, wv_desc, KEEP, GATE, VALUE, OUT, T, scale, I: tl.constexpr,
+                             K: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                             WARP_SPECIALIZE: tl.constexpr):
+        # The same tile, its operands fetched by the tensor-memory accelerator (Hopper's TMA; rows past T read as 0)
+        pid_m, pid_n = _tile(T, I, BLOCK_M, BLOCK_N, GROUP_M)
+        off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_v = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in tl.range(0, tl.cdiv(K, BLOCK_K), warp_specialize=WARP_SPECIALIZE):
+            a = x_desc.load([off_m, k * BLOCK_K])  # [BM, BK]
+            acc_g = tl.dot(a, wg_desc.load([off_n, k * BLOCK_K]).T, acc_g)  # [BN, BK]^T
+            acc_v = tl.dot(a, wv_desc.load([off_n, k * BLOCK_K]).T, acc_v)
+        rm = off_m + tl.arange(0, BLOCK_M)
+        rn = off_n + tl.arange(0, BLOCK_N)
+        _epilogue(acc_g, acc_v, rm, rn, KEEP, GATE, VALUE, OUT, T, I, scale, HAS_DROPOUT)
+
+    @triton.jit
+    def _tile(T, I: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+        # this program's (row block, column block); GROUP_M row blocks walk the column blocks together, so their
+        # x tiles stay in L2
+        pid = tl.program_id(0)
+        num_m, num_n = tl.cdiv(T, BLOCK_M), tl.cdiv(I, BLOCK_N)
+        per_group = GROUP_M * num_n
+        first_m = (pid // per_group) * GROUP_M
+        group_rows = tl.minimum(num_m - first_m, GROUP_M)
+        return first_m + (pid % per_group) % group_rows, (pid % per_group) // group_rows
+
+    @triton.jit
+    def _epilogue(acc_g, acc_v, rm, rn, KEEP, GATE, VALUE, OUT, T, I: tl.constexpr, scale,
+                  HAS_DROPOUT: tl.constexpr):
+        # h = gelu(gate) * value (exact erf GELU, as hidden_act="gelu"), masked and scaled; gate and value are
+        # stored for the backward
         offs = rm.to(tl.int64)[:, None] * I + rn[None, :]  # [BM, BN]
         inb = (rm < T)[:, None] & (rn < I)[None, :]
         h = 0.5 * acc_g * (1.0 + tl.math.erf(acc_g * 0.7071067811865476)) * acc_v
@@ -82,15 +110,21 @@ if HAS_TRITON:
         tl.store(OUT + offs, h.to(OUT.dtype.element_ty), mask=inb)
 
 
+LOADERS = ("ptr", "tma", "tma_ws")  # pointer loads; TMA descriptors; TMA with warp specialization
+
+
 def parse_blocks(spec: str) -> dict:
-    """"MxNxK:warps:stages:group" -> launch configuration, e.g. "128x128x64:8:3:8"."""
+    """"MxNxK:warps:stages:group[:loader]" -> launch configuration, e.g. "128x128x64:8:3:8:tma"."""
     try:
-        tiles, warps, stages, group = spec.split(":")
+        tiles, warps, stages, group, *loader = spec.split(":")
         m, n, k = (int(v) for v in tiles.split("x"))
-        cfg = dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=int(warps), num_stages=int(stages), GROUP_M=int(group))
+        cfg = dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, num_warps=int(warps), num_stages=int(stages), GROUP_M=int(group),
+                   loader=loader[0] if loader else "ptr")
+        if len(loader) > 1 or cfg["loader"] not in LOADERS:
+            raise ValueError
     except ValueError:
-        raise ValueError(f"GeGLU epilogue blocks {spec!r} must look like MxNxK:warps:stages:group, "
-                         "e.g. 128x128x64:8:3:8") from None
+        raise ValueError(f"GeGLU epilogue blocks {spec!r} must look like MxNxK:warps:stages:group[:loader], "
+                         f"loader one of {LOADERS}, e.g. 128x128x64:8:3:8:tma") from None
     for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
         if cfg[name] < 16 or cfg[name] & (cfg[name] - 1):
             raise ValueError(f"GeGLU epilogue blocks {spec!r}: {name} must be a power of two >= 16")
@@ -112,10 +146,21 @@ def geglu_up_forward(x: torch.Tensor, w: torch.Tensor, keep: torch.Tensor | None
     T, K = x.shape
     inter = w.shape[0] // 2
     gate, value, h = (torch.empty(T, inter, device=x.device, dtype=x.dtype) for _ in range(3))
-    if T > 0:
-        grid = (triton.cdiv(T, cfg["BLOCK_M"]) * triton.cdiv(inter, cfg["BLOCK_N"]),)
-        _geglu_up_kernel[grid](x, w, keep if keep is not None else h, gate, value, h, T, inter, K, scale,
-                               HAS_DROPOUT=keep is not None, EVEN_K=K % cfg["BLOCK_K"] == 0, **cfg)
+    if T == 0:
+        return gate, value, h
+    loader = cfg.pop("loader")
+    grid = (triton.cdiv(T, cfg["BLOCK_M"]) * triton.cdiv(inter, cfg["BLOCK_N"]),)
+    outputs = (keep if keep is not None else h, gate, value, h, T, scale, inter, K)
+    if loader == "ptr":
+        _geglu_up_kernel[grid](x, w, *outputs, HAS_DROPOUT=keep is not None, EVEN_K=K % cfg["BLOCK_K"] == 0, **cfg)
+    else:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+        x_desc = TensorDescriptor.from_tensor(x, [bm, bk])
+        wg_desc, wv_desc = (TensorDescriptor.from_tensor(half, [bn, bk]) for half in (w[:inter], w[inter:]))
+        _geglu_up_tma_kernel[grid](x_desc, wg_desc, wv_desc, *outputs, HAS_DROPOUT=keep is not None,
+                                   WARP_SPECIALIZE=loader == "tma_ws", **cfg)
     return gate, value, h
 
 
@@ -162,8 +207,11 @@ def reference_geglu(x, w, p: float = 0.0, keep=None):
     return h if p == 0.0 else h * keep / (1.0 - p)
 
 
-SWEEP_BLOCKS = ("128x128x64:8:3:8", "128x128x64:8:4:8", "128x64x64:4:4:8", "128x64x64:8:4:8", "64x128x64:4:4:8",
-                "128x128x32:8:4:8", "256x64x64:8:3:8", "128x256x64:8:3:8")
+# pointer loads ran at about half of cuBLAS's speed on the H200 (RESULTS.md, session 8); the TMA loaders are the
+# candidates now, with the best pointer configuration kept as the yardstick
+SWEEP_BLOCKS = ("128x128x32:8:4:8", "128x128x64:8:3:8:tma", "128x128x64:8:4:8:tma", "128x128x32:8:4:8:tma",
+                "128x64x64:4:4:8:tma", "64x128x64:4:4:8:tma", "128x128x64:8:3:8:tma_ws", "128x64x64:4:4:8:tma_ws",
+                "128x128x64:8:4:16:tma")
 
 
 def sweep(T: int = 29_500, hidden: int = 768, inter: int = 3072, p: float = 0.1, reps: int = 20,

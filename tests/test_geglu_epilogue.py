@@ -20,8 +20,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 def test_geglu_epilogue_matches_reference():
     # Forward (gate, value, h) and the gradients of x and w against gelu(x W_g^T) * (x W_v^T) * keep / (1 - p) in
-    # float64: sizes that are not multiples of the tiles, K a multiple of BLOCK_K or not, with and without dropout,
-    # and more than one row group (GROUP_M) so the program-to-tile order is exercised.
+    # float64, for each loader: sizes that are not multiples of the tiles (TMA reads past the end as 0), K a
+    # multiple of BLOCK_K or not, with and without dropout, and more than one row group (GROUP_M) so the
+    # program-to-tile order is exercised.
     code = textwrap.dedent(f"""
         import sys
         sys.path[:0] = [{str(ROOT / 'src')!r}, {str(ROOT / 'benchmarks')!r}]
@@ -29,8 +30,10 @@ def test_geglu_epilogue_matches_reference():
         from geglu_epilogue import geglu_up_forward, geglu_up_projection, parse_blocks, reference_geglu
 
         torch.manual_seed(0)
-        cfg = parse_blocks("16x16x16:4:1:2")
-        for T, K, inter, p in ((37, 32, 40, 0.1), (70, 24, 16, 0.0), (5, 48, 33, 0.5)):
+        import itertools
+        cases = ((37, 32, 40, 0.1), (70, 24, 16, 0.0), (5, 48, 36, 0.5))
+        for loader, (T, K, inter, p) in itertools.product(("ptr", "tma", "tma_ws"), cases):
+            cfg = parse_blocks("16x16x16:4:1:2:" + loader)
             x = torch.randn(T, K).requires_grad_(True)
             w = (torch.randn(2 * inter, K) / K ** 0.5).requires_grad_(True)
             keep = torch.rand(T, inter) >= p
@@ -48,8 +51,8 @@ def test_geglu_epilogue_matches_reference():
             dx_r, dw_r = torch.autograd.grad(ref, (x_r, w_r), g.double())
             for name, a, b in (("h", h, ref), ("dx", dx, dx_r), ("dw", dw, dw_r)):
                 err = (a.double() - b).abs().max().item()
-                print(T, K, inter, p, name, err)
-                assert err < 1e-4, (T, K, inter, p, name, err)
+                print(loader, T, K, inter, p, name, err)
+                assert err < 1e-4, (loader, T, K, inter, p, name, err)
             if p:
                 assert (h[~keep] == 0).all() and (h[keep] != 0).any()
         print("OK")
@@ -65,9 +68,11 @@ def test_parse_blocks_errors_name_the_setting():
     from geglu_epilogue import parse_blocks
 
     assert parse_blocks("128x64x32:4:3:8") == dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3,
-                                                   GROUP_M=8)
-    with pytest.raises(ValueError, match="MxNxK:warps:stages:group"):
-        parse_blocks("128x64:4")
+                                                   GROUP_M=8, loader="ptr")
+    assert parse_blocks("128x64x32:4:3:8:tma_ws")["loader"] == "tma_ws"
+    for bad in ("128x64:4", "128x64x32:4:3:8:tmx", "128x64x32:4:3:8:tma:1"):
+        with pytest.raises(ValueError, match="MxNxK:warps:stages:group"):
+            parse_blocks(bad)
     with pytest.raises(ValueError, match="BLOCK_N must be a power of two"):
         parse_blocks("128x48x32:4:3:8")
 
