@@ -35,7 +35,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _geglu_up_kernel(X, W, KEEP, GATE, VALUE, OUT, T, scale, I: tl.constexpr, K: tl.constexpr,
-                         HAS_DROPOUT: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
+                         HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr, EVEN_K: tl.constexpr,
+                         BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
         # X: [T, K], W: [2I, K] (rows [gate | value]), all row-major and contiguous; GATE, VALUE, OUT, KEEP: [T, I]
         pid_m, pid_n = _tile(T, I, BLOCK_M, BLOCK_N, GROUP_M)
@@ -63,11 +64,12 @@ if HAS_TRITON:
             x_ptrs += BLOCK_K
             wg_ptrs += BLOCK_K
             wv_ptrs += BLOCK_K
-        _epilogue(acc_g, acc_v, rm, rn, KEEP, GATE, VALUE, OUT, T, I, scale, HAS_DROPOUT)
+        _epilogue(acc_g, acc_v, rm, rn, KEEP, GATE, VALUE, OUT, T, I, scale, HAS_DROPOUT, STORE_H)
 
     @triton.jit
     def _geglu_up_tma_kernel(x_desc, wg_desc, wv_desc, KEEP, GATE, VALUE, OUT, T, scale, I: tl.constexpr,
-                             K: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
+                             K: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr,
+                             BLOCK_M: tl.constexpr,
                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                              WARP_SPECIALIZE: tl.constexpr):
         # The same tile, its operands fetched by the tensor-memory accelerator (Hopper's TMA; rows past T read as 0)
@@ -81,7 +83,7 @@ if HAS_TRITON:
             acc_v = tl.dot(a, wv_desc.load([off_n, k * BLOCK_K]).T, acc_v)
         rm = off_m + tl.arange(0, BLOCK_M)
         rn = off_n + tl.arange(0, BLOCK_N)
-        _epilogue(acc_g, acc_v, rm, rn, KEEP, GATE, VALUE, OUT, T, I, scale, HAS_DROPOUT)
+        _epilogue(acc_g, acc_v, rm, rn, KEEP, GATE, VALUE, OUT, T, I, scale, HAS_DROPOUT, STORE_H)
 
     @triton.jit
     def _tile(T, I: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
@@ -96,18 +98,19 @@ if HAS_TRITON:
 
     @triton.jit
     def _epilogue(acc_g, acc_v, rm, rn, KEEP, GATE, VALUE, OUT, T, I: tl.constexpr, scale,
-                  HAS_DROPOUT: tl.constexpr):
+                  HAS_DROPOUT: tl.constexpr, STORE_H: tl.constexpr):
         # h = gelu(gate) * value (exact erf GELU, as hidden_act="gelu"), masked and scaled; gate and value are
-        # stored for the backward
+        # stored for the backward. STORE_H=False: only gate and value (the sweep's matmul-only timing)
         offs = rm.to(tl.int64)[:, None] * I + rn[None, :]  # [BM, BN]
         inb = (rm < T)[:, None] & (rn < I)[None, :]
-        h = 0.5 * acc_g * (1.0 + tl.math.erf(acc_g * 0.7071067811865476)) * acc_v
-        if HAS_DROPOUT:
-            keep = tl.load(KEEP + offs, mask=inb, other=0) != 0
-            h = tl.where(keep, h * scale, 0.0)
         tl.store(GATE + offs, acc_g.to(GATE.dtype.element_ty), mask=inb)
         tl.store(VALUE + offs, acc_v.to(VALUE.dtype.element_ty), mask=inb)
-        tl.store(OUT + offs, h.to(OUT.dtype.element_ty), mask=inb)
+        if STORE_H:
+            h = 0.5 * acc_g * (1.0 + tl.math.erf(acc_g * 0.7071067811865476)) * acc_v
+            if HAS_DROPOUT:
+                keep = tl.load(KEEP + offs, mask=inb, other=0) != 0
+                h = tl.where(keep, h * scale, 0.0)
+            tl.store(OUT + offs, h.to(OUT.dtype.element_ty), mask=inb)
 
 
 LOADERS = ("ptr", "tma", "tma_ws")  # pointer loads; TMA descriptors; TMA with warp specialization
@@ -131,16 +134,17 @@ def parse_blocks(spec: str) -> dict:
     return cfg
 
 
-DEFAULT_BLOCKS = "128x128x64:8:3:8"
+DEFAULT_BLOCKS = "128x128x64:8:4:8:tma"  # the fastest in session 8's sweep on the H200
 
 
 def launch_config() -> dict:
-    return parse_blocks(os.environ.get("GEGLU_EPILOGUE_BLOCKS", DEFAULT_BLOCKS))
+    return parse_blocks(os.environ.get("GEGLU_EPILOGUE_BLOCKS") or DEFAULT_BLOCKS)
 
 
 def geglu_up_forward(x: torch.Tensor, w: torch.Tensor, keep: torch.Tensor | None, scale: float,
-                     cfg: dict | None = None):
-    """x: [T, K], w: [2I, K] (same dtype) -> gate, value, h: [T, I] each. keep: [T, I] bool or None (no dropout)."""
+                     cfg: dict | None = None, store_h: bool = True):
+    """x: [T, K], w: [2I, K] (same dtype) -> gate, value, h: [T, I] each. keep: [T, I] bool or None (no dropout).
+    store_h=False leaves h unwritten (times the two matmuls alone)."""
     cfg = dict(cfg or launch_config())
     x, w = x.contiguous(), w.contiguous()
     T, K = x.shape
@@ -152,7 +156,8 @@ def geglu_up_forward(x: torch.Tensor, w: torch.Tensor, keep: torch.Tensor | None
     grid = (triton.cdiv(T, cfg["BLOCK_M"]) * triton.cdiv(inter, cfg["BLOCK_N"]),)
     outputs = (keep if keep is not None else h, gate, value, h, T, scale, inter, K)
     if loader == "ptr":
-        _geglu_up_kernel[grid](x, w, *outputs, HAS_DROPOUT=keep is not None, EVEN_K=K % cfg["BLOCK_K"] == 0, **cfg)
+        _geglu_up_kernel[grid](x, w, *outputs, HAS_DROPOUT=keep is not None, STORE_H=store_h,
+                               EVEN_K=K % cfg["BLOCK_K"] == 0, **cfg)
     else:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -160,7 +165,7 @@ def geglu_up_forward(x: torch.Tensor, w: torch.Tensor, keep: torch.Tensor | None
         x_desc = TensorDescriptor.from_tensor(x, [bm, bk])
         wg_desc, wv_desc = (TensorDescriptor.from_tensor(half, [bn, bk]) for half in (w[:inter], w[inter:]))
         _geglu_up_tma_kernel[grid](x_desc, wg_desc, wv_desc, *outputs, HAS_DROPOUT=keep is not None,
-                                   WARP_SPECIALIZE=loader == "tma_ws", **cfg)
+                                   STORE_H=store_h, WARP_SPECIALIZE=loader == "tma_ws", **cfg)
     return gate, value, h
 
 
@@ -180,8 +185,8 @@ def geglu_backward(dh, x, w, gate, value, keep, scale: float):
 
 class GegluUpProjection(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, keep, scale: float):
-        gate, value, h = geglu_up_forward(x, w, keep, scale)
+    def forward(ctx, x, w, keep, scale: float, cfg: dict | None):
+        gate, value, h = geglu_up_forward(x, w, keep, scale, cfg)
         ctx.save_for_backward(x, w, gate, value, keep)
         ctx.scale = scale
         return h
@@ -190,15 +195,17 @@ class GegluUpProjection(torch.autograd.Function):
     def backward(ctx, dh):
         x, w, gate, value, keep = ctx.saved_tensors
         dx, dw = geglu_backward(dh, x, w, gate, value, keep, ctx.scale)
-        return dx, dw, None, None
+        return dx, dw, None, None, None
 
 
-def geglu_up_projection(x: torch.Tensor, w: torch.Tensor, p: float = 0.0, keep: torch.Tensor | None = None):
+def geglu_up_projection(x: torch.Tensor, w: torch.Tensor, p: float = 0.0, keep: torch.Tensor | None = None,
+                        cfg: dict | None = None):
     """dropout(gelu(x W_g^T) * (x W_v^T)) with w = [W_g; W_v]: [T, K] -> [T, I]. keep: the [T, I] keep-mask
-    (needed when p > 0); inputs in one dtype (cast the weight to the activations' dtype under autocast)."""
+    (needed when p > 0); inputs in one dtype (cast the weight to the activations' dtype under autocast).
+    cfg: a parse_blocks() result, parsed outside torch.compile (default: GEGLU_EPILOGUE_BLOCKS)."""
     if p > 0.0 and keep is None:
         raise ValueError("dropout p > 0 needs the keep-mask")
-    return GegluUpProjection.apply(x, w, keep if p > 0.0 else None, 1.0 / (1.0 - p))
+    return GegluUpProjection.apply(x, w, keep if p > 0.0 else None, 1.0 / (1.0 - p), cfg)
 
 
 def reference_geglu(x, w, p: float = 0.0, keep=None):
@@ -209,15 +216,14 @@ def reference_geglu(x, w, p: float = 0.0, keep=None):
 
 # pointer loads ran at about half of cuBLAS's speed on the H200 (RESULTS.md, session 8); the TMA loaders are the
 # candidates now, with the best pointer configuration kept as the yardstick
-SWEEP_BLOCKS = ("128x128x32:8:4:8", "128x128x64:8:3:8:tma", "128x128x64:8:4:8:tma", "128x128x32:8:4:8:tma",
-                "128x64x64:4:4:8:tma", "64x128x64:4:4:8:tma", "128x128x64:8:3:8:tma_ws", "128x64x64:4:4:8:tma_ws",
-                "128x128x64:8:4:16:tma")
+SWEEP_BLOCKS = ("128x128x64:8:4:8:tma", "128x128x64:8:4:8:tma_ws", "128x128x32:8:4:8", "128x128x64:8:3:8:tma")
 
 
 def sweep(T: int = 29_500, hidden: int = 768, inter: int = 3072, p: float = 0.1, reps: int = 20,
-          blocks=SWEEP_BLOCKS) -> list[dict]:
+          blocks=SWEEP_BLOCKS, on_row=None) -> list[dict]:
     """GPU: the fused kernel per launch configuration on MosaicBERT-base's sizes, against what the model runs
-    (two cuBLAS matmuls, the keep-mask kernel, inductor's gelu * value * mask), and its error against them."""
+    (two cuBLAS matmuls, the keep-mask kernel, inductor's gelu * value * mask), and its error against them; also
+    the fused kernel's matmuls alone (no h written). on_row(rows) after each row (so a timeout keeps them)."""
     from attention_backends import cuda_time_ms  # this script's folder is on sys.path when it runs
 
     from mosaicbert.model.dropout import dropout_keep_mask
@@ -234,6 +240,8 @@ def sweep(T: int = 29_500, hidden: int = 768, inter: int = 3072, p: float = 0.1,
     def add(name, t, **extra):
         rows.append(dict(kernel=name, ms=round(t, 4), tflops=round(flops / t / 1e9, 1), **extra))
         print(rows[-1], flush=True)
+        if on_row:
+            on_row(rows)
 
     def ms(fn):
         return cuda_time_ms(fn, iters=reps, warmup=3)
@@ -251,6 +259,7 @@ def sweep(T: int = 29_500, hidden: int = 768, inter: int = 3072, p: float = 0.1,
             add(f"fused {spec}", ms(lambda: geglu_up_forward(x, w, keep, scale, cfg)), rel_err=round(err, 5))
             add(f"fused {spec} + keep-mask", ms(lambda: geglu_up_forward(
                 x, w, dropout_keep_mask(seed, (T, inter), p), scale, cfg)))
+            add(f"matmuls only {spec}", ms(lambda: geglu_up_forward(x, w, keep, scale, cfg, store_h=False)))
         except Exception as e:  # e.g. out of shared memory for this tile
             rows.append(dict(kernel=f"fused {spec}", error=f"{type(e).__name__}: {str(e)[:200]}"))
             print(rows[-1], flush=True)
@@ -276,7 +285,10 @@ if __name__ == "__main__":
         with open(args.best) as fh:
             print(fastest(json.load(fh)["rows"]))
     else:
-        rows = sweep()
-        if args.out:
-            with open(args.out, "w") as fh:
-                json.dump(dict(torch=torch.__version__, device=torch.cuda.get_device_name(), rows=rows), fh, indent=2)
+        def write(rows):
+            if args.out:
+                with open(args.out, "w") as fh:
+                    json.dump(dict(torch=torch.__version__, device=torch.cuda.get_device_name(), rows=rows), fh,
+                              indent=2)
+
+        sweep(on_row=write)

@@ -123,7 +123,7 @@ epilogue)
   # the model's kernels (standalone); then the step with the fastest configuration against the current code
   mkdir -p "$OUT"/gpu0; o=$OUT/gpu0; export CUDA_VISIBLE_DEVICES=0
   logged "$o/epilogue_tests.log" 60 python3 -m pytest -q tests/test_geglu_epilogue.py
-  logged "$o/sweep.log" 150 python3 benchmarks/geglu_epilogue.py "$o/sweep.json"
+  logged "$o/sweep.log" 240 python3 benchmarks/geglu_epilogue.py "$o/sweep.json"
   best=$(python3 benchmarks/geglu_epilogue.py --best "$o/sweep.json")
   echo "fastest: $best" >> "$o/sweep.log"
   GEGLU_EPILOGUE_BLOCKS=$best bench "$o" table --models mosaic_bert --modes compiled --profile 2 \

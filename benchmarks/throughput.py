@@ -219,9 +219,10 @@ def _variant_geglu_epilogue():
     from mosaicbert.model.dropout import dropout_keep_mask
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from geglu_epilogue import geglu_up_projection
+    from geglu_epilogue import geglu_up_projection, launch_config
 
     old = layers.MosaicBertGatedMLP.forward
+    cfg = launch_config()  # here, not in the traced forward
 
     def forward(self, x):
         if not (x.is_cuda and type(self.act).__name__ == "GELUActivation"):
@@ -231,7 +232,7 @@ def _variant_geglu_epilogue():
         if p > 0.0:
             seed = torch.randint(0, 2**62, (1,), device=x.device, dtype=torch.int64)
             keep = dropout_keep_mask(seed, (x.shape[0], self.intermediate_size), p)
-        h = geglu_up_projection(x, self.gated_layers.weight.to(x.dtype), p, keep)  # [T, I]
+        h = geglu_up_projection(x, self.gated_layers.weight.to(x.dtype), p, keep, cfg)  # [T, I]
         return self.layernorm(self.wo(h) + x)
 
     layers.MosaicBertGatedMLP.forward = forward
