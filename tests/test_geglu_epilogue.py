@@ -87,3 +87,24 @@ def test_fastest_picks_the_quickest_timed_configuration():
             dict(kernel="fused 256x64x64:8:3:8", error="OutOfResources")]
     assert fastest(rows) == "64x128x64:4:4:8"
     assert fastest(rows[:1]) == DEFAULT_BLOCKS
+
+
+def test_variant_is_registered_and_falls_back_on_cpu():
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    undo = throughput.VARIANTS["geglu_epilogue"]()  # patches; on CPU the patched forward runs the model's path
+    try:
+        import torch
+
+        from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
+
+        torch.manual_seed(0)
+        cfg = MosaicBertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64)
+        model = MosaicBertForMaskedLM(cfg).eval()
+        ids = torch.randint(1, 64, (2, 8))
+        patched = model(ids, labels=ids).loss
+    finally:
+        undo()
+    assert torch.equal(patched, model(ids, labels=ids).loss)
