@@ -6,14 +6,13 @@ TRITON_INTERPRET=1 must be set before the kernel is decorated (at import), so th
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+
+from triton_interpreter import run_in_interpreter  # tests/triton_interpreter.py
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -29,12 +28,7 @@ from mosaicbert.model.dropout import Dropout, dropout_keep_mask, drop_threshold
 
 
 def run_interpreted(body: str, timeout: int = 300) -> str:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    code = PRELUDE.format(src=str(SRC)) + textwrap.dedent(body)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"child failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    print(proc.stdout)
-    return proc.stdout
+    return run_in_interpreter(PRELUDE.format(src=str(SRC)) + textwrap.dedent(body), timeout)
 
 
 @needs_triton

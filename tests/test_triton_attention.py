@@ -7,14 +7,13 @@ process with that variable: nothing leaks into the other tests, which import the
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+
+from triton_interpreter import run_in_interpreter  # tests/triton_interpreter.py
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -65,12 +64,7 @@ def check(lens, H, D, bm, bn, dtype=torch.float32, tol=1e-4, seed=0):
 
 
 def run_interpreted(body: str, timeout: int = 120) -> str:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    code = PRELUDE.format(src=str(SRC)) + textwrap.dedent(body)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"child failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    print(proc.stdout)  # the measured errors, visible with pytest -s
-    return proc.stdout
+    return run_in_interpreter(PRELUDE.format(src=str(SRC)) + textwrap.dedent(body), timeout)
 
 
 def test_kernels_match_reference_fp32():
