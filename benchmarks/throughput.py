@@ -145,19 +145,26 @@ def matmul_peak(device, seconds: float = 0.0) -> float:
 
 # Benchmark-only variants of MosaicBERT (monkeypatches, undone after the row): ablations that undo one optimisation
 # and candidates not yet adopted, measured against the current code in the same process. Each returns an undo function.
+def _patch(obj, **attrs):
+    """Set attributes of obj (a module or a class); return the function that puts the old values back."""
+    old = {name: getattr(obj, name) for name in attrs}
+    for name, value in attrs.items():
+        setattr(obj, name, value)
+
+    def undo():
+        for name, value in old.items():
+            setattr(obj, name, value)
+
+    return undo
+
+
 def _variant_index_pad():
     """Attention re-pads q/k/v with index_copy and unpads with plain indexing (accumulating-scatter backward),
     as before the gather-only pad/unpad."""
     from mosaicbert.model import attention, padding
 
-    old = attention.pad_rows, attention.unpad_rows
-    attention.pad_rows = lambda x, info: padding.pad(x, info.indices, info.batch, info.seqlen)
-    attention.unpad_rows = lambda x, info: padding.unpad(x, info.indices)
-
-    def undo():
-        attention.pad_rows, attention.unpad_rows = old
-
-    return undo
+    return _patch(attention, pad_rows=lambda x, info: padding.pad(x, info.indices, info.batch, info.seqlen),
+                  unpad_rows=lambda x, info: padding.unpad(x, info.indices))
 
 
 def _variant_geglu_fused_matmul():
@@ -165,19 +172,12 @@ def _variant_geglu_fused_matmul():
     then concatenates the two gradient halves: `fused_cat_gelu_gelu_backward_mul_..._split` in the profile)."""
     from mosaicbert.model import layers
 
-    old = layers.MosaicBertGatedMLP.forward
-
     def forward(self, x):
         gate, value = self.gated_layers(x).split(self.intermediate_size, dim=-1)  # [T, I] each
         h = self.dropout(self.act(gate) * value)
         return self.layernorm(self.wo(h) + x)
 
-    layers.MosaicBertGatedMLP.forward = forward
-
-    def undo():
-        layers.MosaicBertGatedMLP.forward = old
-
-    return undo
+    return _patch(layers.MosaicBertGatedMLP, forward=forward)
 
 
 def _variant_fused_geglu_dropout():
@@ -201,12 +201,7 @@ def _variant_fused_geglu_dropout():
         value = F.linear(x, w[self.intermediate_size:])  # [T, I]
         return self.layernorm(self.wo(fused_geglu_dropout(gate, value, p)) + x)
 
-    layers.MosaicBertGatedMLP.forward = forward
-
-    def undo():
-        layers.MosaicBertGatedMLP.forward = old
-
-    return undo
+    return _patch(layers.MosaicBertGatedMLP, forward=forward)
 
 
 def _variant_geglu_epilogue():
@@ -235,12 +230,7 @@ def _variant_geglu_epilogue():
         h = geglu_up_projection(x, self.gated_layers.weight.to(x.dtype), p, keep, cfg)  # [T, I]
         return self.layernorm(self.wo(h) + x)
 
-    layers.MosaicBertGatedMLP.forward = forward
-
-    def undo():
-        layers.MosaicBertGatedMLP.forward = old
-
-    return undo
+    return _patch(layers.MosaicBertGatedMLP, forward=forward)
 
 
 def _variant_device_counts():
@@ -254,12 +244,7 @@ def _variant_device_counts():
     def forward(self, *args, sequence_lengths=None, label_counts=None, **kwargs):
         return old(self, *args, **kwargs)
 
-    modeling_mosaic_bert.MosaicBertForMaskedLM.forward = forward
-
-    def undo():
-        modeling_mosaic_bert.MosaicBertForMaskedLM.forward = old
-
-    return undo
+    return _patch(modeling_mosaic_bert.MosaicBertForMaskedLM, forward=forward)
 
 
 def _variant_split_attention_backward():
@@ -267,26 +252,14 @@ def _variant_split_attention_backward():
     one-kernel backward became the default for S <= 128."""
     from mosaicbert.model import triton_attention
 
-    old = triton_attention._WHOLE_SEQUENCE_KEYS_X_DIM
-    triton_attention._WHOLE_SEQUENCE_KEYS_X_DIM = 0  # no default shape qualifies
-
-    def undo():
-        triton_attention._WHOLE_SEQUENCE_KEYS_X_DIM = old
-
-    return undo
+    return _patch(triton_attention, _WHOLE_SEQUENCE_KEYS_X_DIM=0)  # no default shape qualifies
 
 
 def _variant_combo_kernels():
     """Candidate: inductor's combo kernels (independent small kernels launched as one: fewer launch gaps)."""
     from torch._inductor import config
 
-    old = config.combo_kernels
-    config.combo_kernels = True
-
-    def undo():
-        config.combo_kernels = old
-
-    return undo
+    return _patch(config, combo_kernels=True)
 
 
 VARIANTS = {"current": lambda: (lambda: None), "device_counts": _variant_device_counts, "index_pad": _variant_index_pad,
