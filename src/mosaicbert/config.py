@@ -1,23 +1,27 @@
 """Typed, self-validating run configuration: YAML file + `key=value` command-line overrides.
 
-The schema is a tree of dataclasses. Before merging, every key the user wrote is checked against it, so a
-misspelled key is an error that names the key and the nearest valid ones instead of being silently ignored;
-OmegaConf then checks the value types. Free-form sections (`Dict[str, Any]`, e.g. model config overrides) are
-checked later by the code that consumes them (see `check_keys`).
+The schema is a tree of dataclasses. The YAML file and then the overrides are merged into
+`OmegaConf.structured(schema)`, which rejects unknown keys (naming the nearest valid one), values of the wrong
+type and names outside the closed sets (the `Enum` fields, listing the valid ones); its exceptions become a
+ConfigError naming the source (file or command line) and the full key. What types cannot say is checked after
+the merge: value ranges (one table per schema) and rules between fields (code). Free-form sections
+(`Dict[str, Any]`, e.g. model config overrides) are checked by the code that consumes them (see `check_keys`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
+import math
+import operator
 import os
 import re
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
+from enum import StrEnum
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.nodes import EnumNode
 
 T = TypeVar("T")
 
@@ -50,13 +54,56 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Closed sets. StrEnum members are also plain strings: `cfg.precision == "amp_bf16"` holds, and they print,
+# hash and serialise (json, Composer) as their value. OmegaConf accepts the member names, which equal the values.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ModelName(StrEnum):
+    mosaic_bert = "mosaic_bert"
+    hf_bert = "hf_bert"
+
+
+class OptimizerName(StrEnum):
+    decoupled_adamw = "decoupled_adamw"
+    adamw = "adamw"
+
+
+class SchedulerName(StrEnum):
+    linear_decay_with_warmup = "linear_decay_with_warmup"
+    constant_with_warmup = "constant_with_warmup"
+    cosine_with_warmup = "cosine_with_warmup"
+
+
+class ClippingType(StrEnum):
+    norm = "norm"
+    value = "value"
+    adaptive = "adaptive"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    amp_bf16 = "amp_bf16"
+    amp_fp16 = "amp_fp16"
+
+
+class Device(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+# torch.compile modes; the functional form because the names have hyphens.
+CompileMode = StrEnum("CompileMode", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                      module=__name__)
+COMPILE_MODES = [m.value for m in CompileMode]
+# --------------------------------------------------------------------------------------------------------------
 # Pretraining schema (main.py)
 # --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mosaic_bert"  # mosaic_bert | hf_bert
+    name: ModelName = ModelName.mosaic_bert
     # Fields of MosaicBertConfig (mosaic_bert) or transformers.BertConfig (hf_bert) that differ from the defaults.
     config_overrides: Dict[str, Any] = field(default_factory=dict)
     # Start from these weights: a Composer checkpoint written by main.py or a Hugging Face folder.
@@ -85,7 +132,7 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "decoupled_adamw"  # decoupled_adamw | adamw
+    name: OptimizerName = OptimizerName.decoupled_adamw
     lr: float = 5.0e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1.0e-6
@@ -96,14 +143,14 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "linear_decay_with_warmup"  # linear_decay_with_warmup | constant_with_warmup | cosine_with_warmup
+    name: SchedulerName = SchedulerName.linear_decay_with_warmup
     t_warmup: str = "0.06dur"
     alpha_f: float = 0.02
 
 
 @dataclass
 class GradientClippingConfig:
-    clipping_type: str = "norm"  # norm | value | adaptive
+    clipping_type: ClippingType = ClippingType.norm
     clipping_threshold: float = 1.0
 
 
@@ -176,13 +223,13 @@ class PretrainConfig:
 
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    precision: str = "amp_bf16"  # fp32 | amp_bf16 | amp_fp16
-    device: Optional[str] = None  # cpu | gpu; None picks gpu when available
+    precision: Precision = Precision.amp_bf16
+    device: Optional[Device] = None  # None picks gpu when available
     compile: bool = False  # torch.compile the model through Composer
     # torch.compile mode (with compile: true): null = torch's default, reduce-overhead (CUDA graphs), max-autotune,
     # max-autotune-no-cudagraphs. CUDA graphs record one graph per shape: for mosaic_bert also set
     # model.config_overrides.packed_length_multiple (e.g. 1024), so the unpadded shapes repeat.
-    compile_mode: Optional[str] = None
+    compile_mode: Optional[CompileMode] = None
     # Composer's FSDP config (e.g. {sharding_strategy: FULL_SHARD}); null means plain data parallel (DDP).
     fsdp: Optional[Dict[str, Any]] = None
     algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
@@ -199,13 +246,15 @@ class PretrainConfig:
     dist_timeout: float = 600.0
 
 
+
+
 # --------------------------------------------------------------------------------------------------------------
-# Validation
+# Loading: OmegaConf merges and type-checks; its exceptions become ConfigErrors naming source and key
 # --------------------------------------------------------------------------------------------------------------
 
 
 def suggest(key: str, valid: Sequence[str]) -> str:
-    """' (did you mean ...?)' for the closest valid names, or the list of valid names."""
+    """'did you mean ...?' for the closest valid names, or the list of valid names."""
     close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
     if close:
         return f"did you mean {' or '.join(repr(c) for c in close)}?"
@@ -213,32 +262,11 @@ def suggest(key: str, valid: Sequence[str]) -> str:
 
 
 def check_keys(given: Any, valid: Sequence[str], where: str) -> None:
-    """Raise ConfigError for the first key of `given` that is not in `valid`."""
+    """For free-form sections (Dict[str, Any]): raise ConfigError for the first key of `given` not in `valid`."""
     for key in given:
         if key not in valid:
             name = f"{where}.{key}" if where else str(key)
             raise ConfigError(f"unknown config key '{name}': {suggest(str(key), valid)}")
-
-
-def _dataclass_of(tp: Any) -> Optional[type]:
-    """The dataclass inside `tp` (itself, or Optional[thatclass]), else None."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    for arg in typing.get_args(tp):
-        if dataclasses.is_dataclass(arg):
-            return arg
-    return None
-
-
-def _check_tree(user: Any, schema: type, where: str) -> None:
-    if not isinstance(user, dict):
-        raise ConfigError(f"config key '{where}' must be a mapping, got {type(user).__name__}: {user!r}")
-    hints = typing.get_type_hints(schema)
-    check_keys(user, list(hints), where)
-    for key, value in user.items():
-        sub = _dataclass_of(hints[key])
-        if sub is not None and value is not None:
-            _check_tree(value, sub, f"{where}.{key}" if where else key)
 
 
 def _load_yaml(path: str) -> dict:
@@ -263,31 +291,118 @@ def _parse_overrides(overrides: Sequence[str]) -> dict:
         raise ConfigError(f"cannot parse command-line overrides {list(overrides)}: {e}") from e
 
 
+def _rejected_key(base: DictConfig, user: Mapping, path: Tuple[str, ...] = ()) -> Optional[str]:
+    """The key OmegaConf's merge rejected without naming it (a scalar or list given for a section): merge the
+    user's entries one at a time, descending into the one that fails."""
+    for key, value in user.items():
+        sub = (*path, str(key))
+        nested: Any = value
+        for k in reversed(sub):
+            nested = {k: nested}
+        try:
+            OmegaConf.merge(base, nested)
+        except OmegaConfBaseException:
+            deeper = _rejected_key(base, value, sub) if isinstance(value, Mapping) else None
+            return deeper or ".".join(sub)
+    return None
+
+
+def _describe(e: OmegaConfBaseException, origin: str, key: Optional[str]) -> str:
+    # OmegaConf's first line says what is wrong (with "Did you mean" for near misses); the rest repeats the key.
+    what = str(e).splitlines()[0]
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
+        parent = getattr(e, "parent_node", None)
+        if "Did you mean" not in what and isinstance(parent, DictConfig):
+            what += f". Valid keys: {', '.join(str(k) for k in parent.keys())}"
+        return f"{origin}: unknown config key '{key}': {what}"
+    child = getattr(e, "child_node", None)
+    if isinstance(child, EnumNode):
+        close = difflib.get_close_matches(str(getattr(e, "value", "")), [m.name for m in child.enum_type], n=1)
+        what += f". Did you mean: '{close[0]}'?" if close else ""
+    return f"{origin}: bad value for config key '{key}': {what}"
+
+
+def _merge(base: DictConfig, user: dict, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, user)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or _rejected_key(base, user) or "?"
+        raise ConfigError(_describe(e, origin, key)) from None
+
+
 def load_config(schema: Type[T], yaml_path: Optional[str], overrides: Sequence[str] = ()) -> T:
-    """Load `yaml_path`, apply `key=value` overrides, validate against `schema`, return a schema instance."""
-    sources = []
-    if yaml_path is not None:
-        sources.append((yaml_path, _load_yaml(yaml_path)))
-    if overrides:
-        sources.append(("command line", _parse_overrides(overrides)))
+    """Load `yaml_path`, apply `key=value` overrides, validate types against `schema`, return a schema instance."""
     merged = OmegaConf.structured(schema)
-    for origin, user in sources:
-        try:
-            _check_tree(user, schema, "")
-        except ConfigError as e:
-            raise ConfigError(f"{origin}: {e}") from None
-        try:
-            merged = OmegaConf.merge(merged, user)
-        except OmegaConfBaseException as e:
-            key = getattr(e, "full_key", None) or "?"
-            msg = str(e).splitlines()[0]
-            raise ConfigError(f"{origin}: bad value for config key '{key}': {msg}") from None
-    obj = OmegaConf.to_object(merged)
-    return obj  # type: ignore[return-value]
+    if yaml_path is not None:
+        merged = _merge(merged, _load_yaml(yaml_path), yaml_path)
+    if overrides:
+        merged = _merge(merged, _parse_overrides(overrides), "command line")
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:  # e.g. a bad ${interpolation}
+        raise ConfigError(_describe(e, yaml_path or "command line", getattr(e, "full_key", None) or "?")) from None
 
 
 def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ranges (what types cannot say): {dotted key: (predicate, requirement)}; keys under a null section are skipped
+# --------------------------------------------------------------------------------------------------------------
+
+Rule = Tuple[Callable[[Any], bool], str]
+
+POSITIVE: Rule = (lambda v: v > 0, "> 0")
+NON_NEGATIVE: Rule = (lambda v: v >= 0, ">= 0")
+POSITIVE_FINITE: Rule = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+PROBABILITY: Rule = (lambda v: 0.0 < v < 1.0, "between 0 and 1 (exclusive)")
+
+# Shared by the pretraining and GLUE schemas (run after check_interval has accepted scheduler.t_warmup).
+TRAINING_RANGES: Dict[str, Rule] = {
+    "optimizer.betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two values in [0, 1)"),
+    "optimizer.eps": POSITIVE_FINITE,
+    "scheduler.t_warmup": (lambda v: not v.strip().endswith("dur") or 0.0 <= float(v.strip()[:-3]) < 1.0,
+                           "a fraction of training in [0, 1) when given in dur, e.g. 0.06dur"),
+    "scheduler.alpha_f": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+}
+
+PRETRAIN_RANGES: Dict[str, Rule] = {
+    **TRAINING_RANGES,
+    "optimizer.lr": POSITIVE_FINITE,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "data.mlm_probability": PROBABILITY,
+    "data.eval_mlm_probability": PROBABILITY,
+    "data.max_seq_len": (lambda v: v >= 3, ">= 3 ([CLS] x [SEP])"),
+    "seed": NON_NEGATIVE,
+    "global_train_batch_size": POSITIVE,
+    "device_eval_batch_size": POSITIVE,
+    "dist_timeout": POSITIVE,
+    "callbacks.speed_monitor.window_size": POSITIVE,
+    "algorithms.gradient_clipping.clipping_threshold": POSITIVE_FINITE,
+}
+
+
+def check_ranges(cfg: Any, rules: Mapping[str, Rule]) -> None:
+    for key, (ok, requirement) in rules.items():
+        try:
+            value = operator.attrgetter(key)(cfg)
+        except AttributeError:  # a null section on the way (e.g. callbacks.speed_monitor: null)
+            continue
+        if not ok(value):
+            raise ConfigError(f"config key '{key}' must be {requirement}, got {value!r}")
+
+
+def check_microbatch(value: Any, key: str, allow_null: bool = False) -> None:
+    if (allow_null and value is None) or value == "auto" or (type(value) is int and value > 0):
+        return
+    raise ConfigError(f"config key '{key}' must be {'null, ' if allow_null else ''}a positive int or 'auto', "
+                      f"got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rules between fields
+# --------------------------------------------------------------------------------------------------------------
 
 
 def load_pretrain_config(yaml_path: str, overrides: Sequence[str] = ()) -> PretrainConfig:
@@ -296,45 +411,15 @@ def load_pretrain_config(yaml_path: str, overrides: Sequence[str] = ()) -> Pretr
     return cfg
 
 
-def _one_of(value: Any, valid: Sequence[str], key: str) -> None:
-    if value not in valid:
-        raise ConfigError(f"config key '{key}' = {value!r} is not one of {list(valid)}: {suggest(str(value), valid)}")
-
-
-COMPILE_MODES = ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
-
-
-def validate_training_choices(cfg: Any) -> None:
-    """Names from closed sets shared by the pretraining and GLUE schemas (model, optimizer, scheduler, precision)."""
-    _one_of(cfg.model.name, ["mosaic_bert", "hf_bert"], "model.name")
-    _one_of(cfg.optimizer.name, ["decoupled_adamw", "adamw"], "optimizer.name")
-    _one_of(cfg.scheduler.name, ["linear_decay_with_warmup", "constant_with_warmup", "cosine_with_warmup"],
-            "scheduler.name")
-    _one_of(cfg.precision, ["fp32", "amp_bf16", "amp_fp16"], "precision")
-    if cfg.device is not None:
-        _one_of(cfg.device, ["cpu", "gpu"], "device")
-    if len(cfg.optimizer.betas) != 2:
-        raise ConfigError(f"config key 'optimizer.betas' must have two values, got {cfg.optimizer.betas}")
-
-
 def validate_pretrain_config(cfg: PretrainConfig) -> None:
-    """Checks that need more than types: names from closed sets, ranges, combinations."""
-    validate_training_choices(cfg)
-    if cfg.algorithms.gradient_clipping is not None:
-        _one_of(cfg.algorithms.gradient_clipping.clipping_type, ["norm", "value", "adaptive"],
-                "algorithms.gradient_clipping.clipping_type")
-    for key in ("mlm_probability", "eval_mlm_probability"):
-        p = getattr(cfg.data, key)
-        if not 0.0 < p < 1.0:
-            raise ConfigError(f"config key 'data.{key}' = {p} must be between 0 and 1")
+    """Checks that need more than types: durations, ranges, combinations of fields."""
     check_interval(cfg.max_duration, "max_duration", wall_clock=False)
     check_interval(cfg.eval_interval, "eval_interval")
     check_interval(cfg.save_interval, "save_interval")
     check_interval(cfg.scheduler.t_warmup, "scheduler.t_warmup", wall_clock=False)
-    if cfg.seed < 0:
-        raise ConfigError(f"config key 'seed' must be >= 0, got {cfg.seed}")
+    check_ranges(cfg, PRETRAIN_RANGES)
+    check_microbatch(cfg.device_train_microbatch_size, "device_train_microbatch_size")
     if cfg.compile_mode is not None:
-        _one_of(cfg.compile_mode, COMPILE_MODES, "compile_mode")
         if not cfg.compile:
             raise ConfigError(f"config key 'compile_mode' = {cfg.compile_mode!r} needs compile: true")
         if cfg.compile_mode == "reduce-overhead" and cfg.model.name == "mosaic_bert" \
@@ -342,14 +427,6 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
             raise ConfigError("config key 'compile_mode' = 'reduce-overhead' records a CUDA graph per shape, and "
                               "MosaicBERT's unpadded shapes change with every batch: set "
                               "model.config_overrides.packed_length_multiple (e.g. 1024) so that they repeat")
-    if cfg.data.max_seq_len < 3:
-        raise ConfigError(f"config key 'data.max_seq_len' must be >= 3 ([CLS] x [SEP]), got {cfg.data.max_seq_len}")
-    mb = cfg.device_train_microbatch_size
-    if not (mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb > 0)):
-        raise ConfigError(f"config key 'device_train_microbatch_size' must be a positive int or 'auto', got {mb!r}")
-    for key in ("global_train_batch_size", "device_eval_batch_size"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"config key '{key}' must be positive, got {getattr(cfg, key)}")
     if cfg.max_train_time is not None:
         if parse_seconds(cfg.max_train_time) is None:
             raise ConfigError(f"config key 'max_train_time' = {cfg.max_train_time!r}: use seconds, minutes or hours "

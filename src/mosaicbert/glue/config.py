@@ -11,14 +11,22 @@ from dataclasses import dataclass, field, fields
 from typing import Any, List, Optional, Sequence
 
 from mosaicbert.config import (
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_FINITE,
+    TRAINING_RANGES,
     ConfigError,
+    Device,
     ModelConfig,
     OptimizerConfig,
+    OptimizerName,
+    Precision,
     SchedulerConfig,
+    check_interval,
+    check_microbatch,
+    check_ranges,
     load_config,
     suggest,
-    check_interval,
-    validate_training_choices,
 )
 from mosaicbert.glue.tasks import TASK_NAMES, canonical_task_name
 
@@ -60,7 +68,7 @@ class TasksConfig:
 class GlueOptimizerConfig:
     """Shared optimizer settings; lr and weight_decay are per task (tasks.<task>.lr / .weight_decay)."""
 
-    name: str = "decoupled_adamw"
+    name: OptimizerName = OptimizerName.decoupled_adamw
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1.0e-6
     fused: bool = True
@@ -100,8 +108,8 @@ class GlueConfig:
 
     eval_batch_size: int = 64
     device_train_microbatch_size: Any = None  # null = the task's batch size; an int; or "auto" (GPU only)
-    precision: str = "amp_bf16"  # fp32 on CPU
-    device: Optional[str] = None  # cpu | gpu; null picks gpu when available
+    precision: Precision = Precision.amp_bf16  # fp32 on CPU
+    device: Optional[Device] = None  # null picks gpu when available
     # Jobs run at the same time, one per GPU, in a spawn process pool; null = number of visible GPUs (1 on CPU).
     parallel_jobs: Optional[int] = None
     dataloader_workers: int = 0
@@ -120,41 +128,43 @@ def _task_list(names: Sequence[str], key: str) -> list[str]:
     return out
 
 
+_TASK_RANGES = {"lr": POSITIVE_FINITE, "weight_decay": NON_NEGATIVE, "batch_size": POSITIVE, "max_seq_len": POSITIVE}
+_POSITIVE_OR_NULL = (lambda v: v is None or v > 0, "positive or null")
+GLUE_RANGES = {
+    **TRAINING_RANGES,
+    **{f"tasks.{f.name}.{key}": rule for f in fields(TasksConfig) for key, rule in _TASK_RANGES.items()},
+    "max_train_samples": _POSITIVE_OR_NULL,
+    "max_eval_samples": _POSITIVE_OR_NULL,
+    "parallel_jobs": _POSITIVE_OR_NULL,
+    "eval_batch_size": POSITIVE,
+    "dataloader_workers": NON_NEGATIVE,
+}
+
+
 def validate_glue_config(cfg: GlueConfig) -> GlueConfig:
     """Checks beyond types; normalises task names (SST-2 -> sst2) in place."""
-    validate_training_choices(cfg)
     cfg.tasks_to_run = _task_list(cfg.tasks_to_run, "tasks_to_run")
     if not cfg.tasks_to_run:
         raise ConfigError("config key 'tasks_to_run' is empty: name at least one task, e.g. tasks_to_run=[rte]")
     cfg.mnli_start_tasks = _task_list(cfg.mnli_start_tasks, "mnli_start_tasks")
     if "mnli" in cfg.mnli_start_tasks:
         raise ConfigError("config key 'mnli_start_tasks' cannot contain mnli itself")
+    check_interval(cfg.scheduler.t_warmup, "scheduler.t_warmup", wall_clock=False)
+    if cfg.max_duration is not None:
+        check_interval(cfg.max_duration, "max_duration", wall_clock=False)
     for f in fields(TasksConfig):
         t: TaskConfig = getattr(cfg.tasks, f.name)
         where = f"tasks.{f.name}"
-        if t.batch_size <= 0:
-            raise ConfigError(f"config key '{where}.batch_size' must be positive, got {t.batch_size}")
-        if t.epochs <= 0 and t.max_duration is None:
-            raise ConfigError(f"config key '{where}.epochs' must be positive, got {t.epochs}")
-        if t.max_seq_len <= 0:
-            raise ConfigError(f"config key '{where}.max_seq_len' must be positive, got {t.max_seq_len}")
         for key in ("max_duration", "eval_interval"):
             if getattr(t, key) is not None:
                 check_interval(getattr(t, key), f"{where}.{key}", wall_clock=False)
+        if t.epochs <= 0 and t.max_duration is None:
+            raise ConfigError(f"config key '{where}.epochs' must be positive (or set {where}.max_duration), "
+                              f"got {t.epochs}")
         if not t.seeds and f.name in cfg.tasks_to_run:
             raise ConfigError(f"config key '{where}.seeds' is empty: give at least one seed")
-    for key in ("max_train_samples", "max_eval_samples", "parallel_jobs"):
-        v = getattr(cfg, key)
-        if v is not None and v <= 0:
-            raise ConfigError(f"config key '{key}' must be positive or null, got {v}")
-    if cfg.max_duration is not None:
-        check_interval(cfg.max_duration, "max_duration", wall_clock=False)
-    if cfg.eval_batch_size <= 0:
-        raise ConfigError(f"config key 'eval_batch_size' must be positive, got {cfg.eval_batch_size}")
-    mb = cfg.device_train_microbatch_size
-    if not (mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb > 0)):
-        raise ConfigError(f"config key 'device_train_microbatch_size' must be null, a positive int or 'auto', "
-                          f"got {mb!r}")
+    check_ranges(cfg, GLUE_RANGES)
+    check_microbatch(cfg.device_train_microbatch_size, "device_train_microbatch_size", allow_null=True)
     return cfg
 
 
