@@ -26,6 +26,7 @@ from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDPConfig
 
 from mosaicbert.callbacks import FiniteLossCheck, MetricsJsonl, StepSeededRNG
+from mosaicbert.checkpoint import load_weights
 from mosaicbert.composer_models import MaskedLMModel
 from mosaicbert.config import (
     AlgorithmsConfig,
@@ -41,8 +42,7 @@ from mosaicbert.config import (
 )
 from mosaicbert.data.mlm import build_mlm_dataloader
 from mosaicbert.data.tokenizer import load_tokenizer
-from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertForSequenceClassification
-from mosaicbert.model.modeling_mosaic_bert import load_mosaic_state_dict
+from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
 from mosaicbert.timing import WallClockBudget, WallClockLinearSchedule, every_seconds
 
 log = logging.getLogger("mosaicbert")
@@ -70,22 +70,6 @@ def build_hf_config(model_cfg: ModelConfig, **extra: Any):
         raise ConfigError(f"model.config_overrides: {e}") from e
 
 
-def load_encoder_weights(model: torch.nn.Module, checkpoint: str) -> None:
-    """Load weights from a Composer checkpoint (main.py) or a Hugging Face folder; report every key not loaded."""
-    from mosaicbert.export import read_weights
-
-    state_dict = read_weights(checkpoint)
-    if isinstance(model, (MosaicBertForMaskedLM, MosaicBertForSequenceClassification)):
-        missing, unexpected = load_mosaic_state_dict(model, state_dict)
-    else:
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing:
-        log.warning("%s: %d weights not in the checkpoint, newly initialised: %s", checkpoint, len(missing), missing)
-    if unexpected:
-        log.warning("%s: %d checkpoint weights not used by this model: %s", checkpoint, len(unexpected), unexpected)
-    log.info("loaded weights from %s", checkpoint)
-
-
 def build_mlm_model(model_cfg: ModelConfig, tokenizer) -> MaskedLMModel:
     from transformers import BertForMaskedLM
 
@@ -97,7 +81,7 @@ def build_mlm_model(model_cfg: ModelConfig, tokenizer) -> MaskedLMModel:
         )
     model = MosaicBertForMaskedLM(config) if model_cfg.name == "mosaic_bert" else BertForMaskedLM(config)
     if model_cfg.pretrained_checkpoint:
-        load_encoder_weights(model, model_cfg.pretrained_checkpoint)
+        load_weights(model, model_cfg.pretrained_checkpoint)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.1fM parameters", model_cfg.name, n_params / 1e6)
     return MaskedLMModel(model, tokenizer=tokenizer)

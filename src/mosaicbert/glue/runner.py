@@ -36,7 +36,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from mosaicbert.export import looks_like_hub_id, read_weights
+from mosaicbert.checkpoint import load_weights, resolve_source
 from mosaicbert.glue.config import GlueConfig, TaskConfig
 from mosaicbert.glue.tasks import TASK_NAMES, TASKS, GlueTask, task_score
 
@@ -104,55 +104,12 @@ def task_duration(cfg: GlueConfig, tcfg: TaskConfig) -> str:
 
 
 def load_start_weights(model, source: str) -> Dict[str, Any]:
-    """Load the encoder (and pooler) of `source` into a sequence classification model; returns a report.
+    """Load the encoder (and pooler) of `source` into a sequence classification model; returns the report.
 
     The source's heads (`cls.*` of MLM, `classifier.*` of another task) are never loaded; the model's new
     `classifier.*` is newly initialised. Every other key that does not load is reported in the log and the report.
     """
-    from mosaicbert.model import MosaicBertForSequenceClassification, load_mosaic_state_dict
-
-    state = read_weights(source)
-    head = sorted(k for k in state if k.startswith(HEAD_PREFIXES))
-    state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
-    model_sd = model.state_dict()
-    resized, mismatched = [], []
-    for k, v in list(state.items()):
-        target = model_sd.get(k)
-        if target is None or target.shape == v.shape:
-            continue
-        if k.endswith("word_embeddings.weight") and v.shape[1:] == target.shape[1:] and v.shape[0] < target.shape[0]:
-            # Vocab padded to a multiple of 64 (30522 -> 30528): keep the extra rows' fresh init.
-            padded = target.clone()
-            padded[: v.shape[0]] = v.to(padded.dtype)
-            state[k] = padded
-            resized.append(f"{k}: {tuple(v.shape)} -> {tuple(target.shape)}")
-        else:
-            mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target.shape)}")
-            del state[k]
-    if isinstance(model, MosaicBertForSequenceClassification):
-        missing, unexpected = load_mosaic_state_dict(model, state)
-    else:
-        result = model.load_state_dict(state, strict=False)
-        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
-    new_head = sorted(k for k in missing if k.startswith("classifier."))
-    missing = [k for k in missing if not k.startswith("classifier.")]
-    loaded = [k for k in state if k in model_sd]
-    if not loaded:
-        raise RuntimeError(f"{source}: none of its {len(state)} weights match this model (wrong model.name or "
-                           f"model.config_overrides?); checkpoint keys look like {sorted(state)[:5]}")
-    log.info("%s: loaded %d encoder/pooler tensors; intentionally not loaded (head of the source): %s; "
-             "new classification head: %s", source, len(loaded), head or "none", new_head or "none")
-    if resized:
-        log.warning("%s: resized %s", source, resized)
-    if mismatched:
-        log.warning("%s: %d weights with a different shape NOT loaded: %s", source, len(mismatched), mismatched)
-    if missing:
-        log.warning("%s: %d model weights not in the checkpoint, newly initialised: %s", source, len(missing), missing)
-    if unexpected:
-        log.warning("%s: %d checkpoint weights not used by this model: %s", source, len(unexpected), unexpected)
-    return {"loaded": len(loaded), "head_not_loaded": head, "new_head": new_head, "missing": missing,
-            "unexpected": unexpected, "shape_mismatch": mismatched, "resized": resized}
+    return load_weights(model, source, head_prefixes=HEAD_PREFIXES, new_head_prefixes=("classifier.",)).as_dict()
 
 
 _TOKENIZERS: Dict[str, Any] = {}
@@ -542,18 +499,14 @@ def preflight(cfg: GlueConfig) -> None:
         raise ConfigError(f"config key 'tokenizer' = {cfg.tokenizer!r}: cannot load it: {e}") from e
     for key, path in (("model.pretrained_checkpoint", cfg.model.pretrained_checkpoint),
                       ("mnli_checkpoint", cfg.mnli_checkpoint)):
-        if not path or os.path.exists(os.path.expanduser(path)):
+        if not path:
             continue
-        if key == "model.pretrained_checkpoint" and looks_like_hub_id(path):
-            try:  # download once, up front; the jobs then read the local cache
-                from huggingface_hub import snapshot_download
-
-                snapshot_download(path, allow_patterns=["*.safetensors", "pytorch_model.bin", "*.json"])
-                continue
-            except Exception as e:
-                raise ConfigError(f"config key '{key}' = {path!r} is not a local file or folder, and downloading "
-                                  f"it from the Hugging Face hub failed: {e}") from e
-        raise ConfigError(f"config key '{key}' = {path!r}: no such file or folder")
+        if key == "mnli_checkpoint" and not os.path.exists(os.path.expanduser(path)):
+            raise ConfigError(f"config key '{key}' = {path!r}: no such file or folder")
+        try:  # a hub id is downloaded here, once; the jobs then read the local cache
+            resolve_source(path)
+        except FileNotFoundError as e:
+            raise ConfigError(f"config key '{key}' = {path!r}: {e}") from e
     if cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"config key 'data_dir' = {cfg.data_dir!r}: no such folder (null loads from the hub)")
 

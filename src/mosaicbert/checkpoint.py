@@ -1,0 +1,216 @@
+"""Model weights from wherever they live, loaded into a model with one report of what did not load.
+
+Sources
+    - a Composer checkpoint file (main.py's `*.pt`, a GLUE job's `final-rank0.pt`): the `state.model` dict, whose
+      keys carry Composer's `model.` prefix;
+    - a Hugging Face folder (`mosaicbert.export` output or a published model): `model.safetensors` (or a sharded
+      `model.safetensors.index.json`) or `pytorch_model.bin`;
+    - a hub model id (`bert-base-uncased`, `org/name`): downloaded once with `huggingface_hub.snapshot_download`,
+      then read as a folder.
+
+Keys are normalised on reading: the `model.` prefix is removed and the `gamma` / `beta` LayerNorm names of old
+TF-converted BERT checkpoints are renamed. `load_weights` loads MosaicBERT models through
+`load_mosaic_state_dict` and every other model through `load_state_dict`, and returns a `LoadReport` (also
+logged) listing every key that did not load and why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Sequence, Union
+
+import torch
+
+log = logging.getLogger("mosaicbert")
+
+HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "*.json"]
+# Vocabulary-indexed tensors (dim 0 = vocab): a 30522-row checkpoint fits a model padded to 30528 rows.
+VOCAB_KEYS = ("word_embeddings.weight", "predictions.bias", "predictions.decoder.bias")
+# Buffers that never carry information (recomputed at init), not reported when absent.
+_DERIVED = ("position_ids", "token_type_ids", ".alibi")
+
+
+def _torch_load(path: str, weights_only: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:
+        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+
+
+def read_composer_checkpoint(path: str) -> dict:
+    """The `state` dict of a Composer checkpoint file (state["model"] holds the weights)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = _torch_load(path, weights_only=False)  # Composer pickles more than tensors
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state"), dict) or "model" not in ckpt["state"]:
+        raise ValueError(f"{path} is not a Composer checkpoint (no state.model inside)")
+    return ckpt["state"]
+
+
+def _read_folder(path: str) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(single):
+        return load_file(single)
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state: Dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(os.path.join(path, shard)))
+        return state
+    binary = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(binary):
+        return _torch_load(binary, weights_only=True)
+    raise FileNotFoundError(f"{path} holds neither model.safetensors (or its index) nor pytorch_model.bin")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """'bert-base-uncased' or 'org/name' that is not a local path."""
+    return (not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not name.endswith((".pt", ".pth"))
+            and not os.path.exists(name))
+
+
+def resolve_source(source: str) -> str:
+    """A local file or folder for `source`; a hub id is downloaded (or taken from the local hub cache)."""
+    path = os.path.expanduser(source)
+    if os.path.exists(path):
+        return path
+    if not looks_like_hub_id(source):
+        raise FileNotFoundError(f"checkpoint not found: {source}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(source, allow_patterns=HUB_PATTERNS)
+    except Exception as e:
+        raise FileNotFoundError(f"{source!r} is not a local file or folder, and downloading it from the Hugging "
+                                f"Face hub failed: {e}") from e
+
+
+def normalize_keys(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Drop Composer's `model.` prefix; rename old TF-converted BERT LayerNorm `gamma` / `beta` (bert-base-uncased)."""
+    out = {}
+    for k, v in state.items():
+        k = k.removeprefix("model.")
+        if "LayerNorm" in k and k.endswith(".gamma"):
+            k = k[: -len("gamma")] + "weight"
+        elif "LayerNorm" in k and k.endswith(".beta"):
+            k = k[: -len("beta")] + "bias"
+        out[k] = v
+    return out
+
+
+def read_weights(source: str) -> Dict[str, torch.Tensor]:
+    """Weights of a Composer checkpoint, a Hugging Face folder or a hub model id, with normalised keys."""
+    path = resolve_source(source)
+    state = _read_folder(path) if os.path.isdir(path) else read_composer_checkpoint(path)["model"]
+    return normalize_keys(state)
+
+
+@dataclass
+class LoadReport:
+    """What `load_weights` did with every key. results.json stores it as a dict (`as_dict`)."""
+
+    source: str
+    loaded: int = 0  # tensors loaded
+    head_not_loaded: List[str] = field(default_factory=list)  # source keys left out on purpose (head_prefixes)
+    new_head: List[str] = field(default_factory=list)  # model keys expected to be absent (new_head_prefixes)
+    missing: List[str] = field(default_factory=list)  # model keys not in the source: newly initialised
+    unexpected: List[str] = field(default_factory=list)  # source keys the model has no place for
+    shape_mismatch: List[str] = field(default_factory=list)  # same key, different shape: not loaded
+    resized: List[str] = field(default_factory=list)  # vocab rows padded (fresh init for the extra rows)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    def as_dict(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out.pop("source")
+        return out
+
+    def log(self, logger: logging.Logger = log) -> None:
+        src = self.source
+        logger.info("%s: loaded %d tensors; intentionally not loaded (head of the source): %s; newly initialised "
+                    "head: %s", src, self.loaded, self.head_not_loaded or "none", self.new_head or "none")
+        if self.resized:
+            logger.warning("%s: resized %s", src, self.resized)
+        if self.shape_mismatch:
+            logger.warning("%s: %d weights with a different shape NOT loaded: %s", src, len(self.shape_mismatch),
+                           self.shape_mismatch)
+        if self.missing:
+            logger.warning("%s: %d model weights not in the checkpoint, newly initialised: %s", src,
+                           len(self.missing), self.missing)
+        if self.unexpected:
+            logger.warning("%s: %d checkpoint weights not used by this model: %s", src, len(self.unexpected),
+                           self.unexpected)
+
+
+def _fit_shapes(state: Dict[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor], report: LoadReport) -> None:
+    """Pad vocab-indexed tensors that are shorter than the model's; drop (and report) other shape mismatches."""
+    for k, v in list(state.items()):
+        target = model_sd.get(k)
+        if target is None or target.shape == v.shape:
+            continue
+        if k.endswith(VOCAB_KEYS) and v.shape[1:] == target.shape[1:] and v.shape[0] < target.shape[0]:
+            padded = target.detach().clone()
+            padded[: v.shape[0]] = v.to(padded.dtype)
+            state[k] = padded
+            report.resized.append(f"{k}: {tuple(v.shape)} -> {tuple(target.shape)}")
+        else:
+            report.shape_mismatch.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target.shape)}")
+            del state[k]
+
+
+def _tied(missing: Sequence[str], loaded: Sequence[str], model_sd: Mapping[str, torch.Tensor]) -> set:
+    """Missing keys that share storage with a loaded key (tied decoder / word embeddings): loaded after all."""
+    loaded_ptrs = {model_sd[k].data_ptr() for k in loaded if model_sd[k].numel()}
+    return {k for k in missing if k in model_sd and model_sd[k].numel() and model_sd[k].data_ptr() in loaded_ptrs}
+
+
+def load_weights(
+    model: torch.nn.Module,
+    source: Union[str, Mapping[str, torch.Tensor]],
+    head_prefixes: Sequence[str] = (),
+    new_head_prefixes: Sequence[str] = (),
+    name: str | None = None,
+) -> LoadReport:
+    """Load `source` (a path / hub id as in the module docstring, or a state dict) into `model`; log and return
+    the report. Source keys under `head_prefixes` are left out on purpose (e.g. an MLM head when finetuning);
+    model keys under `new_head_prefixes` are expected to be missing (a new classification head). Raises when not
+    a single tensor loads (wrong model.name or config)."""
+    from mosaicbert.model import MosaicBertPreTrainedModel, load_mosaic_state_dict
+
+    label = name or (source if isinstance(source, str) else "state dict")
+    state = read_weights(source) if isinstance(source, str) else normalize_keys(source)
+    report = LoadReport(source=label)
+    head_prefixes, new_head_prefixes = tuple(head_prefixes), tuple(new_head_prefixes)
+    report.head_not_loaded = sorted(k for k in state if head_prefixes and k.startswith(head_prefixes))
+    state = {k: v for k, v in state.items() if not (head_prefixes and k.startswith(head_prefixes))}
+    model_sd = model.state_dict()
+    _fit_shapes(state, model_sd, report)
+
+    if isinstance(model, MosaicBertPreTrainedModel):
+        missing, unexpected = load_mosaic_state_dict(model, state)
+    else:
+        result = model.load_state_dict(state, strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    not_loaded = set(missing)
+    loaded = [k for k in model_sd if k not in not_loaded]
+    tied = _tied(missing, loaded, model_sd)
+    mismatched = {entry.split(":")[0] for entry in report.shape_mismatch}  # reported there, once
+    missing = [k for k in missing if k not in tied and k not in mismatched and not k.endswith(_DERIVED)]
+    report.new_head = sorted(k for k in missing if new_head_prefixes and k.startswith(new_head_prefixes))
+    report.missing = [k for k in missing if not (new_head_prefixes and k.startswith(new_head_prefixes))]
+    report.unexpected = [k for k in unexpected if not k.endswith(_DERIVED)]
+    report.loaded = len(loaded)
+    if not loaded:
+        raise RuntimeError(f"{label}: none of its {len(state)} weights match this model (wrong model.name or "
+                           f"model.config_overrides?); checkpoint keys look like {sorted(state)[:5]}")
+    report.log()
+    return report
