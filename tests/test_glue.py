@@ -18,7 +18,9 @@ import pytest
 from mosaicbert.config import ConfigError
 from mosaicbert.glue.config import GlueConfig, load_glue_config
 from mosaicbert.glue.data import GlueDataError, read_glue_tsv
-from mosaicbert.glue.runner import Job, JobResult, plan_jobs, run_glue, run_jobs
+from mosaicbert.glue.plan import Job, JobResult, plan_jobs
+from mosaicbert.glue.pool import run_jobs
+from mosaicbert.glue.runner import run_glue
 from mosaicbert.glue.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +266,7 @@ def test_encoder_weights_from_mlm_export(tmp_path, model_name):
     from transformers import BertForMaskedLM
 
     from mosaicbert.builders import build_hf_config
-    from mosaicbert.glue.runner import build_classifier, get_tokenizer, load_start_weights
+    from mosaicbert.glue.train import build_classifier, get_tokenizer, load_start_weights
     from mosaicbert.model import MosaicBertForMaskedLM
 
     cfg = tiny_config(tmp_path, tmp_path, f"model.name={model_name}")
@@ -273,7 +275,7 @@ def test_encoder_weights_from_mlm_export(tmp_path, model_name):
     else:
         mlm = BertForMaskedLM(build_hf_config(cfg.model, vocab_size=30522))
     mlm.save_pretrained(tmp_path / "hf")
-    clf = build_classifier(cfg, TASKS["stsb"], get_tokenizer(cfg.tokenizer))
+    clf = build_classifier(cfg.model, TASKS["stsb"].num_labels, get_tokenizer(cfg.tokenizer))
     report = load_start_weights(clf, str(tmp_path / "hf"))
     assert report["head_not_loaded"] and all(k.startswith("cls.") for k in report["head_not_loaded"])
     assert report["new_head"] == ["classifier.bias", "classifier.weight"]
@@ -356,7 +358,7 @@ def test_glue_py_quickstart(tmp_path):
 
 @needs_vocab
 def test_failed_mnli_job_is_reported_and_dependents_fall_back(tmp_path, monkeypatch):
-    from mosaicbert.glue import runner
+    from mosaicbert.glue import train
 
     def fake_train_job(cfg, job):
         if job.task == "mnli":
@@ -364,7 +366,7 @@ def test_failed_mnli_job_is_reported_and_dependents_fall_back(tmp_path, monkeypa
         return JobResult(task=job.task, seed=job.seed, status="ok", metrics={"accuracy": 0.5}, score=0.5,
                          init_from=job.init_from, init_kind=job.init_kind)
 
-    monkeypatch.setattr(runner, "train_job", fake_train_job)
+    monkeypatch.setattr(train, "train_job", fake_train_job)
     data = tmp_path / "glue"
     write_fake_mnli_rte(data, n=4)
     cfg = tiny_config(tmp_path, data, "tasks_to_run=[mnli,rte]")
@@ -410,7 +412,7 @@ def test_glue_durations_are_checked_up_front(override):
 
 
 def test_glue_workers_are_pinned_to_the_parents_visible_gpus(monkeypatch):
-    from mosaicbert.glue.runner import visible_gpu_ids
+    from mosaicbert.glue.pool import visible_gpu_ids
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
     assert visible_gpu_ids(2) == ["2", "3"]

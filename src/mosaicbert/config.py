@@ -58,44 +58,18 @@ class ConfigError(ValueError):
 # hash and serialise (json, Composer) as their value. OmegaConf accepts the member names, which equal the values.
 # --------------------------------------------------------------------------------------------------------------
 
-
-class ModelName(StrEnum):
-    mosaic_bert = "mosaic_bert"
-    hf_bert = "hf_bert"
-
-
-class OptimizerName(StrEnum):
-    decoupled_adamw = "decoupled_adamw"
-    adamw = "adamw"
-
-
-class SchedulerName(StrEnum):
-    linear_decay_with_warmup = "linear_decay_with_warmup"
-    constant_with_warmup = "constant_with_warmup"
-    cosine_with_warmup = "cosine_with_warmup"
-
-
-class ClippingType(StrEnum):
-    norm = "norm"
-    value = "value"
-    adaptive = "adaptive"
-
-
-class Precision(StrEnum):
-    fp32 = "fp32"
-    amp_bf16 = "amp_bf16"
-    amp_fp16 = "amp_fp16"
-
-
-class Device(StrEnum):
-    cpu = "cpu"
-    gpu = "gpu"
-
-
-# torch.compile modes; the functional form because the names have hyphens.
+ModelName = StrEnum("ModelName", ["mosaic_bert", "hf_bert"], module=__name__)
+OptimizerName = StrEnum("OptimizerName", ["decoupled_adamw", "adamw"], module=__name__)
+SchedulerName = StrEnum("SchedulerName", ["linear_decay_with_warmup", "constant_with_warmup", "cosine_with_warmup"],
+                        module=__name__)
+ClippingType = StrEnum("ClippingType", ["norm", "value", "adaptive"], module=__name__)
+Precision = StrEnum("Precision", ["fp32", "amp_bf16", "amp_fp16"], module=__name__)
+Device = StrEnum("Device", ["cpu", "gpu"], module=__name__)
+# torch.compile modes (null = torch's default).
 CompileMode = StrEnum("CompileMode", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                       module=__name__)
-COMPILE_MODES = [m.value for m in CompileMode]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Pretraining schema (main.py)
 # --------------------------------------------------------------------------------------------------------------
@@ -244,8 +218,6 @@ class PretrainConfig:
     load_weights_only: bool = False
     autoresume: bool = False
     dist_timeout: float = 600.0
-
-
 
 
 # --------------------------------------------------------------------------------------------------------------
