@@ -111,11 +111,11 @@ def test_report_adds_extra_curves_from_runs_and_earlier_csvs(tmp_path):
     assert ttq.main(["report", "--out", str(tmp_path), "--dest", str(first)]) == 0
     dest = tmp_path / "second"
     args = ["report", "--out", str(tmp_path), "--dest", str(dest),
-            "--extra_curve", f"HF BERT, run 1={first / 'loss_vs_time.csv'}:hf_bert",
+            "--extra_curve", f"HF BERT, repeat run={first / 'loss_vs_time.csv'}:hf_bert",
             "--extra_curve", f"MosaicBERT again={tmp_path / 'mosaic_bert'}"]
     assert ttq.main(args) == 0
     md = (dest / "time_to_quality.md").read_text()
-    assert "| HF BERT, run 1 | 6.000 | 30 | 3 |" in md
+    assert "| HF BERT, repeat run | 6.000 | 30 | 3 |" in md
     assert "| MosaicBERT again | 4.000 | 30 | 3 |" in md
     assert len((dest / "loss_vs_time.csv").read_text().splitlines()) == 1 + 4 * 3
     missing = ["report", "--out", str(tmp_path), "--dest", str(dest), "--extra_curve",
