@@ -160,7 +160,8 @@ def main() -> None:
         else:
             print(f"{r['fill']:6} {r['backend']:20} {r['tokens']:7d} {r['fwd_bwd_ms']:11.3f} {r['fwd_ms']:8.3f} "
                   f"{r['kernel_ms']:9.3f} {r['prepare_ms']:11.3f} {r['peak_mem_mb']:8.0f} {r['first_call_s']:10.2f}")
-            print("       kernels (ms): " + ", ".join(f"{k['kernel'][:40]} {k['ms_per_step']:.3f}" for k in r["kernels"]))
+            kernels = ", ".join(f"{k['kernel'][:40]} {k['ms_per_step']:.3f}" for k in r["kernels"])
+            print(f"       kernels (ms): {kernels}")
     meta = {
         "batch": args.batch, "seqlen": args.seqlen, "heads": args.heads, "head_dim": args.head_dim,
         "dtype": args.dtype, "device": torch.cuda.get_device_name(), "torch": torch.__version__,

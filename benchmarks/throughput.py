@@ -155,7 +155,10 @@ def run_one(model_name, compiled, args, batches, device, peak, host_counts=True,
     torch.manual_seed(0)
     torch._dynamo.reset()  # every row compiles from scratch
     try:
-        return _run_one(model_name, compiled, args, batches, device, peak, host_counts, overrides or {})
+        row = _run_one(model_name, compiled, args, batches, device, peak, host_counts, overrides or {})
+        if device.type == "cuda":  # the row's model and optimizer are gone now
+            torch.cuda.empty_cache()
+        return row
     except Exception as e:  # noqa: BLE001 - one failing setting must not cost the other rows of a GPU run
         if args.fail_fast:
             raise
@@ -242,9 +245,6 @@ def _run_one(model_name, compiled, args, batches, device, peak, host_counts, ove
         warmup_s=warm_s, final_loss=float(loss.detach()), profile_ms_per_step=profile, top_kernels=top_kernels,
         **sampler.summary(),
     )
-    del model, opt, step_model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 
