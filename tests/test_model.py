@@ -292,6 +292,7 @@ def test_base_param_count():
 
 
 @pytest.mark.parametrize("backend", ["torch", "sdpa"])
+@pytest.mark.slow
 def test_attention_dropout_is_unbiased(backend):
     """With dropout, E[out] equals the no-dropout output (inverted dropout on the attention probabilities)."""
     torch.manual_seed(0)
