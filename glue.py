@@ -2,7 +2,7 @@
 
     python glue.py yamls/glue/base.yaml model.pretrained_checkpoint=runs/base/latest-rank0.pt
     python glue.py yamls/glue/quickstart.yaml                          # tiny random-init smoke run on CPU
-    python glue.py yamls/glue/base.yaml tasks_to_run=[rte,mrpc] data_dir=../shared/data/glue
+    python glue.py yamls/glue/base.yaml tasks_to_run=[rte,mrpc] data_dir=path/to/glue    # a folder of GLUE TSVs
 
 The YAML and `key=value` overrides are validated against mosaicbert.glue.config.GlueConfig. Runs one Composer
 Trainer per task and seed (a process pool with one job per GPU), then writes results.json and results.md to

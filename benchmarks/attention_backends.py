@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from throughput import profile_steps  # this script's folder is on sys.path when it runs
 
+from mosaicbert.benchmarking import profile_steps
 from mosaicbert.model.attention import ATTENTION_BACKENDS, AlibiCache, AttentionContext
-from mosaicbert.model.padding import get_unpad_info
+from mosaicbert.model.padding import get_unpad_info, max_seqlen_bound
+from mosaicbert.model.triton_attention import triton_alibi_varlen_attention
 
 
 def make_mask(batch: int, seqlen: int, fill: str, gen: torch.Generator) -> torch.Tensor:
@@ -95,31 +96,18 @@ def bench(name: str, mask: torch.Tensor, heads: int, head_dim: int, dtype, iters
 
 
 def bench_triton_blocks(spec: str, mask, args, dtype) -> dict:
-    """spec "MxN" (query x key block; warps by the launcher's rule), "MxN:W" (W warps instead) or "MxN:W:S" (and S
-    pipeline stages instead of Triton's default)."""
-    import mosaicbert.model.triton_attention as triton_attention
-    from mosaicbert.model.padding import max_seqlen_bound
-
-    blocks, _, launch = spec.partition(":")
-    warps, _, stages = launch.partition(":")
-    bm, bn = (int(x) for x in blocks.split("x"))
+    """spec "MxN": the triton backend with query x key blocks of M x N (warps by the launcher's rule)."""
+    bm, bn = (int(x) for x in spec.split("x"))
 
     def attend(qkv, ctx, dropout_p):
         info = ctx.info
-        return triton_attention.triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_bound(info),
-                                                              ctx.alibi.slopes(qkv.device), bm, bn)
+        return triton_alibi_varlen_attention(qkv, info.cu_seqlens, max_seqlen_bound(info),
+                                             ctx.alibi.slopes(qkv.device), bm, bn)
 
-    rule, default_stages = triton_attention._config, triton_attention._NUM_STAGES
-    if warps:  # the forward and both backward paths take their warps from _config
-        triton_attention._config = lambda *a: (*rule(*a)[:2], int(warps))
-    if stages:
-        triton_attention._NUM_STAGES = int(stages)
     try:
         r = bench("triton", mask, args.heads, args.head_dim, dtype, args.iters, args.warmup, attend)
-    except Exception as e:
-        return {"backend": f"triton[{spec}]", "fill": "?", "error": f"{type(e).__name__}: {e}"[:300]}
-    finally:
-        triton_attention._config, triton_attention._NUM_STAGES = rule, default_stages
+    except Exception as e:  # e.g. a block too large for this GPU's shared memory
+        return {"backend": f"triton[{spec}]", "error": f"{type(e).__name__}: {e}"[:300]}
     return {**r, "backend": f"triton[{spec}]"}
 
 
@@ -136,9 +124,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--triton_blocks", nargs="*", default=[], metavar="MxN",
-                   help="also time the triton backend with these query x key block sizes, e.g. 64x64 64x128:8 "
-                        "(':W' = W warps, ':W:S' = and S pipeline stages); a key block >= the sequence length takes "
-                        "the one-kernel backward")
+                   help="also time the triton backend with these query x key block sizes, e.g. 64x64 16x128; a key "
+                        "block >= the sequence length takes the one-kernel backward")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
@@ -173,7 +160,8 @@ def main() -> None:
         else:
             print(f"{r['fill']:6} {r['backend']:20} {r['tokens']:7d} {r['fwd_bwd_ms']:11.3f} {r['fwd_ms']:8.3f} "
                   f"{r['kernel_ms']:9.3f} {r['prepare_ms']:11.3f} {r['peak_mem_mb']:8.0f} {r['first_call_s']:10.2f}")
-            print("       kernels (ms): " + ", ".join(f"{k['kernel'][:40]} {k['ms_per_step']:.3f}" for k in r["kernels"]))
+            kernels = ", ".join(f"{k['kernel'][:40]} {k['ms_per_step']:.3f}" for k in r["kernels"])
+            print(f"       kernels (ms): {kernels}")
     meta = {
         "batch": args.batch, "seqlen": args.seqlen, "heads": args.heads, "head_dim": args.head_dim,
         "dtype": args.dtype, "device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -15,7 +15,6 @@ import gzip
 import json
 from collections import defaultdict
 
-
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 HOST_OP_CATEGORIES = ("cpu_op", "user_annotation")
 
@@ -87,11 +86,12 @@ def main(argv=None) -> int:
         prev = name
     n = args.steps
     print(f"{len(kernels)} kernels; first to last {span / 1e3 / n:.2f} ms/step, busy {busy / 1e3 / n:.2f}, "
-          f"idle {(span - busy) / 1e3 / n:.2f} (gaps >= {args.min_us:g} us: {sum(g for g, _, _ in gaps) / 1e3 / n:.2f})")
-    print(f"\nlongest gaps (us) with the kernel before -> after:")
+          f"idle {(span - busy) / 1e3 / n:.2f} "
+          f"(gaps >= {args.min_us:g} us: {sum(g for g, _, _ in gaps) / 1e3 / n:.2f})")
+    print("\nlongest gaps (us) with the kernel before -> after:")
     for gap, before, after in sorted(gaps, reverse=True)[: args.top]:
         print(f"  {gap:9.1f}  {before[:70]}  ->  {after[:70]}")
-    print(f"\ngaps by kernel pair (total us per step, count per step):")
+    print("\ngaps by kernel pair (total us per step, count per step):")
     pairs = sorted(by_pair.items(), key=lambda kv: -sum(kv[1]))[: args.top]
     for (before, after), gs in pairs:
         print(f"  {sum(gs) / n:9.1f}  x{len(gs) / n:5.1f}  {before}  ->  {after}")

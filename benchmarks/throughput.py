@@ -8,11 +8,9 @@ each step after warm-up, the steps queued back to back as in training (one sync 
 --steps steps is reported. Each model gets the batch keys its forward takes (as Composer's HuggingFaceModel does):
 MosaicBERT also gets the collator's per-row host counts, which spare it a host sync per step.
 
-Useful FLOPs per step (the MFU numerator; padding and head work on unmasked tokens are not useful):
-    6 x (encoder non-embedding parameters) x real tokens
-  + 12 x sum_i S_i^2 x hidden x layers            (attention scores and values, forward + backward)
-  + 6 x (MLM head parameters) x masked tokens
-MFU = useful FLOPs / step time / measured bf16 matmul peak of this GPU (8192^3 matmul).
+MFU = useful FLOPs / step time / measured bf16 matmul peak of this GPU (8192^3 matmul); the useful FLOPs are
+defined in mosaicbert.benchmarking. --host_counts off feeds MosaicBERT without the collator's per-row counts (one
+host sync per step, the cost they save).
 
 On CUDA each row also records the GPU's median SM clock and board power over its timed steps (`nvidia-smi`, when
 present): a GPU at its power limit lowers its clock under sustained load, which the step time alone does not show.
@@ -21,19 +19,18 @@ present): a GPU at its power limit lowers its clock under sustained load, which 
 from __future__ import annotations
 
 import argparse
-import functools
 import gzip
 import inspect
 import json
 import math
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from mosaicbert.benchmarking import ClockPowerSampler, matmul_peak, profile_steps, useful_flops
 
 SIZES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -109,165 +106,6 @@ def load_texts(path: str, vocab: str, seq: int, limit: int = 20000) -> list[list
     return tok(docs, truncation=True, max_length=seq)["input_ids"]
 
 
-def useful_flops(model_name: str, cfg, batch: dict) -> float:
-    attn = batch["attention_mask"]
-    lengths = attn.sum(1).double()
-    real_tokens = float(lengths.sum())
-    masked = float((batch["labels"] != -100).sum())
-    h, layers, inter = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size
-    if model_name == "mosaic_bert":  # fused Wqkv, out dense, GeGLU (2*inter) up, down; two LayerNorms
-        layer = h * 3 * h + 3 * h + h * h + h + h * 2 * inter + inter * h + h + 4 * h
-    else:  # q, k, v, out, up (inter), down; two LayerNorms
-        layer = 4 * (h * h + h) + h * inter + inter + inter * h + h + 4 * h
-    head = h * h + h + 2 * h + cfg.vocab_size * h + cfg.vocab_size
-    return 6 * layer * layers * real_tokens + 12 * float((lengths**2).sum()) * h * layers + 6 * head * masked
-
-
-def matmul_peak(device, seconds: float = 0.0) -> float:
-    """bf16 FLOP/s of 8192^3 matmuls: 10 of them (~11 ms, the MFU denominator), or as many as fill `seconds`
-    (sustained: a GPU at its power limit lowers its clocks after a while, which the short burst does not see)."""
-    if device.type != "cuda":
-        return float("nan")
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    n = 10 if seconds <= 0 else max(10, int(seconds / 1.4e-3))  # ~1.4 ms per matmul on an H100/H200
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * 8192**3 * n / (start.elapsed_time(end) / 1e3)
-
-
-# Benchmark-only variants of MosaicBERT (monkeypatches, undone after the row): ablations that undo one optimisation
-# and candidates not yet adopted, measured against the current code in the same process. Each returns an undo function.
-def _patch(obj, **attrs):
-    """Set attributes of obj (a module or a class); return the function that puts the old values back."""
-    old = {name: getattr(obj, name) for name in attrs}
-    for name, value in attrs.items():
-        setattr(obj, name, value)
-
-    def undo():
-        for name, value in old.items():
-            setattr(obj, name, value)
-
-    return undo
-
-
-def _variant_index_pad():
-    """Attention re-pads q/k/v with index_copy and unpads with plain indexing (accumulating-scatter backward),
-    as before the gather-only pad/unpad."""
-    from mosaicbert.model import attention, padding
-
-    return _patch(attention, pad_rows=lambda x, info: padding.pad(x, info.indices, info.batch, info.seqlen),
-                  unpad_rows=lambda x, info: padding.unpad(x, info.indices))
-
-
-def _variant_geglu_fused_matmul():
-    """GeGLU as one [T, 2I] matmul whose output is split, as before the model adopted two matmuls (the backward
-    then concatenates the two gradient halves: `fused_cat_gelu_gelu_backward_mul_..._split` in the profile)."""
-    from mosaicbert.model import layers
-
-    def forward(self, x):
-        gate, value = self.gated_layers(x).split(self.intermediate_size, dim=-1)  # [T, I] each
-        h = self.dropout(self.act(gate) * value)
-        return self.layernorm(self.wo(h) + x)
-
-    return _patch(layers.MosaicBertGatedMLP, forward=forward)
-
-
-def _variant_fused_geglu_dropout():
-    """Candidate: GeGLU + dropout in one Triton kernel each way, the mask drawn again in the backward instead of
-    stored (benchmarks/fused_geglu_dropout.py). Training with dropout on CUDA only; else the current code."""
-    import torch.nn.functional as F
-
-    from mosaicbert.model import layers
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from fused_geglu_dropout import fused_geglu_dropout
-
-    old = layers.MosaicBertGatedMLP.forward
-
-    def forward(self, x):
-        p = self.dropout.p
-        if not (self.training and p > 0.0 and x.is_cuda and type(self.act).__name__ == "GELUActivation"):
-            return old(self, x)
-        w = self.gated_layers.weight  # [2I, hidden]
-        gate = F.linear(x, w[: self.intermediate_size])  # [T, I]
-        value = F.linear(x, w[self.intermediate_size:])  # [T, I]
-        return self.layernorm(self.wo(fused_geglu_dropout(gate, value, p)) + x)
-
-    return _patch(layers.MosaicBertGatedMLP, forward=forward)
-
-
-def _variant_geglu_epilogue():
-    """Candidate: the GeGLU up-projection as one Triton matmul that applies gelu * value * keep-mask in its
-    epilogue (benchmarks/geglu_epilogue.py; tiles from GEGLU_EPILOGUE_BLOCKS). CUDA and exact-GELU only; else the
-    current code."""
-    import torch
-
-    from mosaicbert.model import layers
-    from mosaicbert.model.dropout import dropout_keep_mask
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from geglu_epilogue import geglu_up_projection, launch_config
-
-    old = layers.MosaicBertGatedMLP.forward
-    cfg = launch_config()  # here, not in the traced forward
-
-    def forward(self, x):
-        if not (x.is_cuda and type(self.act).__name__ == "GELUActivation"):
-            return old(self, x)
-        p = self.dropout.p if self.training else 0.0
-        keep = None
-        if p > 0.0:
-            seed = torch.randint(0, 2**62, (1,), device=x.device, dtype=torch.int64)
-            keep = dropout_keep_mask(seed, (x.shape[0], self.intermediate_size), p)
-        h = geglu_up_projection(x, self.gated_layers.weight.to(x.dtype), p, keep, cfg)  # [T, I]
-        return self.layernorm(self.wo(h) + x)
-
-    return _patch(layers.MosaicBertGatedMLP, forward=forward)
-
-
-def _variant_device_counts():
-    """Ablation: no per-row host counts, so the forward learns the numbers of real and of labelled tokens with
-    torch.nonzero, two host syncs per step (as before the collator sent the counts)."""
-    from mosaicbert.model import modeling_mosaic_bert
-
-    old = modeling_mosaic_bert.MosaicBertForMaskedLM.forward
-
-    @functools.wraps(old)  # the same signature: the counts are still passed, and dropped here
-    def forward(self, *args, sequence_lengths=None, label_counts=None, **kwargs):
-        return old(self, *args, **kwargs)
-
-    return _patch(modeling_mosaic_bert.MosaicBertForMaskedLM, forward=forward)
-
-
-def _variant_split_attention_backward():
-    """Ablation: the attention backward as three kernels (delta, dK/dV, dQ) at 64x64 tiles, as before the
-    one-kernel backward became the default for S <= 128."""
-    from mosaicbert.model import triton_attention
-
-    return _patch(triton_attention, _WHOLE_SEQUENCE_KEYS_X_DIM=0)  # no default shape qualifies
-
-
-def _variant_combo_kernels():
-    """Candidate: inductor's combo kernels (independent small kernels launched as one: fewer launch gaps)."""
-    from torch._inductor import config
-
-    return _patch(config, combo_kernels=True)
-
-
-VARIANTS = {"current": lambda: (lambda: None), "device_counts": _variant_device_counts, "index_pad": _variant_index_pad,
-            "geglu_fused_matmul": _variant_geglu_fused_matmul, "fused_geglu_dropout": _variant_fused_geglu_dropout,
-            "split_attention_backward": _variant_split_attention_backward, "combo_kernels": _variant_combo_kernels,
-            "geglu_epilogue": _variant_geglu_epilogue}
-
-
 def parse_config_set(text: str) -> dict:
     """'default' -> {}; 'attention_backend=triton;hidden_dropout_prob=0.0' -> {...} (values parsed as YAML)."""
     import yaml
@@ -301,50 +139,6 @@ def build(model_name: str, size: str, attention_backend: str | None, overrides: 
     return BertForMaskedLM(cfg), cfg
 
 
-# Kernel-name patterns -> where the step's GPU time goes (first match wins).
-KERNEL_CATEGORIES = [
-    ("attention", ("flash", "fmha", "attention", "sdpa", "flex")),
-    ("matmul", ("gemm", "cutlass", "matmul", "mm_", "addmm", "bmm", "wgmma", "sm90_xmma", "nvjet")),
-    ("layernorm", ("layer_norm", "layernorm")),
-    ("optimizer", ("adam", "foreach", "multi_tensor")),
-    ("index/pad/unpad", ("index", "gather", "scatter", "nonzero", "masked")),
-    ("cross-entropy/softmax", ("softmax", "nll", "cross_entropy", "log_softmax")),
-    ("elementwise (incl. fused triton)", ("triton", "elementwise", "vectorized", "reduce", "copy", "fill")),
-]
-
-
-def profile_steps(step, batches, n: int, device, top: int = 0, trace: str | None = None,
-                  trace_host: bool = False) -> tuple[dict, list]:
-    """GPU (or CPU) time per step by kernel category, and the `top` kernels, from torch.profiler over `n` steps.
-    trace: also write the kernel timeline there (chrome trace JSON; GPU kernels only, so the host is not slowed).
-    trace_host: record the host's ops too, so `kernel_gaps.py --origins` can name the op that launched a kernel
-    (the host then runs slower: use that trace for attribution, not for gaps)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
-    if trace_host and device.type == "cuda":
-        activities.append(ProfilerActivity.CPU)
-    with profile(activities=activities) as prof:
-        for i in range(n):
-            step(batches[i % len(batches)])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    if trace:
-        prof.export_chrome_trace(trace)
-    totals: dict[str, float] = {}
-    kernels = []
-    for evt in prof.key_averages():
-        us = evt.self_device_time_total if device.type == "cuda" else evt.self_cpu_time_total
-        if us <= 0 or (device.type == "cuda" and evt.device_type != torch.autograd.DeviceType.CUDA):
-            continue
-        name = evt.key.lower()
-        cat = next((c for c, keys in KERNEL_CATEGORIES if any(k in name for k in keys)), "other")
-        totals[cat] = totals.get(cat, 0.0) + us / 1e3 / n
-        kernels.append(dict(kernel=evt.key[:160], category=cat, ms_per_step=us / 1e3 / n, calls_per_step=evt.count / n))
-    kernels.sort(key=lambda k: -k["ms_per_step"])
-    return dict(sorted(totals.items(), key=lambda kv: -kv[1])), kernels[:top]
-
-
 def resolved_backend(cfg, device) -> str:
     """The configured attention backend and, for "auto", what it resolved to under bf16 training here."""
     if not hasattr(cfg, "attention_backend"):
@@ -357,12 +151,14 @@ def resolved_backend(cfg, device) -> str:
     return name if cfg.attention_backend == name else f"{cfg.attention_backend} ({name})"
 
 
-def run_one(model_name, compiled, args, batches, device, peak, variant="current", overrides=None):
+def run_one(model_name, compiled, args, batches, device, peak, host_counts=True, overrides=None):
     torch.manual_seed(0)
-    torch._dynamo.reset()  # every row compiles from scratch (variants patch code the cached graphs were traced from)
-    undo = VARIANTS[variant]() if model_name == "mosaic_bert" else (lambda: None)
+    torch._dynamo.reset()  # every row compiles from scratch
     try:
-        return _run_one(model_name, compiled, args, batches, device, peak, variant, overrides or {})
+        row = _run_one(model_name, compiled, args, batches, device, peak, host_counts, overrides or {})
+        if device.type == "cuda":  # the row's model and optimizer are gone now
+            torch.cuda.empty_cache()
+        return row
     except Exception as e:  # noqa: BLE001 - one failing setting must not cost the other rows of a GPU run
         if args.fail_fast:
             raise
@@ -374,65 +170,19 @@ def run_one(model_name, compiled, args, batches, device, peak, variant="current"
                 torch.cuda.empty_cache()
             except Exception:  # noqa: BLE001 - a CUDA fault poisons the context: the next rows will say so too
                 pass
-        return dict(model=model_name, compiled=compiled, variant=variant, config_overrides=overrides or {},
+        return dict(model=model_name, compiled=compiled, host_counts=host_counts, config_overrides=overrides or {},
                     error=f"{type(e).__name__}: {str(e)[:500]}")
-    finally:
-        undo()
 
 
-class ClockPowerSampler:
-    """Samples one GPU's SM clock (MHz) and board power (W) every `interval_ms` with `nvidia-smi` while the `with`
-    block runs; `summary()` gives their medians. Without nvidia-smi (or a GPU id) it samples nothing."""
-
-    QUERY = "clocks.sm,power.draw"
-
-    def __init__(self, gpu_id: str | None, interval_ms: int = 100):
-        self.gpu_id, self.interval_ms, self.proc, self.lines = gpu_id, interval_ms, None, []
-
-    @staticmethod
-    def for_device(device) -> "ClockPowerSampler":
-        gpu_id = f"GPU-{torch.cuda.get_device_properties(device).uuid}" if device.type == "cuda" else None
-        return ClockPowerSampler(gpu_id)
-
-    def __enter__(self):
-        if self.gpu_id and shutil.which("nvidia-smi"):
-            self.proc = subprocess.Popen(
-                ["nvidia-smi", f"--query-gpu={self.QUERY}", "--format=csv,noheader,nounits", "-i", self.gpu_id,
-                 f"-lms={self.interval_ms}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        return self
-
-    def __exit__(self, *exc):
-        if self.proc is not None:
-            self.proc.terminate()
-            out, _ = self.proc.communicate(timeout=10)
-            self.lines = out.splitlines()
-
-    @staticmethod
-    def parse(lines: list[str]) -> dict:
-        """'1725, 691.52' lines -> medians; lines that are not two numbers ("[N/A]", a cut-off line) are skipped."""
-        clocks, watts = [], []
-        for line in lines:
-            try:
-                clock, watt = (float(x) for x in line.split(","))
-            except ValueError:
-                continue
-            clocks.append(clock)
-            watts.append(watt)
-        if not clocks:
-            return {}
-        return dict(sm_clock_mhz=statistics.median(clocks), power_w=statistics.median(watts), gpu_samples=len(clocks))
-
-    def summary(self) -> dict:
-        return self.parse(self.lines)
-
-
-def _run_one(model_name, compiled, args, batches, device, peak, variant, overrides):
+def _run_one(model_name, compiled, args, batches, device, peak, host_counts, overrides):
     model, cfg = build(model_name, args.size, args.attention_backend, overrides)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = (torch.compile(model, mode=args.compile_mode) if compiled else model)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    takes = inspect.signature(model.forward).parameters  # the keys this model's forward takes (as Composer filters)
+    takes = set(inspect.signature(model.forward).parameters)  # the keys its forward takes (as Composer filters)
+    if not host_counts:  # the forward then counts real and masked tokens on the GPU, with a host sync
+        takes -= {"sequence_lengths", "label_counts"}
     dev_batches = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items() if k in takes}
                    for b in batches]
 
@@ -473,7 +223,7 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
             times = [s.elapsed_time(e) / 1e3 for s, e in events]
     trace = None
     if args.trace and args.profile:
-        label = "-".join([model_name, "compiled" if compiled else "eager", variant]
+        label = "-".join([model_name, "compiled" if compiled else "eager"] + ([] if host_counts else ["no-host-counts"])
                          + [f"{k}={v}" for k, v in sorted((overrides or {}).items())])
         trace = f"{args.trace}-{label}.json"
     profile, top_kernels = (profile_steps(step, dev_batches, args.profile, device, args.profile_top, trace,
@@ -484,7 +234,7 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
     tflops = statistics.mean(flops) / med / 1e12
     row = dict(
         model=model_name, compiled=compiled, size=args.size, batch=bsz, seq=args.seq,
-        variant=variant if model_name == "mosaic_bert" else "", config_overrides=overrides,
+        host_counts=host_counts and model_name == "mosaic_bert", config_overrides=overrides,
         compile_mode=args.compile_mode if compiled else None,
         attention_backend=resolved_backend(cfg, device),
         ms_per_step=med * 1e3,
@@ -495,9 +245,6 @@ def _run_one(model_name, compiled, args, batches, device, peak, variant, overrid
         warmup_s=warm_s, final_loss=float(loss.detach()), profile_ms_per_step=profile, top_kernels=top_kernels,
         **sampler.summary(),
     )
-    del model, opt, step_model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 
@@ -523,9 +270,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile", type=int, default=0, help="also profile this many steps: time per kernel category")
     p.add_argument("--compile_mode", default=None,
                    help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: torch's default)")
-    p.add_argument("--variants", default="current",
-                   help=f"MosaicBERT code variants to compare in this run, comma-separated, from {sorted(VARIANTS)}; "
-                        "'current' is the code as it is, the others undo one optimisation (benchmark-only patches)")
+    p.add_argument("--host_counts", default="on", choices=["on", "off", "both"],
+                   help="MosaicBERT gets the collator's per-row token counts (on, as in training), not (off: one host "
+                        "sync per step), or one row each (both)")
     p.add_argument("--mosaic_configs", nargs="+", default=["default"], metavar="SET",
                    help="MosaicBERT config override sets to compare in this run, each 'default' or "
                         "'KEY=VALUE;KEY=VALUE', e.g. default attention_backend=triton 'hidden_dropout_prob=0.0'")
@@ -553,16 +300,13 @@ def main(argv=None) -> int:
         env["sustained_matmul_peak_tflops"] = matmul_peak(device, args.sustained_peak_seconds) / 1e12
     print(json.dumps(env))
     rows = []
-    variants = args.variants.split(",")
-    for v in variants:
-        if v not in VARIANTS:
-            p.error(f"unknown variant {v!r}; choose from {sorted(VARIANTS)}")
+    host_counts = {"on": [True], "off": [False], "both": [True, False]}[args.host_counts]
     for model_name in args.models.split(","):
-        settings = ([(v, c) for v in variants for c in config_sets] if model_name == "mosaic_bert"
-                    else [("current", {})])
-        for variant, overrides in settings:
+        settings = ([(h, c) for h in host_counts for c in config_sets] if model_name == "mosaic_bert"
+                    else [(True, {})])
+        for counts, overrides in settings:
             for mode in args.modes.split(","):
-                row = run_one(model_name, mode == "compiled", args, batches, device, peak, variant, overrides)
+                row = run_one(model_name, mode == "compiled", args, batches, device, peak, counts, overrides)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if args.out:  # after every row, so a run cut short by a timeout keeps what it measured
@@ -571,7 +315,7 @@ def main(argv=None) -> int:
     print("\n" + hdr + "\n|" + "---|" * 10)
 
     def label(r):
-        notes = [r["variant"]] if r.get("variant") not in ("", "current", None) else []
+        notes = ["no host counts"] if r["model"] == "mosaic_bert" and not r.get("host_counts") else []
         notes += [f"{k}={v}" for k, v in (r.get("config_overrides") or {}).items()]
         return r["model"] + (f" ({', '.join(notes)})" if notes else "")
 

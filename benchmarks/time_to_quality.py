@@ -3,20 +3,20 @@
 Three steps, each resumable (run a step again after an interruption and it continues):
 
     python benchmarks/time_to_quality.py train  --data DATA_MDS --tokenizer VOCAB --budget 10min --eval_every 30s
-    python benchmarks/time_to_quality.py glue   --glue_data ../shared/data/glue --tokenizer VOCAB
+    python benchmarks/time_to_quality.py glue   --glue_data GLUE_TSV_DIR --tokenizer VOCAB
     python benchmarks/time_to_quality.py report --dest benchmarks/time_to_quality
 
 `train` pretrains each model with main.py and its own recipe (yamls/base.yaml: 30% masking; yamls/hf-bert-base.yaml:
 15% masking), at the same size, batch, learning rate, schedule shape (warmup then linear decay over the wall-clock
 budget) and budget, evaluating both on the same held-out split with the same fixed 15% masks every --eval_every of
-training time. Runs autoresume from their checkpoints, so a budget longer than one session is split over several
+training time. Runs autoresume from their checkpoints, so a budget longer than one job is split over several
 calls (use --segment_timeout to stop cleanly before a machine's limit). `glue` finetunes both final checkpoints with
 glue.py on the given tasks. `report` writes loss_vs_time.png, loss_vs_time.csv and time_to_quality.md.
 
 Several GPUs: `train --gpus 0,1` trains the two models at the same time, each on its own GPU; `pick` chooses, per
 model, the best of several `train` runs (e.g. one --out per learning rate) by final eval loss; `glue
 --concurrent_glue` runs the GLUE runs at once; `--random_init_baseline mosaic_bert` adds a random-init GLUE run.
-`benchmarks/gpu_ttq_session.sh` chains all of it for one 4-GPU machine.
+`benchmarks/time_to_quality.sh` chains all of it for one 4-GPU machine.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def glue(args) -> int:
             print(f"{model}: no checkpoint at {ckpt}; run `train` first", file=sys.stderr)
             return 2
         cmds.append([sys.executable, "glue.py", GLUE_YAMLS[model], f"model.pretrained_checkpoint={ckpt or 'null'}",
-                     f"tokenizer={args.tokenizer}", f"data_dir={args.glue_data}", f"tasks_to_run=[{args.tasks}]",
+                     f"tokenizer={args.tokenizer}", f"data_dir={args.glue_data or 'null'}", f"tasks_to_run=[{args.tasks}]",
                      "mnli_start_tasks=[]", f"save_folder={Path(args.out) / name}", f"run_name=ttq-{name}",
                      *size_overrides(args.size), *args.glue_extra, *args.extra])
     # Concurrent runs each spread their jobs over every visible GPU (small models leave a GPU mostly idle).
@@ -321,7 +321,7 @@ def main(argv=None) -> int:
                    help="glue: run the GLUE runs at the same time, each spreading its jobs over all visible GPUs")
     p.add_argument("--glue_extra", action="append", default=[], metavar="KEY=VALUE",
                    help="an override for glue.py only, e.g. tasks.sst2.seeds=[19] (repeatable)")
-    p.add_argument("--glue_data", default="../shared/data/glue")
+    p.add_argument("--glue_data", default=None, help="a folder of GLUE TSVs (default: the Hugging Face Hub)")
     p.add_argument("--tasks", default="cola,sst2,mrpc,stsb,rte")
     p.add_argument("--dest", default="benchmarks/time_to_quality")
     p.add_argument("--extra_curve", action="append", default=[], metavar="LABEL=PATH",

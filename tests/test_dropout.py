@@ -67,6 +67,7 @@ def test_mask_is_the_documented_function_of_the_philox_words():
 
 
 @needs_triton
+@pytest.mark.slow
 def test_mask_statistics_and_seeds():
     out = run_interpreted("""
         n = 1 << 20
@@ -139,6 +140,7 @@ def test_dropout_kernel_choice_and_errors():
 
 
 @needs_triton
+@pytest.mark.slow
 def test_model_trains_with_triton_dropout():
     # every hidden dropout of the model (embeddings, attention output, GeGLU output) takes the kernel's mask:
     # in train mode, two forwards differ, a reseeded forward repeats exactly, and gradients reach every layer

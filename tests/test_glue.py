@@ -160,6 +160,7 @@ def test_local_tsvs_parse():
 
 @needs_glue
 @needs_vocab
+@pytest.mark.slow
 def test_all_local_tasks_train_and_report(tmp_path):
     cfg = tiny_config(tmp_path, GLUE, "mnli_start_tasks=[]")
     summary = run_glue(cfg)
@@ -220,6 +221,7 @@ def write_fake_mnli_rte(root: Path, n: int = 48) -> None:
 
 
 @needs_vocab
+@pytest.mark.slow
 def test_mnli_start(tmp_path):
     data = tmp_path / "glue"
     write_fake_mnli_rte(data)
@@ -317,6 +319,7 @@ def fake_job(cfg, job: Job) -> JobResult:
                      init_report={"pid": os.getpid(), "end": time.time(), "start": time.time() - 0.2})
 
 
+@pytest.mark.slow
 def test_pool_runs_mnli_start_jobs_after_mnli(tmp_path):
     cfg = load_glue_config(None, ["tasks_to_run=[mnli,rte,sst2]", "tasks.rte.seeds=[1,2]", "tasks.sst2.seeds=[1]",
                                   "parallel_jobs=2", "device=cpu", f"save_folder={tmp_path}",
@@ -340,11 +343,11 @@ def test_pool_runs_mnli_start_jobs_after_mnli(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@needs_glue
-@needs_vocab
-def test_glue_py_quickstart(tmp_path):
-    cmd = [sys.executable, "glue.py", "yamls/glue/quickstart.yaml", f"data_dir={GLUE}", f"tokenizer={VOCAB}",
-           f"save_folder={tmp_path}", "max_duration=2ba", "tasks.rte.seeds=[19]", "max_eval_samples=64"]
+@pytest.mark.slow
+def test_glue_py_quickstart(tmp_path, mosaicbert_cache):
+    """The shipped smoke config (examples/glue-smoke, the built-in tokenizer) runs without local data."""
+    cmd = [sys.executable, "glue.py", "yamls/glue/quickstart.yaml", f"save_folder={tmp_path}", "max_duration=2ba",
+           "tasks.rte.seeds=[19]", "max_eval_samples=64"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "done rte seed=19: accuracy=" in proc.stdout and "done mrpc seed=19: f1=" in proc.stdout

@@ -92,6 +92,7 @@ def _save(tmp_path, kind):
     return f"{kind},{model_dir},{tmp_path / f'inputs_{kind}.pt'},{tmp_path / f'out_{kind}.pt'}", expected
 
 
+@pytest.mark.slow
 def test_remote_code_round_trip(tmp_path):
     # both models in one child process: importing torch + transformers dominates the cost
     jobs, expected = zip(*[_save(tmp_path, kind) for kind in ("mlm", "clf")])

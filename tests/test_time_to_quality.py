@@ -33,10 +33,12 @@ def test_report_writes_plot_csv_and_table(tmp_path):
         (tmp_path / model / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows + rows[-1:]))
     (tmp_path / "glue-mosaic_bert").mkdir()
     (tmp_path / "glue-mosaic_bert" / "results.json").write_text(json.dumps(
-        {"glue_average": 0.7, "tasks": {"rte": {"status": "ok", "score": 0.6}, "cola": {"status": "ok", "score": 0.8}}}))
+        {"glue_average": 0.7,
+         "tasks": {"rte": {"status": "ok", "score": 0.6}, "cola": {"status": "ok", "score": 0.8}}}))
     (tmp_path / "glue-mosaic_bert-random-init").mkdir()
     (tmp_path / "glue-mosaic_bert-random-init" / "results.json").write_text(json.dumps(
-        {"glue_average": 0.5, "tasks": {"rte": {"status": "ok", "score": 0.5}, "cola": {"status": "ok", "score": 0.5}}}))
+        {"glue_average": 0.5,
+         "tasks": {"rte": {"status": "ok", "score": 0.5}, "cola": {"status": "ok", "score": 0.5}}}))
     dest = tmp_path / "report"
     assert ttq.main(["report", "--out", str(tmp_path), "--dest", str(dest)]) == 0
     assert (dest / "loss_vs_time.png").stat().st_size > 1000
@@ -51,7 +53,8 @@ def test_report_writes_plot_csv_and_table(tmp_path):
 @pytest.mark.slow
 def test_train_step_runs_a_budgeted_model(tmp_path):
     cmd = [sys.executable, "benchmarks/time_to_quality.py", "train", "--out", str(tmp_path), "--models", "mosaic_bert",
-           "--data", "builtin://python-docs", "--tokenizer", "builtin://python-docs", "--size", "tiny", "--budget", "6s",
+           "--data", "builtin://python-docs", "--tokenizer", "builtin://python-docs", "--size", "tiny",
+           "--budget", "6s",
            "--eval_every", "3s", "--eval_batches", "1", "--batch", "16", "--no-compile", "--num_workers", "0",
            "device=cpu", "precision=fp32"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -80,14 +83,16 @@ def test_run_all_stops_at_the_segment_timeout():
 
 
 def test_pick_links_the_setting_with_the_lowest_final_loss(tmp_path):
-    for lr, losses in {"lr1": {"mosaic_bert": 4.0, "hf_bert": 6.5}, "lr2": {"mosaic_bert": 4.5, "hf_bert": 6.0}}.items():
+    runs = {"lr1": {"mosaic_bert": 4.0, "hf_bert": 6.5}, "lr2": {"mosaic_bert": 4.5, "hf_bert": 6.0}}
+    for lr, losses in runs.items():
         for model, loss in losses.items():
             (tmp_path / lr / model).mkdir(parents=True)
             (tmp_path / lr / model / "metrics.jsonl").write_text(
                 json.dumps(_point(10, 9.0, 1)) + "\n" + json.dumps(_point(20, loss, 2)) + "\n")
     (tmp_path / "lr3").mkdir()  # a setting that never ran is reported, not picked
     best = tmp_path / "best"
-    assert ttq.main(["pick", "--out", str(best), "--candidates", *(str(tmp_path / d) for d in ("lr1", "lr2", "lr3"))]) == 0
+    candidates = [str(tmp_path / d) for d in ("lr1", "lr2", "lr3")]
+    assert ttq.main(["pick", "--out", str(best), "--candidates", *candidates]) == 0
     assert (best / "mosaic_bert").resolve() == (tmp_path / "lr1" / "mosaic_bert").resolve()
     assert (best / "hf_bert").resolve() == (tmp_path / "lr2" / "hf_bert").resolve()
     assert "lr3: no result" in (best / "picked.txt").read_text()
@@ -111,11 +116,11 @@ def test_report_adds_extra_curves_from_runs_and_earlier_csvs(tmp_path):
     assert ttq.main(["report", "--out", str(tmp_path), "--dest", str(first)]) == 0
     dest = tmp_path / "second"
     args = ["report", "--out", str(tmp_path), "--dest", str(dest),
-            "--extra_curve", f"HF BERT, run 1={first / 'loss_vs_time.csv'}:hf_bert",
+            "--extra_curve", f"HF BERT, repeat run={first / 'loss_vs_time.csv'}:hf_bert",
             "--extra_curve", f"MosaicBERT again={tmp_path / 'mosaic_bert'}"]
     assert ttq.main(args) == 0
     md = (dest / "time_to_quality.md").read_text()
-    assert "| HF BERT, run 1 | 6.000 | 30 | 3 |" in md
+    assert "| HF BERT, repeat run | 6.000 | 30 | 3 |" in md
     assert "| MosaicBERT again | 4.000 | 30 | 3 |" in md
     assert len((dest / "loss_vs_time.csv").read_text().splitlines()) == 1 + 4 * 3
     missing = ["report", "--out", str(tmp_path), "--dest", str(dest), "--extra_curve",

@@ -14,7 +14,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.slow
 
 # Short fp32 runs of the quickstart model; every run writes a checkpoint every 10 batches.
 COMMON = [
@@ -59,6 +58,7 @@ def uninterrupted(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_quickstart_loss_falls(uninterrupted):
     losses = _losses(uninterrupted / "metrics.jsonl")
     assert len(losses) == 4
@@ -66,6 +66,7 @@ def test_quickstart_loss_falls(uninterrupted):
     assert (uninterrupted / "ep0-ba40-rank0.pt").exists() or any(uninterrupted.glob("*ba40-rank0.pt"))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path):
     folder = tmp_path / "killed"
     cmd = _main_cmd(folder, "run_name=killed", "autoresume=true")
@@ -90,6 +91,7 @@ def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path):
         assert torch.equal(final_a[name], final_b[name]), f"{name} differs after resume"
 
 
+@pytest.mark.slow
 def test_load_path_continues_from_checkpoint(uninterrupted, tmp_path):
     """Explicit load_path (not autoresume): training continues at batch 30 and ends at 40."""
     folder = tmp_path / "from30"
@@ -105,6 +107,7 @@ def test_load_path_continues_from_checkpoint(uninterrupted, tmp_path):
     assert all(torch.equal(final_a[k], final_c[k]) for k in final_a)
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel(tmp_path):
     folder = tmp_path / "ddp"
     cmd = [str(VENV_BIN / "composer"), "-n", "2", "--master_port", "29517", "main.py", "yamls/quickstart.yaml",
@@ -118,6 +121,7 @@ def test_two_process_data_parallel(tmp_path):
     assert int(state["timestamp"]["Timestamp"]["sample"]) == 6 * 32
 
 
+@pytest.mark.slow
 def test_export_checkpoint_to_hf_folder(uninterrupted, tmp_path):
     ckpt = next(uninterrupted.glob("*ba40-rank0.pt"))
     out = tmp_path / "hf"

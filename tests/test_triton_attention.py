@@ -95,6 +95,7 @@ def test_kernels_low_precision():
     assert "OK" in out
 
 
+@pytest.mark.slow
 def test_model_triton_matches_torch_backend():
     out = run_interpreted("""
         from mosaicbert import MosaicBertConfig, MosaicBertModel
@@ -161,6 +162,7 @@ def test_triton_backend_errors(monkeypatch):
         ATTENTION_BACKENDS["triton"].attend(torch.randn(4, 3, 2, 16), ctx, 0.1)
 
 
+@pytest.mark.slow
 def test_custom_op_matches_function_and_reference():
     # The public function goes through the torch.library ops (mosaicbert::triton_alibi_varlen_fwd/bwd); the
     # plain autograd.Function runs the same launches without them. Same numbers, bit for bit, and both match
@@ -309,6 +311,7 @@ print("OK")
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.slow
 def test_compiled_model_matches_eager(backend):
     # torch.compile sees the attention as opaque ops: aot_autograd traces forward and backward around them
     # (aot_eager), inductor additionally generates CPU C++ code for everything else and calls the ops as

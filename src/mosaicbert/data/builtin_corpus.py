@@ -277,7 +277,7 @@ def ensure_builtin_tokenizer() -> Path:
             wordpieces_prefix="##",
         )
         wp.save_model(str(tmp))  # vocab.txt
-        from .tokenizer import wordpiece_to_fast  # here: tokenizer.py imports this module for builtin://
+        from mosaicbert.data.wordpiece import wordpiece_to_fast
 
         tok = wordpiece_to_fast(wp, lowercase=True)
         if len(tok) <= 100 or tok.pad_token_id != 0:

@@ -8,9 +8,8 @@ Usage::
 
     # Local C4-format files (*.json.gz / *.jsonl with a "text" field) or plain .txt files
     python -m mosaicbert.data.convert --source local \\
-        --train_files '../shared/data/text/train/*.json.gz' \\
-        --val_files '../shared/data/text/validation/*.json.gz' \\
-        --tokenizer ../shared/data/vocab/bert-base-uncased --out_root ./data/local --mode split --tokenize
+        --train_files 'my-corpus/train/*.json.gz' --val_files 'my-corpus/validation/*.json.gz' \\
+        --tokenizer bert-base-uncased --out_root ./data/local --mode split --tokenize
 
     # The built-in offline corpus (Python stdlib docstrings) with its own tokenizer
     python -m mosaicbert.data.convert --source builtin --tokenizer builtin://python-docs --out_root ./data/builtin

@@ -22,6 +22,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 from mosaicbert.data.builtin_corpus import BUILTIN_NAME, BUILTIN_PREFIX, ensure_builtin_tokenizer
+from mosaicbert.data.wordpiece import wordpiece_to_fast
 
 __all__ = ["load_tokenizer", "MIN_VOCAB_SIZE"]
 
@@ -65,22 +66,6 @@ def _from_vocab_txt(vocab_file: Path) -> PreTrainedTokenizerFast:
     lowercase = not any("A" <= t[:1] <= "Z" for t in tokens)
     wp = BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase, strip_accents=None if lowercase else False)
     return wordpiece_to_fast(wp, lowercase)
-
-
-def wordpiece_to_fast(wp, lowercase: bool = True) -> PreTrainedTokenizerFast:
-    """A `tokenizers.BertWordPieceTokenizer` as a transformers BertTokenizerFast with BERT's special tokens."""
-    from transformers import BertTokenizerFast
-
-    return BertTokenizerFast(
-        tokenizer_object=wp._tokenizer,
-        do_lower_case=lowercase,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        mask_token="[MASK]",
-        model_max_length=512,
-    )
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
@@ -130,7 +115,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
         if (tok is None or not isinstance(tok, PreTrainedTokenizerFast) or len(tok) <= MIN_VOCAB_SIZE) and (
             path / "vocab.txt"
         ).is_file():
-            # A bare vocab.txt folder (e.g. ../shared/data/vocab/bert-base-uncased): BertTokenizerFast.from_pretrained
+            # A bare vocab.txt folder (e.g. bert-base-uncased's vocab.txt alone): BertTokenizerFast.from_pretrained
             # reads it correctly (uncased by default); fall back to building from the file if that fails.
             try:
                 tok = BertTokenizerFast.from_pretrained(str(path))
@@ -150,7 +135,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
             f"Could not load tokenizer {name!r} from the Hugging Face Hub or the local HF cache "
             f"(offline or not cached: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
             f"Pass a local tokenizer folder or a path to a WordPiece vocab.txt instead (main.py / glue.py: "
-            f"tokenizer=../shared/data/vocab/bert-base-uncased; the converter: --tokenizer ...), or use "
+            f"tokenizer=path/to/vocab-folder; the converter: --tokenizer ...), or use "
             f"{BUILTIN_PREFIX}{BUILTIN_NAME} for the built-in offline tokenizer."
         ) from e
     if not isinstance(tok, PreTrainedTokenizerFast):

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Time-to-quality (issue 6) and GLUE from a main.py checkpoint against random init (issue 5) on one machine with
-# 2 × (number of learning rates) GPUs; with fewer GPUs the training runs go one after another.
+# Time-to-quality: MosaicBERT vs HF BERT for the same wall-clock budget, then GLUE from both checkpoints and from a
+# random-init MosaicBERT, on one machine with 2 × (number of learning rates) GPUs; with fewer GPUs the training runs
+# go one after another.
 #   train:  MosaicBERT and HF BERT (--size small, same batch, schedule shape and wall-clock budget) at each learning
 #           rate in LRS, each run on its own GPU, all at once; then `pick` the better learning rate per model.
 #   glue:   finetune the picked MosaicBERT, the picked HF BERT and a random-init MosaicBERT on the local GLUE tasks,
 #           the three runs at once, each spreading its jobs over every GPU.
 #   report: loss_vs_time.png/csv and time_to_quality.md under DEST (one report per learning rate beside it).
-# usage: bash benchmarks/gpu_ttq_session.sh train|glue|report
-# env (defaults): DATA=gpu_carry/tok-mds VOCAB=gpu_carry/vocab GLUE=gpu_carry/glue RUNS=runs/ttq BUDGET=5min
+# usage: bash benchmarks/time_to_quality.sh train|glue|report
+# env (defaults): DATA=bench_data/tok-mds VOCAB=bench_data/vocab GLUE=bench_data/glue RUNS=runs/ttq BUDGET=5min
 #   EVAL_EVERY=20s SIZE=small LRS="1e-3 5e-4" DEST=$RUNS/report GLUE_SEEDS=reduced|published PYTHON=python3
-#   SEGMENT=seconds: stop `train` after this long (a budget longer than one GPU call: run `train` again to resume)
+#   SEGMENT=seconds: stop `train` after this long (for a budget longer than a job's time limit: run `train` again to
+#   resume)
 #   TRAIN_ARGS / GLUE_ARGS: extra arguments for `time_to_quality.py train` / `glue` (e.g. for a CPU dry run)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-gpu_carry/tok-mds}; VOCAB=${VOCAB:-gpu_carry/vocab}; GLUE=${GLUE:-gpu_carry/glue}
+DATA=${DATA:-bench_data/tok-mds}; VOCAB=${VOCAB:-bench_data/vocab}; GLUE=${GLUE:-bench_data/glue}
 RUNS=${RUNS:-runs/ttq}; BUDGET=${BUDGET:-5min}; EVAL_EVERY=${EVAL_EVERY:-20s}; SIZE=${SIZE:-small}
 LRS=${LRS:-"1e-3 5e-4"}; DEST=${DEST:-$RUNS/report}; PY=${PYTHON:-python3}; GLUE_SEEDS=${GLUE_SEEDS:-reduced}
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}${SEGMENT:+ --segment_timeout $SEGMENT}"
@@ -43,7 +45,7 @@ train)
   exit $status
   ;;
 glue)
-  # The published seeds are RTE/MRPC/STS-B 5, CoLA 4, SST-2 3; `reduced` runs 3/3/3, 2, 1 to fit one GPU call.
+  # The published seeds are RTE/MRPC/STS-B 5, CoLA 4, SST-2 3; `reduced` runs 3/3/3, 2, 1 (about 4 minutes on 4 H200).
   seeds=()
   if [[ $GLUE_SEEDS == reduced ]]; then
     for s in 'tasks.rte.seeds=[19,8364,717]' 'tasks.mrpc.seeds=[19,8364,717]' 'tasks.stsb.seeds=[19,8364,717]' \
@@ -64,5 +66,5 @@ report)
   done
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_ttq_session.sh train|glue|report" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/time_to_quality.sh train|glue|report" >&2; exit 2 ;;
 esac
