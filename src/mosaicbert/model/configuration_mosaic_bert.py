@@ -24,6 +24,10 @@ class MosaicBertConfig(_BaseConfig):
         M masked ones. N > 1 = T and M are rounded up to multiples of N with dummy rows (up to N - 1 extra rows of
         work each), so that a compiled model sees few distinct shapes: what CUDA graphs (torch.compile
         mode="reduce-overhead") need, since they record one graph per shape. Same loss and gradients.
+      sparse_last_layer: in MLM training (labels given) the last encoder layer computes attention for every
+        token (keys and values need them all) but its output projection, LayerNorms and feed-forward only for the
+        masked tokens, the only rows the MLM head reads (as the original MosaicBERT). Same loss and gradients;
+        False = the dense last layer. Never applies without labels, to other heads or with output_hidden_states.
     """
 
     model_type = "mosaic_bert"
@@ -48,6 +52,7 @@ class MosaicBertConfig(_BaseConfig):
         low_precision_layernorm: bool = True,
         dropout_kernel: str = "auto",
         packed_length_multiple: int = 0,
+        sparse_last_layer: bool = True,
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
@@ -84,5 +89,6 @@ class MosaicBertConfig(_BaseConfig):
         self.low_precision_layernorm = low_precision_layernorm
         self.dropout_kernel = dropout_kernel
         self.packed_length_multiple = packed_length_multiple
+        self.sparse_last_layer = bool(sparse_last_layer)
         self.tie_word_embeddings = tie_word_embeddings
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)

@@ -20,7 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (BaseModelOutputWithPooling, MaskedLMOutput, MultipleChoiceModelOutput,
+                                           QuestionAnsweringModelOutput, SequenceClassifierOutput,
+                                           TokenClassifierOutput)
 
 from .attention import AlibiCache, AttentionBackend, AttentionContext, check_backend_name, log_backend_choice, resolve_backend
 from .configuration_mosaic_bert import MosaicBertConfig
@@ -85,7 +87,8 @@ def _prepare_batch(
     """Everything about a batch that needs the host to know device data, in one place.
 
     masked_tokens_mask: [B, S] bool (True = masked), or MLM labels (-100 = not masked), or None.
-    attention_mask None = no padding. Returns (attention_mask, UnpadInfo, masked): masked = (flags [B*S] bool, positions [M] int64: the flat positions (row-major)
+    Inputs [..., S] are flattened to [N, S]; attention_mask None = no padding.
+    Returns (attention_mask [N, S], UnpadInfo, masked): masked = (flags [B*S] bool, positions [M] int64: the flat positions (row-major)
     of the masked tokens), or None. With `length_multiple` > 1, T and M are rounded up to multiples of it
     (config.packed_length_multiple): dummy token rows (see `get_unpad_info`) and dummy positions (0, after the
     real ones).
@@ -107,8 +110,10 @@ def _prepare_batch(
     """
     if backend_choice is not None:  # logged once, here in eager code
         log_backend_choice(*backend_choice)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+    seqlen = input_ids.shape[-1]  # [..., S] -> [N, S]: multiple choice's [B, C, S] is B * C sequences
+    input_ids = input_ids.reshape(-1, seqlen)
+    token_type_ids = token_type_ids.reshape(-1, seqlen) if token_type_ids is not None else None
+    attention_mask = attention_mask.reshape(-1, seqlen) if attention_mask is not None else torch.ones_like(input_ids)
     has_mask = masked_tokens_mask is not None
     num_real = _host_total("sequence_lengths", sequence_lengths, input_ids.shape[0])
     num_labels = _host_total("label_counts", label_counts, input_ids.shape[0]) if has_mask else None
@@ -172,6 +177,10 @@ def _masked_rows(info: UnpadInfo, flags: torch.Tensor, positions: torch.Tensor):
         selected,
     )
     return sel, positions
+
+
+def _classifier_dropout(config) -> float:
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
 
 
 def _check_same_shape(name: str, t: torch.Tensor | None, input_ids: torch.Tensor) -> None:
@@ -258,6 +267,7 @@ class MosaicBertModelOutput(BaseModelOutputWithPooling):
 
 class MosaicBertModel(MosaicBertPreTrainedModel):
     """The bare encoder. forward(input_ids [B, S], attention_mask [B, S]=None, token_type_ids [B, S]=None)
+    (more leading dims are flattened: [B, C, S] runs as B * C sequences)
     -> MosaicBertModelOutput(last_hidden_state [B, S, hidden] (zeros at padding), pooler_output [B, hidden]
     or None, hidden_states (embeddings + each layer, padded) if output_hidden_states).
 
@@ -266,7 +276,8 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
     order (aligned with `labels[labels != -100]`), and masked_positions their flat positions. A masked padding
     position gets a zero row (the padded output there). With config.packed_length_multiple > 1 there are dummy
     rows (zeros, position -1) after the real ones, up to a multiple of it. With config.sparse_last_layer
-    the last layer computes its feed-forward only for those rows (unless output_hidden_states or a pooler).
+    (default) the last layer computes attention for every token but its output projection, LayerNorms and
+    feed-forward only for those rows, as the original MosaicBERT (not with output_hidden_states or a pooler).
 
     sequence_lengths / label_counts: optional per-row host counts of real / masked tokens (the collators send
     them) that spare the forward its host sync (see `_prepare_batch`).
@@ -315,7 +326,7 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         torch.compile it is the one graph break (see `_prepare_batch`). `forward` calls it, unless it is given
         its result as `prepared`: task heads call it first, then `self.bert(..., prepared=...)`, so that the
         break comes before any compiled code and the whole rest of the head's forward is one graph."""
-        if input_ids.dim() != 2:
+        if input_ids.dim() < 2:
             raise ValueError(f"input_ids must be [batch, seqlen], got shape {tuple(input_ids.shape)}")
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
                         ("masked_tokens_mask", masked_tokens_mask)):
@@ -350,6 +361,9 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
             raise ValueError("pass masked_tokens_mask / sequence_lengths / label_counts to prepare_batch, "
                              "not next to `prepared`")
         attention_mask, backend, info, masked = prepared
+        if input_ids.dim() > 2:  # [B, C, S] (multiple choice) -> [B * C, S], as prepare_batch did
+            input_ids = input_ids.reshape(-1, input_ids.shape[-1])
+            token_type_ids = token_type_ids.reshape(input_ids.shape) if token_type_ids is not None else None
         if output_hidden_states:  # hidden_states[0] is the embeddings at every position, padding included
             x = self.embeddings(input_ids, token_type_ids)  # [B, S, hidden]
             all_hidden = [x]
@@ -360,12 +374,15 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
             tt = token_type_ids.reshape(-1)[info.indices] if token_type_ids is not None else None
             h = self.embeddings(ids, tt)  # [T, hidden]
         rows, positions = _masked_rows(info, *masked) if masked is not None else (None, None)
-        h = self.encoder(h, attention_mask, info, backend, all_hidden)  # [T, hidden]
+        # sparse last layer: only the masked rows leave the encoder, so the last layer computes only them
+        sparse = (rows is not None and self.config.sparse_last_layer and not output_hidden_states
+                  and self.pooler is None)
+        h = self.encoder(h, attention_mask, info, backend, all_hidden, rows if sparse else None)  # [T or M, hidden]
         if rows is None:
             sequence_output = pad_rows(h, info)  # [B, S, hidden], zeros at padding
             pooled = self.pooler(sequence_output) if self.pooler is not None else None
         else:
-            sequence_output = select_rows(h, rows)  # [M, hidden]
+            sequence_output = h if sparse else select_rows(h, rows)  # [M, hidden]
             pooled = self.pooler(pad_rows(h, info)) if self.pooler is not None else None
         out = MosaicBertModelOutput(last_hidden_state=sequence_output, pooler_output=pooled,
                                     hidden_states=tuple(all_hidden) if output_hidden_states else None,
@@ -480,8 +497,7 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = MosaicBertModel(config, add_pooling_layer=True)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -525,6 +541,138 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
+class MosaicBertForTokenClassification(MosaicBertPreTrainedModel):
+    """Dropout -> linear on every token, as BertForTokenClassification. forward(..., labels [B, S] (-100 =
+    ignored)) -> TokenClassifierOutput(loss = mean cross-entropy over the labels != -100, logits
+    [B, S, num_labels]). The encoder output is zero at padding, so there the logits are the classifier's bias."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = MosaicBertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        sequence_lengths: list[int] | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        _check_same_shape("labels", labels, input_ids)
+        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
+                                           sequence_lengths=sequence_lengths)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # [B, S, num_labels]
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.reshape(-1))
+        if not return_dict:
+            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class MosaicBertForQuestionAnswering(MosaicBertPreTrainedModel):
+    """Extractive QA (SQuAD), as BertForQuestionAnswering: linear -> (start, end) logit per token.
+    forward(..., start_positions [B], end_positions [B]) -> QuestionAnsweringModelOutput(loss, start_logits [B, S],
+    end_logits [B, S]). Positions outside the sequence are clamped to S and ignored by the loss, as in
+    transformers; loss = (start cross-entropy + end cross-entropy) / 2. Padding is not masked out of the logits
+    (as in transformers: answer extraction looks only at context tokens); the encoder output is zero there, so
+    the logits at padding are the qa_outputs bias."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"MosaicBertForQuestionAnswering needs num_labels == 2 (start, end), got {config.num_labels}")
+        self.num_labels = config.num_labels
+        self.bert = MosaicBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        sequence_lengths: list[int] | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
+                                           sequence_lengths=sequence_lengths)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
+        logits = self.qa_outputs(outputs.last_hidden_state)  # [B, S, 2]
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # [B, S] each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]  # a position outside the sequence (e.g. a truncated answer)
+            start = start_positions.reshape(-1).clamp(0, ignored)  # [B] ([B, 1] on multi-GPU gathers)
+            end = end_positions.reshape(-1).clamp(0, ignored)
+            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
+                    + F.cross_entropy(end_logits.float(), end, ignore_index=ignored)) / 2
+        if not return_dict:
+            out = (start_logits, end_logits) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                            hidden_states=outputs.hidden_states)
+
+
+class MosaicBertForMultipleChoice(MosaicBertPreTrainedModel):
+    """Multiple choice (SWAG), as BertForMultipleChoice: every choice is one sequence, pooled [CLS] -> dropout ->
+    linear -> one score. forward(input_ids [B, C, S], attention_mask / token_type_ids [B, C, S], labels [B])
+    -> MultipleChoiceModelOutput(loss = cross-entropy over the C choices, logits [B, C]). The B * C sequences
+    run through the encoder as one batch (sequence_lengths, if given, has one count per sequence: B * C)."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.bert = MosaicBertModel(config, add_pooling_layer=True)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        sequence_lengths: list[int] | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        if input_ids.dim() != 3:
+            raise ValueError(f"input_ids must be [batch, num_choices, seqlen], got shape {tuple(input_ids.shape)}")
+        num_choices = input_ids.shape[1]
+        # [B, C, S] goes in as is: prepare_batch and the encoder flatten it to B * C sequences (in prepare_batch's
+        # eager code, so that a compiled forward still breaks only there)
+        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
+                                           sequence_lengths=sequence_lengths)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
+        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)  # [B, C]
+        loss = F.cross_entropy(logits.float(), labels.reshape(-1)) if labels is not None else None
+        if not return_dict:
+            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Checkpoint loading
 
@@ -554,13 +702,28 @@ def load_mosaic_state_dict(model: nn.Module, state_dict: dict, strict: bool = Fa
         missing.remove(tied)
     if isinstance(model, MosaicBertModel):
         # A bare encoder ignores the task heads of a full checkpoint; report only if that is not the case.
-        unexpected = [k for k in unexpected if not k.startswith(("cls.", "classifier."))]
+        unexpected = [k for k in unexpected if not k.startswith(("cls.", "classifier.", "qa_outputs."))]
     if strict and (missing or unexpected):
         raise RuntimeError(f"state dict mismatch: missing={missing} unexpected={unexpected}")
     return missing, unexpected
 
 
+# The Auto classes a saved folder serves (config.json's `auto_map`, with trust_remote_code=True).
+AUTO_CLASSES = {
+    "AutoModel": MosaicBertModel,
+    "AutoModelForMaskedLM": MosaicBertForMaskedLM,
+    "AutoModelForSequenceClassification": MosaicBertForSequenceClassification,
+    "AutoModelForTokenClassification": MosaicBertForTokenClassification,
+    "AutoModelForQuestionAnswering": MosaicBertForQuestionAnswering,
+    "AutoModelForMultipleChoice": MosaicBertForMultipleChoice,
+}
 MosaicBertConfig.register_for_auto_class()
-MosaicBertModel.register_for_auto_class("AutoModel")
-MosaicBertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
-MosaicBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+for _auto_class, _model_class in AUTO_CLASSES.items():
+    _model_class.register_for_auto_class(_auto_class)
+
+
+def auto_map() -> dict[str, str]:
+    """config.json's `auto_map` listing every Auto class above (save_pretrained records only the saved model's)."""
+    module = __name__.rsplit(".", 1)[-1]  # modeling_mosaic_bert, also when loaded as remote code
+    return {"AutoConfig": f"configuration_mosaic_bert.{MosaicBertConfig.__name__}",
+            **{auto: f"{module}.{cls.__name__}" for auto, cls in AUTO_CLASSES.items()}}
