@@ -12,6 +12,7 @@ without the mosaicbert package installed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -225,11 +226,17 @@ class MosaicBertPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))  # [B, hidden]
 
 
+# Buffers of older code (the original MosaicBERT's ALiBi tensor before it stopped being one, BERT's token type and
+# position ids): in some checkpoints, never information. Not reported when they do not load.
+STALE_BUFFER_SUFFIXES = (".alibi", "embeddings.token_type_ids", "embeddings.position_ids")
+
+
 class MosaicBertPreTrainedModel(PreTrainedModel):
     config_class = MosaicBertConfig
     base_model_prefix = "bert"
     supports_gradient_checkpointing = False
     _no_split_modules = ["MosaicBertLayer"]
+    _keys_to_ignore_on_load_unexpected = [re.escape(suffix) + "$" for suffix in STALE_BUFFER_SUFFIXES]
 
     def _init_weights(self, module):
         """BERT init: N(0, initializer_range) for Linear/Embedding weights, zero biases, LayerNorm = identity."""
@@ -688,7 +695,7 @@ def load_mosaic_state_dict(model: nn.Module, state_dict: dict, strict: bool = Fa
     for k, v in state_dict.items():
         if k.startswith("model."):
             k = k[len("model."):]
-        if k.endswith((".alibi", "embeddings.token_type_ids", "embeddings.position_ids")):
+        if k.endswith(STALE_BUFFER_SUFFIXES):
             continue
         cleaned[k] = v
     # A bare MosaicBertModel has no `bert.` prefix; accept checkpoints of the task models too.
