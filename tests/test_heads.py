@@ -111,6 +111,10 @@ def test_multiple_choice_matches_reference():
     ref_logits = model.classifier(pooled).view(B, C)
     torch.testing.assert_close(out.logits, ref_logits, **TOL)
     torch.testing.assert_close(out.loss, F.cross_entropy(ref_logits, labels), **TOL)
+    # host counts (one per sequence, B * C) change nothing
+    counted = model(ids.view(B, C, S), attention_mask=mask.view(B, C, S), token_type_ids=tt.view(B, C, S),
+                    sequence_lengths=mask.sum(1).tolist())
+    torch.testing.assert_close(counted.logits, out.logits)
     # choices are independent sequences: one choice alone, unpadded, scores the same
     alone = model(ids[4:5, :8].view(1, 1, S), attention_mask=mask[4:5].view(1, 1, S),
                   token_type_ids=tt[4:5].view(1, 1, S))

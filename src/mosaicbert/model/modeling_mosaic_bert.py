@@ -1,9 +1,14 @@
 """MosaicBERT: BERT with ALiBi, GeGLU, fused QKV, unpadding and low-precision LayerNorm (MosaicML, 2023).
 
 Data flow of one forward pass:
+    prepare_batch (host: which tokens are real, which are masked; the one graph break under torch.compile)
     input_ids [B, S] -> gather the real tokens -> [T] -> embeddings [T, hidden]   (T = real tokens)
     -> N x (attention -> post-LN -> GeGLU -> post-LN), all on [T, hidden]
-    -> masked-LM head on the M labelled rows only, or pad back -> [B, S, hidden] (zeros at padding) -> heads
+    -> MLM training: the M masked rows only (the last layer computes only them after its attention) -> MLM head
+    -> otherwise pad back -> [B, S, hidden] (zeros at padding) -> task heads
+
+Every head calls `self.bert.prepare_batch(...)` and then `self.bert(..., prepared=...)`, the encoder's public
+forward, as transformers' BertFor* heads call `self.bert(...)`.
 
 Self-contained on purpose (torch + transformers + relative imports): `save_pretrained` copies this file and
 its relative imports next to the weights, so `AutoModel*.from_pretrained(dir, trust_remote_code=True)` works
