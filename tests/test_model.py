@@ -688,3 +688,9 @@ def test_encoder_masked_tokens_mask(sparse):
         assert out.pooler_output is None
     with pytest.raises(ValueError, match="masked_tokens_mask must have input_ids' shape"):
         model(ids, masked_tokens_mask=masked[:, :5])
+    # prepare_batch + forward(prepared=...) (how the heads call it) is the same forward
+    prepared = model.prepare_batch(ids, mask, tt, masked_tokens_mask=masked)
+    torch.testing.assert_close(model(ids, attention_mask=mask, token_type_ids=tt, prepared=prepared).last_hidden_state,
+                               out.last_hidden_state)
+    with pytest.raises(ValueError, match="pass masked_tokens_mask"):
+        model(ids, attention_mask=mask, masked_tokens_mask=masked, prepared=prepared)
