@@ -615,3 +615,89 @@ def test_packed_length_multiple_compiles_once_per_rounded_shape():
         compiled_model.zero_grad()
     assert shapes == {(32, cfg.vocab_size)}
     assert counter.frame_count == 1
+
+
+def _count_last_layer_rows(model):
+    """The numbers of rows the last layer's feed-forward computes, one per forward (a forward hook)."""
+    rows = []
+    model.bert.encoder.layer[-1].mlp.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    return rows
+
+
+@pytest.mark.parametrize("case", ["plain", "host_counts", "label_on_padding", "packed_length_multiple", "no_label"])
+def test_sparse_last_layer_gives_the_dense_loss_and_gradients(case):
+    """sparse_last_layer: the last layer's output projection, LayerNorms and feed-forward run on the M labelled
+    rows only; loss, logits and every gradient equal the dense last layer's."""
+    import copy
+
+    cfg = tiny_config(sparse_last_layer=False, packed_length_multiple=8 if case == "packed_length_multiple" else 0)
+    batch = _mlm_batch(cfg, [9, 4, 6], 9, seed=30)
+    if case in ("label_on_padding", "packed_length_multiple"):
+        batch["labels"][1, 7] = 4  # a label on a padding position
+    if case == "no_label":
+        batch["labels"].fill_(-100)
+    if case in ("host_counts", "packed_length_multiple"):
+        batch = _with_host_counts(batch)
+    dense = randomize_(MosaicBertForMaskedLM(cfg)).train()
+    sparse = copy.deepcopy(dense)
+    sparse.config.sparse_last_layer = True
+    dense_rows, sparse_rows = _count_last_layer_rows(dense), _count_last_layer_rows(sparse)
+    if case == "no_label":  # zero loss, zero gradients (rel_err would divide by zero)
+        out_dense, out_sparse = dense(**batch), sparse(**batch)
+        for model, out in ((dense, out_dense), (sparse, out_sparse)):
+            out.loss.backward()
+            assert out.loss.item() == 0.0 and all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+    else:
+        out_dense, out_sparse = _assert_same_training_step(dense, sparse, batch)
+    torch.testing.assert_close(out_sparse.logits, out_dense.logits, rtol=1e-5, atol=1e-5)
+    num_labels = int((batch["labels"] != -100).sum())
+    num_tokens = int(batch["attention_mask"].sum())
+    if case == "packed_length_multiple":  # dummy rows up to multiples of 8
+        num_labels, num_tokens = -(-num_labels // 8) * 8, -(-num_tokens // 8) * 8
+    assert dense_rows == [num_tokens] and sparse_rows == [num_labels]
+    assert out_sparse.logits.shape[0] == num_labels
+
+
+def test_sparse_last_layer_only_where_the_head_reads_masked_rows():
+    """Dense last layer without labels, with output_hidden_states, and in the classification model."""
+    cfg = tiny_config()
+    assert cfg.sparse_last_layer
+    batch = _mlm_batch(cfg, [9, 4, 6], 9, seed=31)
+    num_tokens = int(batch["attention_mask"].sum())
+    model = randomize_(MosaicBertForMaskedLM(cfg)).train()
+    rows = _count_last_layer_rows(model)
+    model(**batch)
+    model(**batch, output_hidden_states=True)
+    model(**{k: v for k, v in batch.items() if k != "labels"})
+    assert rows == [int((batch["labels"] != -100).sum()), num_tokens, num_tokens]
+    classifier = randomize_(MosaicBertForSequenceClassification(tiny_config(num_labels=3)))
+    rows = _count_last_layer_rows(classifier)
+    classifier(batch["input_ids"], attention_mask=batch["attention_mask"], labels=torch.tensor([0, 1, 2]))
+    assert rows == [num_tokens]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_encoder_masked_tokens_mask(sparse):
+    """MosaicBertModel(masked_tokens_mask=...) (a bool mask or MLM labels) returns the masked rows of the padded
+    output in row-major order (zero rows on padding) and their flat positions."""
+    cfg = tiny_config(sparse_last_layer=sparse)
+    model = randomize_(MosaicBertModel(cfg, add_pooling_layer=False)).eval()
+    ids, mask, tt = make_batch([8, 5, 7], 8, cfg.vocab_size, seed=32)
+    masked = torch.zeros_like(mask, dtype=torch.bool)
+    masked[0, [0, 5]] = masked[1, 2] = masked[1, 6] = masked[2, 7] = True  # [1, 6] and [2, 7] are padding
+    padded = model(ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
+    labels = torch.where(masked, ids, torch.full_like(ids, -100))
+    for m in (masked, labels):
+        out = model(ids, attention_mask=mask, token_type_ids=tt, masked_tokens_mask=m)
+        torch.testing.assert_close(out.last_hidden_state, padded[masked], rtol=1e-5, atol=1e-5)
+        assert out.masked_positions.tolist() == torch.nonzero(masked.flatten()).flatten().tolist()
+        assert torch.count_nonzero(out.last_hidden_state[[3, 4]]) == 0
+        assert out.pooler_output is None
+    with pytest.raises(ValueError, match="masked_tokens_mask must have input_ids' shape"):
+        model(ids, masked_tokens_mask=masked[:, :5])
+    # prepare_batch + forward(prepared=...) (how the heads call it) is the same forward
+    prepared = model.prepare_batch(ids, mask, tt, masked_tokens_mask=masked)
+    torch.testing.assert_close(model(ids, attention_mask=mask, token_type_ids=tt, prepared=prepared).last_hidden_state,
+                               out.last_hidden_state)
+    with pytest.raises(ValueError, match="pass masked_tokens_mask"):
+        model(ids, attention_mask=mask, masked_tokens_mask=masked, prepared=prepared)

@@ -24,6 +24,7 @@ def export(checkpoint: str, out_dir: str) -> str:
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
     from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
+    from mosaicbert.model.modeling_mosaic_bert import auto_map
 
     state = read_composer_checkpoint(checkpoint)
     meta = (state.get("integrations") or {}).get("huggingface")
@@ -45,14 +46,8 @@ def export(checkpoint: str, out_dir: str) -> str:
 
     os.makedirs(out_dir, exist_ok=True)
     if model_type == MosaicBertConfig.model_type:
-        # save_pretrained maps only this class; the same files also serve the encoder and a new classifier head.
-        module = "modeling_mosaic_bert"
-        model.config.auto_map = {
-            "AutoConfig": "configuration_mosaic_bert.MosaicBertConfig",
-            "AutoModel": f"{module}.MosaicBertModel",
-            "AutoModelForMaskedLM": f"{module}.MosaicBertForMaskedLM",
-            "AutoModelForSequenceClassification": f"{module}.MosaicBertForSequenceClassification",
-        }
+        # save_pretrained maps only this class; the same files also serve the encoder and every task head
+        model.config.auto_map = auto_map()
     model.save_pretrained(out_dir)
     tokenizer_files = (meta.get("tokenizer") or {})
     if tokenizer_files:

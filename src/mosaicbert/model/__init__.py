@@ -4,7 +4,10 @@ from .attention import ATTENTION_BACKENDS, alibi_slopes
 from .configuration_mosaic_bert import MosaicBertConfig
 from .modeling_mosaic_bert import (
     MosaicBertForMaskedLM,
+    MosaicBertForMultipleChoice,
+    MosaicBertForQuestionAnswering,
     MosaicBertForSequenceClassification,
+    MosaicBertForTokenClassification,
     MosaicBertModel,
     MosaicBertPreTrainedModel,
     load_mosaic_state_dict,
@@ -14,7 +17,10 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "MosaicBertConfig",
     "MosaicBertForMaskedLM",
+    "MosaicBertForMultipleChoice",
+    "MosaicBertForQuestionAnswering",
     "MosaicBertForSequenceClassification",
+    "MosaicBertForTokenClassification",
     "MosaicBertModel",
     "MosaicBertPreTrainedModel",
     "alibi_slopes",

@@ -341,11 +341,23 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, head_di
     return ATTENTION_BACKENDS[chosen]
 
 
-def log_backend_choice(configured: str, chosen: str, device: torch.device, dtype: torch.dtype) -> None:
-    """Log the resolved backend once per (configured, chosen, device type). Call it outside torch.compile'd code:
-    a logging call inside a compiled region is a graph break (the model calls it from its eager prepare step)."""
-    key = f"{configured}->{chosen}@{device.type}"
-    if key not in _logged:
-        _logged.add(key)
-        logger.info("MosaicBERT attention backend: %s (configured %r, device %s, dtype %s)",
-                    chosen, configured, device.type, dtype)
+def log_backend_choice(configured: str, chosen: str, device: torch.device, dtype: torch.dtype,
+                       attention_dropout: float = 0.0, without_dropout: str | None = None) -> None:
+    """Log the resolved backend once per (configured, chosen, device type, dropout). Call it outside torch.compile'd
+    code: a logging call inside a compiled region is a graph break (the model calls it from its eager prepare step).
+
+    With attention dropout (attention_probs_dropout_prob > 0, in training) also say so, and name the backend that
+    would run without it when that differs: the triton kernel has no dropout, so "auto" falls back to sdpa."""
+    key = f"{configured}->{chosen}@{device.type}:{attention_dropout}"
+    if key in _logged:
+        return
+    _logged.add(key)
+    logger.info("MosaicBERT attention backend: %s (configured %r, device %s, dtype %s)",
+                chosen, configured, device.type, dtype)
+    if attention_dropout > 0.0:
+        hint = ""
+        if without_dropout is not None and without_dropout != chosen:
+            hint = (f"; {without_dropout!r}, faster, has no attention dropout: set attention_probs_dropout_prob=0 "
+                    f"to use it")
+        logger.warning("MosaicBERT attention dropout %g (attention_probs_dropout_prob) selects attention backend "
+                       "%r in training%s", attention_dropout, chosen, hint)

@@ -7,7 +7,8 @@ try:  # transformers >= 5 spells it PreTrainedConfig; PretrainedConfig stays as 
 except ImportError:  # pragma: no cover - transformers 4.x
     from transformers import PretrainedConfig as _BaseConfig
 
-ATTENTION_BACKEND_NAMES = ("auto", "flash_attn", "sdpa", "flex", "torch", "triton")
+from .attention import check_backend_name
+
 DROPOUT_KERNEL_NAMES = ("auto", "triton", "torch")
 
 
@@ -16,7 +17,7 @@ class MosaicBertConfig(_BaseConfig):
 
     Same fields as `BertConfig` (no `max_position_embeddings`: there are no position embeddings), plus
       alibi_starting_size: size of the ALiBi bias built up front; longer inputs grow it on the fly.
-      attention_backend: "auto" | "flash_attn" | "sdpa" | "flex" | "torch" | "triton" (see attention.py).
+      attention_backend: "auto" | "flash_attn" | "sdpa" | "flex" | "torch" | "triton" (attention.VALID_BACKENDS).
       low_precision_layernorm: under autocast run LayerNorm in the autocast dtype instead of fp32.
       dropout_kernel: "auto" | "triton" | "torch": how hidden dropout draws its mask (see dropout.py); "auto" uses
         the Triton kernel on CUDA when triton is installed. Same semantics either way, different random streams.
@@ -24,6 +25,10 @@ class MosaicBertConfig(_BaseConfig):
         M masked ones. N > 1 = T and M are rounded up to multiples of N with dummy rows (up to N - 1 extra rows of
         work each), so that a compiled model sees few distinct shapes: what CUDA graphs (torch.compile
         mode="reduce-overhead") need, since they record one graph per shape. Same loss and gradients.
+      sparse_last_layer: in MLM training (labels given) the last encoder layer computes attention for every
+        token (keys and values need them all) but its output projection, LayerNorms and feed-forward only for the
+        masked tokens, the only rows the MLM head reads (as the original MosaicBERT). Same loss and gradients;
+        False = the dense last layer. Never applies without labels, to other heads or with output_hidden_states.
     """
 
     model_type = "mosaic_bert"
@@ -48,6 +53,7 @@ class MosaicBertConfig(_BaseConfig):
         low_precision_layernorm: bool = True,
         dropout_kernel: str = "auto",
         packed_length_multiple: int = 0,
+        sparse_last_layer: bool = True,
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
@@ -55,10 +61,7 @@ class MosaicBertConfig(_BaseConfig):
             raise ValueError(
                 f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})"
             )
-        if attention_backend not in ATTENTION_BACKEND_NAMES:
-            raise ValueError(
-                f"attention_backend={attention_backend!r} is not valid; choose one of {list(ATTENTION_BACKEND_NAMES)}"
-            )
+        check_backend_name(attention_backend)
         if dropout_kernel not in DROPOUT_KERNEL_NAMES:
             raise ValueError(f"dropout_kernel={dropout_kernel!r} is not valid; choose one of {list(DROPOUT_KERNEL_NAMES)}")
         if isinstance(packed_length_multiple, bool) or not isinstance(packed_length_multiple, int) \
@@ -84,5 +87,15 @@ class MosaicBertConfig(_BaseConfig):
         self.low_precision_layernorm = low_precision_layernorm
         self.dropout_kernel = dropout_kernel
         self.packed_length_multiple = packed_length_multiple
+        self.sparse_last_layer = bool(sparse_last_layer)
         self.tie_word_embeddings = tie_word_embeddings
+        # A published MosaicBERT folder (mosaicml/mosaic-bert-base, ...) says model_type "bert" and maps its Auto
+        # classes to the original code (bert_layers.py); loaded with these classes, the config is ours: keep only
+        # our own auto_map entries, so that save_pretrained writes a folder that loads again.
+        kwargs.pop("model_type", None)
+        auto_map = kwargs.pop("auto_map", None)
+        if auto_map:
+            ours = {k: v for k, v in auto_map.items() if not isinstance(v, str) or ".MosaicBert" in v}
+            if ours:
+                kwargs["auto_map"] = ours
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)

@@ -30,9 +30,10 @@ _BLOCK = 2048  # elements per program (256 Philox calls)
 if HAS_TRITON:
 
     @triton.jit
-    def keep_tile(SEED, BLOCK: tl.constexpr, threshold):
-        """This program's BLOCK elements as a [BLOCK // 8, 8] tile: (flat offsets, keep-mask).
-        Element i = 8 * (Philox counter) + lane takes the 16-bit half (lane % 2) of word lane // 2."""
+    def _keep_mask_kernel(SEED, KEEP, N, threshold, BLOCK: tl.constexpr):
+        # KEEP[i] = (16-bit random number of element i) >= threshold, for the N elements of a flat bool tensor.
+        # This program's BLOCK elements as a [BLOCK // 8, 8] tile: element i = 8 * (Philox counter) + lane takes
+        # the 16-bit half (lane % 2) of word lane // 2.
         GROUPS: tl.constexpr = BLOCK // 8
         group = tl.program_id(0).to(tl.int64) * GROUPS + tl.arange(0, GROUPS)  # [G] Philox counters
         r0, r1, r2, r3 = tl.randint4x(tl.load(SEED), group)  # 4 x [G] uint32
@@ -40,13 +41,8 @@ if HAS_TRITON:
         word = tl.where(lane < 2, r0[:, None], tl.where(lane < 4, r1[:, None],
                                                          tl.where(lane < 6, r2[:, None], r3[:, None])))  # [G, 8]
         bits = tl.where(lane % 2 == 0, word & 0xFFFF, word >> 16)
-        return group[:, None] * 8 + lane, bits >= threshold
-
-    @triton.jit
-    def _keep_mask_kernel(SEED, KEEP, N, threshold, BLOCK: tl.constexpr):
-        # KEEP[i] = (16-bit random number of element i) >= threshold, for the N elements of a flat bool tensor
-        offs, keep = keep_tile(SEED, BLOCK, threshold)
-        tl.store(KEEP + offs, keep, mask=offs < N)
+        offs = group[:, None] * 8 + lane
+        tl.store(KEEP + offs, bits >= threshold, mask=offs < N)
 
 
 def drop_threshold(p: float) -> int:

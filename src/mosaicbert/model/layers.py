@@ -19,6 +19,7 @@ from transformers.activations import ACT2FN
 
 from .attention import AttentionContext
 from .dropout import Dropout
+from .padding import RowSelection, select_rows
 
 
 class LowPrecisionLayerNorm(nn.LayerNorm):
@@ -111,8 +112,12 @@ class MosaicBertAttention(nn.Module):
         self.self = MosaicBertSelfAttention(config)
         self.output = MosaicBertSelfOutput(config)
 
-    def forward(self, x: torch.Tensor, ctx: AttentionContext, backend) -> torch.Tensor:
-        return self.output(self.self(x, ctx, backend), x)
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, backend, rows: RowSelection | None = None):
+        # x: [T, hidden] -> [T, hidden], or [M, hidden] for the selected rows
+        a = self.self(x, ctx, backend)  # [T, hidden]: the keys and values of every token are needed
+        if rows is not None:  # from here on, row by row: only the selected rows
+            a, x = select_rows(a, rows), select_rows(x, rows)  # [M, hidden]
+        return self.output(a, x)
 
 
 class MosaicBertGatedMLP(nn.Module):
@@ -148,5 +153,11 @@ class MosaicBertLayer(nn.Module):
         self.attention = MosaicBertAttention(config)
         self.mlp = MosaicBertGatedMLP(config)
 
-    def forward(self, x: torch.Tensor, ctx: AttentionContext, backend) -> torch.Tensor:
-        return self.mlp(self.attention(x, ctx, backend))  # [T, hidden]
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, backend, rows: RowSelection | None = None):
+        """x: [T, hidden] -> [T, hidden]. With `rows` (the sparse last layer of MLM training): attention for every
+        token, then output projection, LayerNorms and feed-forward only for the selected rows -> [M, hidden],
+        zero rows where rows.keep is False. The same values as computing all rows and selecting afterwards."""
+        out = self.mlp(self.attention(x, ctx, backend, rows))
+        if rows is not None:
+            out = out.masked_fill(~rows.keep[:, None], 0.0)  # what selecting the padded output gives there
+        return out

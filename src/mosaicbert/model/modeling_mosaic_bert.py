@@ -1,9 +1,14 @@
 """MosaicBERT: BERT with ALiBi, GeGLU, fused QKV, unpadding and low-precision LayerNorm (MosaicML, 2023).
 
 Data flow of one forward pass:
+    prepare_batch (host: which tokens are real, which are masked; the one graph break under torch.compile)
     input_ids [B, S] -> gather the real tokens -> [T] -> embeddings [T, hidden]   (T = real tokens)
     -> N x (attention -> post-LN -> GeGLU -> post-LN), all on [T, hidden]
-    -> masked-LM head on the M labelled rows only, or pad back -> [B, S, hidden] (zeros at padding) -> heads
+    -> MLM training: the M masked rows only (the last layer computes only them after its attention) -> MLM head
+    -> otherwise pad back -> [B, S, hidden] (zeros at padding) -> task heads
+
+Every head calls `self.bert.prepare_batch(...)` and then `self.bert(..., prepared=...)`, the encoder's public
+forward, as transformers' BertFor* heads call `self.bert(...)`.
 
 Self-contained on purpose (torch + transformers + relative imports): `save_pretrained` copies this file and
 its relative imports next to the weights, so `AutoModel*.from_pretrained(dir, trust_remote_code=True)` works
@@ -12,18 +17,24 @@ without the mosaicbert package installed.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (BaseModelOutputWithPooling, MaskedLMOutput, MultipleChoiceModelOutput,
+                                           QuestionAnsweringModelOutput, SequenceClassifierOutput,
+                                           TokenClassifierOutput)
 
-from .attention import AlibiCache, AttentionContext, check_backend_name, log_backend_choice, resolve_backend
+from .attention import AlibiCache, AttentionBackend, AttentionContext, check_backend_name, log_backend_choice, resolve_backend
 from .configuration_mosaic_bert import MosaicBertConfig
 from .layers import MosaicBertEmbeddings, MosaicBertLayer, make_layernorm
-from .padding import (UnpadInfo, extend_positions, gather_rows, get_unpad_info, pad_rows, positions_of_true,
-                      unpad_rows)
+from .padding import (RowSelection, UnpadInfo, extend_positions, get_unpad_info, pad_rows, positions_of_true,
+                      select_rows, unpad_rows)
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as _init
@@ -68,8 +79,8 @@ def _check_host_totals(checks) -> None:
 def _prepare_batch(
     input_ids: torch.Tensor,
     token_type_ids: torch.Tensor | None,
-    attention_mask: torch.Tensor,
-    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    masked_tokens_mask: torch.Tensor | None,
     vocab_size: int,
     type_vocab_size: int,
     alibi: AlibiCache | None = None,
@@ -81,13 +92,17 @@ def _prepare_batch(
 ):
     """Everything about a batch that needs the host to know device data, in one place.
 
-    Returns (UnpadInfo, label_pos): label_pos [M] int64 = flat positions (row-major) of labels != -100, or None.
-    With `length_multiple` > 1, T and M are rounded up to multiples of it (config.packed_length_multiple): dummy
-    token rows (see `get_unpad_info`) and dummy label positions (0, after the real ones).
+    masked_tokens_mask: [B, S] bool (True = masked), or MLM labels (-100 = not masked), or None.
+    Inputs [..., S] are flattened to [N, S]; attention_mask None = no padding.
+    Returns (attention_mask [N, S], UnpadInfo, masked): masked = (flags [B*S] bool, positions [M] int64: the flat positions (row-major)
+    of the masked tokens), or None. With `length_multiple` > 1, T and M are rounded up to multiples of it
+    (config.packed_length_multiple): dummy token rows (see `get_unpad_info`) and dummy positions (0, after the
+    real ones).
 
     The number of real tokens T and of masked tokens M are data-dependent shapes, so this runs outside
     torch.compile (`torch.compiler.disable`): the compiled forward graph-breaks once, here, at its start,
-    instead of in the middle of the model; everything after it is one graph (with dynamic T and M).
+    instead of in the middle of the model; everything after it is one graph (with dynamic T and M). For the
+    same reason the labels -> mask comparison happens here, not in the (compiled) head before the call.
 
     Two ways to learn T and M:
       * from the device tensors (`torch.nonzero`): the host waits for the GPU to finish all queued work, every
@@ -99,11 +114,16 @@ def _prepare_batch(
         CUDA the totals are checked against the tensors by a device-side assert (no sync; a failure stops the
         process); elsewhere a sync is cheap and they are checked with a clear error.
     """
-    if backend_choice is not None:  # (configured name, chosen name, dtype): logged once, here in eager code
-        log_backend_choice(backend_choice[0], backend_choice[1], input_ids.device, backend_choice[2])
+    if backend_choice is not None:  # logged once, here in eager code
+        log_backend_choice(*backend_choice)
+    seqlen = input_ids.shape[-1]  # [..., S] -> [N, S]: multiple choice's [B, C, S] is B * C sequences
+    input_ids = input_ids.reshape(-1, seqlen)
+    token_type_ids = token_type_ids.reshape(-1, seqlen) if token_type_ids is not None else None
+    attention_mask = attention_mask.reshape(-1, seqlen) if attention_mask is not None else torch.ones_like(input_ids)
+    has_mask = masked_tokens_mask is not None
     num_real = _host_total("sequence_lengths", sequence_lengths, input_ids.shape[0])
-    num_labels = _host_total("label_counts", label_counts, input_ids.shape[0]) if labels is not None else None
-    sync_free = num_real is not None and (labels is None or num_labels is not None)
+    num_labels = _host_total("label_counts", label_counts, input_ids.shape[0]) if has_mask else None
+    sync_free = num_real is not None and (not has_mask or num_labels is not None)
     checks = []
     if input_ids.numel() > 0 and not (sync_free and input_ids.is_cuda):
         checks.append(("input_ids", input_ids, vocab_size))
@@ -116,11 +136,18 @@ def _prepare_batch(
     if flags:  # one sync (the nonzero above, if any, has waited for the flags already)
         for (name, ids, upper), bad in zip(checks, torch.stack(flags).tolist()):
             _check_ids(name, ids, upper, bad)
-    label_flags = labels.reshape(-1) != -100 if labels is not None else None  # [B*S]
-    _check_host_totals([("sequence_lengths", info.real, num_real), ("label_counts", label_flags, num_labels)])
-    label_pos = positions_of_true(label_flags, num_labels) if labels is not None else None  # [M], row-major
-    if label_pos is not None and length_multiple > 1:
-        label_pos = extend_positions(label_pos, length_multiple)  # [M rounded up]
+    masked = None
+    if has_mask:
+        mask_flags = masked_tokens_mask.reshape(-1)  # [B*S]
+        if mask_flags.dtype != torch.bool:  # MLM labels
+            mask_flags = mask_flags != -100
+        _check_host_totals([("sequence_lengths", info.real, num_real), ("label_counts", mask_flags, num_labels)])
+        positions = positions_of_true(mask_flags, num_labels)  # [M], row-major
+        if length_multiple > 1:
+            positions = extend_positions(positions, length_multiple)  # [M rounded up]
+        masked = (mask_flags, positions)
+    else:
+        _check_host_totals([("sequence_lengths", info.real, num_real)])
     if alibi is not None:  # build/grow the cached ALiBi tensors here, so no compiled graph ever mutates the cache
         alibi.slopes(attention_mask.device)
         if with_alibi_matrix:  # [H, S, S] fp32: only for the backends that read it
@@ -129,10 +156,42 @@ def _prepare_batch(
     # (instead of compiling for the first batch's sizes, then recompiling)
     mark = getattr(getattr(torch, "_dynamo", None), "maybe_mark_dynamic", None)
     if mark is not None:
-        for t in (info.indices, label_pos):
+        for t in (info.indices, masked[1] if masked is not None else None):
             if t is not None and t.numel() > 1:
                 mark(t, 0)
-    return info, label_pos
+    return attention_mask, info, masked
+
+
+def _masked_rows(info: UnpadInfo, flags: torch.Tensor, positions: torch.Tensor):
+    """The masked tokens as a selection out of the packed rows (flags [B*S], positions [M] from `_prepare_batch`).
+
+    Returns (RowSelection of M rows out of the T packed rows, masked_positions [M]: flat positions, -1 for the
+    dummy rows of a rounded-up M). A masked position on padding selects a zero row, exactly what the padded
+    encoder output holds there; so do the dummy rows (no label, no gradient).
+    """
+    keep = info.real[positions]  # [M] False for masks on padding
+    selected = flags[info.indices]  # [T] is this packed row masked
+    if info.valid_rows is not None:  # T and M rounded up
+        selected = selected & info.valid_rows
+        real = torch.arange(positions.shape[0], device=positions.device) < flags.sum()
+        keep = keep & real
+        positions = positions.masked_fill(~real, -1)
+    sel = RowSelection(
+        info.packed_pos[positions.clamp(min=0)],  # [M] packed row of each masked position
+        keep,
+        (torch.cumsum(flags, dim=0) - 1).clamp(min=0)[info.indices],  # [T] inverse map
+        selected,
+    )
+    return sel, positions
+
+
+def _classifier_dropout(config) -> float:
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
+def _check_same_shape(name: str, t: torch.Tensor | None, input_ids: torch.Tensor) -> None:
+    if t is not None and t.shape != input_ids.shape:  # else: out-of-range gathers, opaque on CUDA
+        raise ValueError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(t.shape)}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -147,12 +206,14 @@ class MosaicBertEncoder(nn.Module):
         self.alibi = AlibiCache(config.num_attention_heads, config.alibi_starting_size)
 
     def forward(self, h: torch.Tensor, attention_mask: torch.Tensor, info: UnpadInfo, backend,
-                all_hidden: list | None = None) -> torch.Tensor:
+                all_hidden: list | None = None, last_layer_rows: RowSelection | None = None) -> torch.Tensor:
         # h: [T, hidden] packed real tokens, attention_mask: [B, S] -> [T, hidden]
         # all_hidden: if a list, each layer's output is appended to it, padded to [B, S, hidden]
+        # last_layer_rows: the last layer outputs only these rows -> [M, hidden] (see MosaicBertLayer)
         ctx = AttentionContext(info, attention_mask.bool(), self.alibi, self.config.num_attention_heads)
-        for layer in self.layer:
-            h = layer(h, ctx, backend)
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            h = layer(h, ctx, backend, last_layer_rows if i == last else None)
             if all_hidden is not None:
                 all_hidden.append(pad_rows(h, info))
         return h
@@ -170,11 +231,17 @@ class MosaicBertPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))  # [B, hidden]
 
 
+# Buffers of older code (the original MosaicBERT's ALiBi tensor before it stopped being one, BERT's token type and
+# position ids): in some checkpoints, never information. Not reported when they do not load.
+STALE_BUFFER_SUFFIXES = (".alibi", "embeddings.token_type_ids", "embeddings.position_ids")
+
+
 class MosaicBertPreTrainedModel(PreTrainedModel):
     config_class = MosaicBertConfig
     base_model_prefix = "bert"
     supports_gradient_checkpointing = False
     _no_split_modules = ["MosaicBertLayer"]
+    _keys_to_ignore_on_load_unexpected = [re.escape(suffix) + "$" for suffix in STALE_BUFFER_SUFFIXES]
 
     def _init_weights(self, module):
         """BERT init: N(0, initializer_range) for Linear/Embedding weights, zero biases, LayerNorm = identity."""
@@ -193,10 +260,40 @@ class MosaicBertPreTrainedModel(PreTrainedModel):
             _init.zeros_(module.bias)
 
 
+class PreparedBatch(NamedTuple):
+    """What `MosaicBertModel.prepare_batch` learns about a batch (see there)."""
+
+    attention_mask: torch.Tensor  # [B, S]
+    backend: AttentionBackend
+    info: UnpadInfo
+    masked: tuple[torch.Tensor, torch.Tensor] | None  # (flags [B*S] bool, positions [M] int64), or None
+
+
+@dataclass
+class MosaicBertModelOutput(BaseModelOutputWithPooling):
+    """BaseModelOutputWithPooling plus, when the forward got `masked_tokens_mask`, masked_positions [M]: the flat
+    position (into batch * seqlen) of each row of last_hidden_state, -1 for dummy rows."""
+
+    masked_positions: torch.LongTensor | None = None
+
+
 class MosaicBertModel(MosaicBertPreTrainedModel):
     """The bare encoder. forward(input_ids [B, S], attention_mask [B, S]=None, token_type_ids [B, S]=None)
-    -> BaseModelOutputWithPooling(last_hidden_state [B, S, hidden] (zeros at padding), pooler_output [B, hidden]
-    or None, hidden_states (embeddings + each layer, padded) if output_hidden_states)."""
+    (more leading dims are flattened: [B, C, S] runs as B * C sequences)
+    -> MosaicBertModelOutput(last_hidden_state [B, S, hidden] (zeros at padding), pooler_output [B, hidden]
+    or None, hidden_states (embeddings + each layer, padded) if output_hidden_states).
+
+    masked_tokens_mask ([B, S] bool, True = masked; or MLM labels, -100 = not masked), as in the original
+    MosaicBERT's BertModel: last_hidden_state then holds only the masked tokens' rows, [M, hidden], in row-major
+    order (aligned with `labels[labels != -100]`), and masked_positions their flat positions. A masked padding
+    position gets a zero row (the padded output there). With config.packed_length_multiple > 1 there are dummy
+    rows (zeros, position -1) after the real ones, up to a multiple of it. With config.sparse_last_layer
+    (default) the last layer computes attention for every token but its output projection, LayerNorms and
+    feed-forward only for those rows, as the original MosaicBERT (not with output_hidden_states or a pooler).
+
+    sequence_lengths / label_counts: optional per-row host counts of real / masked tokens (the collators send
+    them) that spare the forward its host sync (see `_prepare_batch`).
+    """
 
     def __init__(self, config: MosaicBertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -218,44 +315,41 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         return self.embeddings.word_embeddings.weight.dtype
 
     def _resolve_backend(self, device: torch.device):
+        """-> (backend, the args of `log_backend_choice`)."""
         cfg = self.config
-        return resolve_backend(cfg.attention_backend, device, self._compute_dtype(device),
-                               cfg.hidden_size // cfg.num_attention_heads,
-                               cfg.attention_probs_dropout_prob if self.training else 0.0)
+        dtype = self._compute_dtype(device)
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        dropout = cfg.attention_probs_dropout_prob if self.training else 0.0
+        backend = resolve_backend(cfg.attention_backend, device, dtype, head_dim, dropout)
+        # what the same call would run without attention dropout (some kernels have none)
+        without_dropout = resolve_backend(cfg.attention_backend, device, dtype, head_dim, 0.0) if dropout else backend
+        return backend, (cfg.attention_backend, backend.name, device, dtype, dropout, without_dropout.name)
 
-    def _prepare(self, input_ids, attention_mask, token_type_ids, labels, sequence_lengths=None, label_counts=None):
-        """-> (attention_mask, backend, UnpadInfo, label_pos [M] or None). Call it from the outermost forward:
-        it is the one graph break of a compiled forward (see `_prepare_batch`, also for the optional per-row
-        `sequence_lengths` / `label_counts` that spare the host sync)."""
-        if input_ids.dim() != 2:
+    def prepare_batch(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        masked_tokens_mask: torch.Tensor | None = None,
+        sequence_lengths: list[int] | None = None,
+        label_counts: list[int] | None = None,
+    ) -> PreparedBatch:
+        """The host-side step of a forward (unpadding indices, masked positions, attention backend): under
+        torch.compile it is the one graph break (see `_prepare_batch`). `forward` calls it, unless it is given
+        its result as `prepared`: task heads call it first, then `self.bert(..., prepared=...)`, so that the
+        break comes before any compiled code and the whole rest of the head's forward is one graph."""
+        if input_ids.dim() < 2:
             raise ValueError(f"input_ids must be [batch, seqlen], got shape {tuple(input_ids.shape)}")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids), ("labels", labels)):
-            if t is not None and t.shape != input_ids.shape:  # else: out-of-range gathers, opaque on CUDA
-                raise ValueError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(t.shape)}")
-        backend = self._resolve_backend(input_ids.device)
-        info, label_pos = _prepare_batch(
-            input_ids, token_type_ids, attention_mask, labels, self.config.vocab_size,
-            self.config.type_vocab_size, self.encoder.alibi, backend.needs_alibi_matrix,
-            (self.config.attention_backend, backend.name, self._compute_dtype(input_ids.device)),
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
+                        ("masked_tokens_mask", masked_tokens_mask)):
+            _check_same_shape(name, t, input_ids)
+        backend, choice = self._resolve_backend(input_ids.device)
+        attention_mask, info, masked = _prepare_batch(
+            input_ids, token_type_ids, attention_mask, masked_tokens_mask, self.config.vocab_size,
+            self.config.type_vocab_size, self.encoder.alibi, backend.needs_alibi_matrix, choice,
             sequence_lengths, label_counts, self.config.packed_length_multiple,
         )
-        return attention_mask, backend, info, label_pos
-
-    def _encode(self, input_ids, attention_mask, token_type_ids, info: UnpadInfo, backend, output_hidden_states: bool):
-        """-> (h [T, hidden] packed real tokens, hidden_states tuple (padded) or None)."""
-        if output_hidden_states:  # hidden_states[0] is the embeddings at every position, padding included
-            x = self.embeddings(input_ids, token_type_ids)  # [B, S, hidden]
-            all_hidden = [x]
-            h = unpad_rows(x, info)
-        else:  # embed the real tokens only: no [B, S, hidden] tensor, no unpad copy
-            all_hidden = None
-            ids = input_ids.reshape(-1)[info.indices]  # [T]
-            tt = token_type_ids.reshape(-1)[info.indices] if token_type_ids is not None else None
-            h = self.embeddings(ids, tt)  # [T, hidden]
-        h = self.encoder(h, attention_mask, info, backend, all_hidden)
-        return h, (tuple(all_hidden) if output_hidden_states else None)
+        return PreparedBatch(attention_mask, backend, info, masked)
 
     def forward(
         self,
@@ -265,25 +359,47 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         sequence_lengths: list[int] | None = None,
+        masked_tokens_mask: torch.Tensor | None = None,
+        label_counts: list[int] | None = None,
+        prepared: PreparedBatch | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        attention_mask, backend, info, _ = self._prepare(input_ids, attention_mask, token_type_ids, None,
-                                                         sequence_lengths)
-        out = self._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend, output_hidden_states)
-        if not return_dict:
-            return tuple(v for v in (out.last_hidden_state, out.pooler_output, out.hidden_states) if v is not None)
-        return out
-
-    def _forward_prepared(self, input_ids, attention_mask, token_type_ids, info, backend, output_hidden_states):
-        """forward() after `_prepare` (task models call `_prepare` themselves, first, to keep one graph)."""
         output_hidden_states = bool(output_hidden_states)
-        h, hidden_states = self._encode(input_ids, attention_mask, token_type_ids, info, backend, output_hidden_states)
-        sequence_output = pad_rows(h, info)  # [B, S, hidden], zeros at padding
-        pooled = self.pooler(sequence_output) if self.pooler is not None else None
-        return BaseModelOutputWithPooling(
-            last_hidden_state=sequence_output, pooler_output=pooled, hidden_states=hidden_states
-        )
+        if prepared is None:
+            prepared = self.prepare_batch(input_ids, attention_mask, token_type_ids, masked_tokens_mask,
+                                          sequence_lengths, label_counts)
+        elif masked_tokens_mask is not None or sequence_lengths is not None or label_counts is not None:
+            raise ValueError("pass masked_tokens_mask / sequence_lengths / label_counts to prepare_batch, "
+                             "not next to `prepared`")
+        attention_mask, backend, info, masked = prepared
+        if input_ids.dim() > 2:  # [B, C, S] (multiple choice) -> [B * C, S], as prepare_batch did
+            input_ids = input_ids.reshape(-1, input_ids.shape[-1])
+            token_type_ids = token_type_ids.reshape(input_ids.shape) if token_type_ids is not None else None
+        if output_hidden_states:  # hidden_states[0] is the embeddings at every position, padding included
+            x = self.embeddings(input_ids, token_type_ids)  # [B, S, hidden]
+            all_hidden = [x]
+            h = unpad_rows(x, info)
+        else:  # embed the real tokens only: no [B, S, hidden] tensor, no unpad copy
+            all_hidden = None
+            ids = input_ids.reshape(-1)[info.indices]  # [T]
+            tt = token_type_ids.reshape(-1)[info.indices] if token_type_ids is not None else None
+            h = self.embeddings(ids, tt)  # [T, hidden]
+        rows, positions = _masked_rows(info, *masked) if masked is not None else (None, None)
+        # sparse last layer: only the masked rows leave the encoder, so the last layer computes only them
+        sparse = (rows is not None and self.config.sparse_last_layer and not output_hidden_states
+                  and self.pooler is None)
+        h = self.encoder(h, attention_mask, info, backend, all_hidden, rows if sparse else None)  # [T or M, hidden]
+        if rows is None:
+            sequence_output = pad_rows(h, info)  # [B, S, hidden], zeros at padding
+            pooled = self.pooler(sequence_output) if self.pooler is not None else None
+        else:
+            sequence_output = h if sparse else select_rows(h, rows)  # [M, hidden]
+            pooled = self.pooler(pad_rows(h, info)) if self.pooler is not None else None
+        out = MosaicBertModelOutput(last_hidden_state=sequence_output, pooler_output=pooled,
+                                    hidden_states=tuple(all_hidden) if output_hidden_states else None,
+                                    masked_positions=positions)
+        return out if return_dict else out.to_tuple()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -363,47 +479,25 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        _check_same_shape("labels", labels, input_ids)
+        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids, masked_tokens_mask=labels,
+                                           sequence_lengths=sequence_lengths, label_counts=label_counts)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
+        # labels given: [M, hidden] rows of the labelled positions only, else [B, S, hidden]
+        logits = self.cls(outputs.last_hidden_state)  # [M, vocab] or [B, S, vocab]
         loss = None
-        if labels is None:
-            attention_mask, backend, info, _ = self.bert._prepare(input_ids, attention_mask, token_type_ids, None,
-                                                                  sequence_lengths)
-            outputs = self.bert._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend,
-                                                  output_hidden_states)
-            hidden_states = outputs.hidden_states
-            logits = self.cls(outputs.last_hidden_state)  # [B, S, vocab]
-        else:
-            attention_mask, backend, info, label_pos = self.bert._prepare(input_ids, attention_mask, token_type_ids,
-                                                                          labels, sequence_lengths, label_counts)
-            h, hidden_states = self.bert._encode(input_ids, attention_mask, token_type_ids, info, backend,
-                                                 bool(output_hidden_states))
-            # Gather the labelled rows straight from the packed tokens (no re-padding). A label on a padding
-            # position gets a zero row, exactly what the padded encoder output holds there.
-            flat_labels = labels.reshape(-1)
-            label_flags = flat_labels != -100  # [B*S]
-            keep = info.real[label_pos]  # [M] False for labels on padding
-            targets = flat_labels[label_pos]  # [M]
-            labelled_rows = label_flags[info.indices]  # [T] is this packed row labelled
-            if info.valid_rows is not None:  # T and M rounded up: dummy rows get zero rows, no label, no gradient
-                labelled_rows = labelled_rows & info.valid_rows
-                real_label = torch.arange(label_pos.shape[0], device=label_pos.device) < label_flags.sum()
-                keep = keep & real_label
-                targets = targets.masked_fill(~real_label, -100)
-            rows = gather_rows(
-                h,
-                info.packed_pos[label_pos],  # [M] packed row of each labelled position
-                keep,
-                (torch.cumsum(label_flags, dim=0) - 1).clamp(min=0)[info.indices],  # [T] inverse map
-                labelled_rows,
-            )
-            logits = self.cls(rows)  # [M, vocab], rows in row-major order of labels != -100 (then any dummies)
-            if label_pos.numel() > 0:
+        if labels is not None:
+            positions = outputs.masked_positions  # [M], -1 for dummy rows
+            targets = labels.reshape(-1)[positions.clamp(min=0)].masked_fill(positions < 0, -100)  # [M]
+            if positions.numel() > 0:
                 loss = F.cross_entropy(logits.float(), targets)  # mean over the real labels (dummies are -100)
             else:  # no masked token in the batch: zero loss (not NaN) that still touches the graph
                 loss = logits.float().sum() * 0.0
         if not return_dict:
-            out = (logits,) + ((hidden_states,) if hidden_states is not None else ())
+            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + out) if loss is not None else out
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
 class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
@@ -415,8 +509,7 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = MosaicBertModel(config, add_pooling_layer=True)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -432,10 +525,10 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        attention_mask, backend, info, _ = self.bert._prepare(input_ids, attention_mask, token_type_ids, None,
-                                                              sequence_lengths)
-        outputs = self.bert._forward_prepared(input_ids, attention_mask, token_type_ids, info, backend,
-                                              output_hidden_states)
+        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
+                                           sequence_lengths=sequence_lengths)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
         logits = self.classifier(self.dropout(outputs.pooler_output))  # [B, num_labels]
         loss = None
         if labels is not None:
@@ -460,6 +553,138 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
+class MosaicBertForTokenClassification(MosaicBertPreTrainedModel):
+    """Dropout -> linear on every token, as BertForTokenClassification. forward(..., labels [B, S] (-100 =
+    ignored)) -> TokenClassifierOutput(loss = mean cross-entropy over the labels != -100, logits
+    [B, S, num_labels]). The encoder output is zero at padding, so there the logits are the classifier's bias."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = MosaicBertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        sequence_lengths: list[int] | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        _check_same_shape("labels", labels, input_ids)
+        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
+                                           sequence_lengths=sequence_lengths)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # [B, S, num_labels]
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.reshape(-1))
+        if not return_dict:
+            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class MosaicBertForQuestionAnswering(MosaicBertPreTrainedModel):
+    """Extractive QA (SQuAD), as BertForQuestionAnswering: linear -> (start, end) logit per token.
+    forward(..., start_positions [B], end_positions [B]) -> QuestionAnsweringModelOutput(loss, start_logits [B, S],
+    end_logits [B, S]). Positions outside the sequence are clamped to S and ignored by the loss, as in
+    transformers; loss = (start cross-entropy + end cross-entropy) / 2. Padding is not masked out of the logits
+    (as in transformers: answer extraction looks only at context tokens); the encoder output is zero there, so
+    the logits at padding are the qa_outputs bias."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"MosaicBertForQuestionAnswering needs num_labels == 2 (start, end), got {config.num_labels}")
+        self.num_labels = config.num_labels
+        self.bert = MosaicBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        sequence_lengths: list[int] | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
+                                           sequence_lengths=sequence_lengths)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
+        logits = self.qa_outputs(outputs.last_hidden_state)  # [B, S, 2]
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # [B, S] each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]  # a position outside the sequence (e.g. a truncated answer)
+            start = start_positions.reshape(-1).clamp(0, ignored)  # [B] ([B, 1] on multi-GPU gathers)
+            end = end_positions.reshape(-1).clamp(0, ignored)
+            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
+                    + F.cross_entropy(end_logits.float(), end, ignore_index=ignored)) / 2
+        if not return_dict:
+            out = (start_logits, end_logits) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                            hidden_states=outputs.hidden_states)
+
+
+class MosaicBertForMultipleChoice(MosaicBertPreTrainedModel):
+    """Multiple choice (SWAG), as BertForMultipleChoice: every choice is one sequence, pooled [CLS] -> dropout ->
+    linear -> one score. forward(input_ids [B, C, S], attention_mask / token_type_ids [B, C, S], labels [B])
+    -> MultipleChoiceModelOutput(loss = cross-entropy over the C choices, logits [B, C]). The B * C sequences
+    run through the encoder as one batch (sequence_lengths, if given, has one count per sequence: B * C)."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.bert = MosaicBertModel(config, add_pooling_layer=True)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        sequence_lengths: list[int] | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        if input_ids.dim() != 3:
+            raise ValueError(f"input_ids must be [batch, num_choices, seqlen], got shape {tuple(input_ids.shape)}")
+        num_choices = input_ids.shape[1]
+        # [B, C, S] goes in as is: prepare_batch and the encoder flatten it to B * C sequences (in prepare_batch's
+        # eager code, so that a compiled forward still breaks only there)
+        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
+                                           sequence_lengths=sequence_lengths)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
+        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)  # [B, C]
+        loss = F.cross_entropy(logits.float(), labels.reshape(-1)) if labels is not None else None
+        if not return_dict:
+            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Checkpoint loading
 
@@ -475,7 +700,7 @@ def load_mosaic_state_dict(model: nn.Module, state_dict: dict, strict: bool = Fa
     for k, v in state_dict.items():
         if k.startswith("model."):
             k = k[len("model."):]
-        if k.endswith((".alibi", "embeddings.token_type_ids", "embeddings.position_ids")):
+        if k.endswith(STALE_BUFFER_SUFFIXES):
             continue
         cleaned[k] = v
     # A bare MosaicBertModel has no `bert.` prefix; accept checkpoints of the task models too.
@@ -489,13 +714,28 @@ def load_mosaic_state_dict(model: nn.Module, state_dict: dict, strict: bool = Fa
         missing.remove(tied)
     if isinstance(model, MosaicBertModel):
         # A bare encoder ignores the task heads of a full checkpoint; report only if that is not the case.
-        unexpected = [k for k in unexpected if not k.startswith(("cls.", "classifier."))]
+        unexpected = [k for k in unexpected if not k.startswith(("cls.", "classifier.", "qa_outputs."))]
     if strict and (missing or unexpected):
         raise RuntimeError(f"state dict mismatch: missing={missing} unexpected={unexpected}")
     return missing, unexpected
 
 
+# The Auto classes a saved folder serves (config.json's `auto_map`, with trust_remote_code=True).
+AUTO_CLASSES = {
+    "AutoModel": MosaicBertModel,
+    "AutoModelForMaskedLM": MosaicBertForMaskedLM,
+    "AutoModelForSequenceClassification": MosaicBertForSequenceClassification,
+    "AutoModelForTokenClassification": MosaicBertForTokenClassification,
+    "AutoModelForQuestionAnswering": MosaicBertForQuestionAnswering,
+    "AutoModelForMultipleChoice": MosaicBertForMultipleChoice,
+}
 MosaicBertConfig.register_for_auto_class()
-MosaicBertModel.register_for_auto_class("AutoModel")
-MosaicBertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
-MosaicBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+for _auto_class, _model_class in AUTO_CLASSES.items():
+    _model_class.register_for_auto_class(_auto_class)
+
+
+def auto_map() -> dict[str, str]:
+    """config.json's `auto_map` listing every Auto class above (save_pretrained records only the saved model's)."""
+    module = __name__.rsplit(".", 1)[-1]  # modeling_mosaic_bert, also when loaded as remote code
+    return {"AutoConfig": f"configuration_mosaic_bert.{MosaicBertConfig.__name__}",
+            **{auto: f"{module}.{cls.__name__}" for auto, cls in AUTO_CLASSES.items()}}

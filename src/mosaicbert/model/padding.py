@@ -180,6 +180,20 @@ def gather_rows(
     return _GatherRows.apply(x, idx, keep, inv, inv_keep)
 
 
+class RowSelection(NamedTuple):
+    """The arguments of `gather_rows` after x: a selection of M rows out of N packed rows, with its inverse."""
+
+    idx: torch.Tensor  # [M] int64 source row of each selected row
+    keep: torch.Tensor  # [M] bool, False = a zero row (no source)
+    inv: torch.Tensor  # [N] int64 selected row of each source row
+    inv_keep: torch.Tensor  # [N] bool, False = source row not selected
+
+
+def select_rows(x: torch.Tensor, sel: RowSelection) -> torch.Tensor:
+    """x [N, *rest] -> [M, *rest] (zero rows where sel.keep is False); gather-only backward."""
+    return gather_rows(x, sel.idx, sel.keep, sel.inv, sel.inv_keep)
+
+
 def unpad_rows(x: torch.Tensor, info: UnpadInfo) -> torch.Tensor:
     """[B, S, *rest] -> [T, *rest]; same values as `unpad`, gather-only backward."""
     if info.packed_pos is None:
