@@ -170,9 +170,141 @@ def check_learned(results: dict, floor: float, gain: float) -> None:
     assert results["best"]["metrics"][main] == max(e["metrics"][main] for e in results["evaluations"])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine thread spin-waits cost more than the math."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _reload_accuracy(folder: Path, rows: list[dict], model_name: str) -> float:
+    """Accuracy of the exported folder on rows, loaded with plain transformers Auto classes."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=model_name == "mosaic_bert")
+    model.eval()
+    enc = tok([r["text"] for r in rows], [r["pair"] for r in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pred = model(**enc).logits.argmax(-1).tolist()
+    return sum(model.config.id2label[p] == r["label"] for p, r in zip(pred, rows)) / len(rows)
+
+
 @pytest.mark.parametrize("model_name", model_param("classification"))
-def test_sentence_pair_classification_learns_and_exports(tmp_path, model_name):
+def test_classification_best_model_reloads_with_transformers(tmp_path, model_name):
     results = run(tmp_path, "classification", model_name)
     check_learned(results, floor=0.9, gain=0.25)
     assert results["labels"] == ["neg", "pos"]
     assert set(results["best"]["metrics"]) == {"accuracy", "f1", "matthews"}
+    folder = Path(results["best_model"])
+    reloaded = _reload_accuracy(folder, make_rows("classification", 48, seed=2), model_name)
+    assert reloaded == pytest.approx(results["best"]["metrics"]["accuracy"])
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["best"] == results["best"]
+
+
+def test_regression_learns(tmp_path):
+    results = run(tmp_path, "regression", "mosaic_bert")
+    check_learned(results, floor=0.8, gain=0.3)
+
+
+@pytest.mark.parametrize("model_name", model_param("token_classification"))
+def test_token_classification_learns(tmp_path, model_name):
+    results = run(tmp_path, "token_classification", model_name)
+    check_learned(results, floor=0.8, gain=0.3)
+    assert results["labels"] == ["O", "B-LOC", "B-PER", "I-PER"]
+    config = json.loads((Path(results["best_model"]) / "config.json").read_text())
+    assert config["id2label"] == {"0": "O", "1": "B-LOC", "2": "B-PER", "3": "I-PER"}
+
+
+@pytest.mark.parametrize("model_name", model_param("question_answering"))
+def test_question_answering_learns_over_strided_windows(tmp_path, model_name):
+    results = run(tmp_path, "question_answering", model_name)
+    check_learned(results, floor=0.8, gain=0.3)
+    assert results["best"]["metrics"]["exact_match"] >= 0.8
+
+
+@pytest.mark.parametrize("model_name", model_param("multiple_choice"))
+def test_multiple_choice_learns(tmp_path, model_name):
+    results = run(tmp_path, "multiple_choice", model_name)
+    check_learned(results, floor=0.8, gain=0.3)
+
+
+def _tiny_source(model_name: str):
+    """A small MLM model (hidden 48, unlike TINY_MODEL) to start from."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
+
+    shape = dict(vocab_size=192, hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=96)
+    if model_name == "mosaic_bert":
+        return MosaicBertForMaskedLM(MosaicBertConfig(**shape))
+    return BertForMaskedLM(BertConfig(**shape))
+
+
+@pytest.mark.parametrize("source_kind", ["hf_folder", "composer"])
+@pytest.mark.parametrize("model_name", ["hf_bert", "mosaic_bert"])
+def test_start_from_checkpoint_takes_its_shape_and_reports_keys(tmp_path, model_name, source_kind):
+    import torch
+
+    from mosaicbert.data.tokenizer import load_tokenizer
+    from mosaicbert.finetune.models import build_task_model
+
+    source = _tiny_source(model_name)
+    if source_kind == "hf_folder":
+        path = tmp_path / "exported"
+        source.save_pretrained(path)
+        load_tokenizer(write_vocab(tmp_path)).save_pretrained(path)
+        tokenizer_override = "tokenizer=null"  # the folder's own tokenizer
+    else:  # what main.py writes: Composer's state with the model under `model.` and the HF config as metadata
+        path = tmp_path / "ckpt.pt"
+        torch.save({"state": {"model": {f"model.{k}": v for k, v in source.state_dict().items()},
+                              "integrations": {"huggingface": {"model": {"config": {
+                                  "content": source.config.to_dict()}}}}}}, path)
+        tokenizer_override = f"tokenizer={write_vocab(tmp_path)}"
+    overrides = finetune_overrides(tmp_path, "classification", model_name, n_train=16, n_eval=16)
+    overrides = [o for o in overrides if not o.startswith(("model.config_overrides", "tokenizer="))]
+    cfg = load_finetune_config(None, overrides + [f"model.pretrained_checkpoint={path}", tokenizer_override])
+    from mosaicbert.finetune.runner import load_finetune_tokenizer
+
+    model, report = build_task_model(cfg.model, cfg.task, load_finetune_tokenizer(cfg), ["neg", "pos"])
+    assert model.config.hidden_size == 48 and model.config.id2label == {0: "neg", 1: "pos"}
+    # an MLM model has no pooler: it is reported as newly initialised
+    assert report["loaded"] > 0 and not report["unexpected"]
+    assert set(report["missing"]) == {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+    assert report["head_not_loaded"] and all(k.startswith("cls.") for k in report["head_not_loaded"])
+    assert report["new_head"] == ["classifier.bias", "classifier.weight"]
+    src = source.state_dict()
+    for k, v in model.state_dict().items():
+        if k in src and not k.startswith("cls."):
+            assert torch.equal(v, src[k]), k
+
+
+def test_missing_mosaic_task_class_is_a_clear_error(monkeypatch):
+    from mosaicbert.config import ConfigError
+    from mosaicbert.finetune.tasks import model_class
+
+    monkeypatch.delattr(mosaicbert.model, "MosaicBertForSequenceClassification")
+    with pytest.raises(ConfigError, match="mosaicbert.model.MosaicBertForSequenceClassification"):
+        model_class("mosaic_bert", "classification")
+    assert model_class("hf_bert", "question_answering").__name__ == "BertForQuestionAnswering"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("yaml_name", ["classification", "pair_classification", "regression",
+                                       "token_classification", "question_answering", "multiple_choice"])
+def test_example_yamls_run(tmp_path, yaml_name):
+    """Every shipped example runs offline from the repo root (shortened here)."""
+    proc = subprocess.run([sys.executable, "finetune.py", f"yamls/finetune/{yaml_name}.yaml", "max_duration=4ba",
+                           "eval_interval=2ba", f"save_folder={tmp_path}", "device=cpu"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [e["batch"] for e in results["evaluations"]] == [0, 2, 4]
+    assert (tmp_path / "best_model" / "config.json").is_file()
+    assert (tmp_path / "best_model" / "tokenizer.json").is_file()

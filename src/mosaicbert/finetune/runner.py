@@ -105,11 +105,23 @@ def _prepare_data(cfg: FinetuneConfig, tokenizer):
 
 
 def load_finetune_tokenizer(cfg: FinetuneConfig):
+    """`tokenizer`, or (tokenizer: null) the one saved with model.pretrained_checkpoint."""
+    from transformers import PreTrainedTokenizerFast
+
     from mosaicbert.data.tokenizer import load_tokenizer
 
     name = cfg.tokenizer or cfg.model.pretrained_checkpoint
     key = "tokenizer" if cfg.tokenizer else "model.pretrained_checkpoint (tokenizer: null)"
+    folder = os.path.expanduser(str(name))
     try:
+        if cfg.tokenizer is None and os.path.isfile(os.path.join(folder, "tokenizer.json")):
+            # An exported folder: read its tokenizer files only. AutoTokenizer would also read config.json, whose
+            # auto_map (MosaicBERT's remote code) makes it ask whether to run that code.
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+            missing = [t for t in ("pad_token", "cls_token", "sep_token") if getattr(tokenizer, t) is None]
+            if missing:
+                raise ValueError(f"its tokenizer lacks the special tokens {missing}")
+            return tokenizer
         return load_tokenizer(name)
     except Exception as e:
         raise ConfigError(f"config key '{key}' = {name!r}: cannot load a tokenizer from it: {e}") from e
