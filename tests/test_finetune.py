@@ -235,6 +235,32 @@ def test_multiple_choice_learns(tmp_path, model_name):
     check_learned(results, floor=0.8, gain=0.3)
 
 
+def test_hub_dataset_path_with_class_labels(tmp_path):
+    """A dataset read through datasets.load_dataset (here the packaged parquet builder on local files): ClassLabel
+    ids become the label set, in the dataset's order."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "pair": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["pos", "neg"])})
+    files = {}
+    for split, seed, n in (("train", 1, 96), ("validation", 2, 48)):
+        rows = make_rows("classification", n, seed)
+        ds = datasets.Dataset.from_dict({"text": [r["text"] for r in rows], "pair": [r["pair"] for r in rows],
+                                         "label": [["pos", "neg"].index(r["label"]) for r in rows]}, features=features)
+        files[split] = str(tmp_path / f"{split}.parquet")
+        ds.to_parquet(files[split])
+    overrides = [o for o in finetune_overrides(tmp_path, "classification", "hf_bert")
+                 if not o.startswith(("data.train_file", "data.eval_file", "data.labels"))]
+    from mosaicbert.finetune.runner import run_finetune
+
+    cfg = load_finetune_config(None, overrides + ["data.hub_dataset=parquet", "data.train_file=null",
+                                                  f"data.hub_data_files={{train: {files['train']}, "
+                                                  f"validation: {files['validation']}}}"])
+    results = run_finetune(cfg)
+    assert results["labels"] == ["pos", "neg"]
+    check_learned(results, floor=0.9, gain=0.25)
+
+
 def _tiny_source(model_name: str):
     """A small MLM model (hidden 48, unlike TINY_MODEL) to start from."""
     from transformers import BertConfig, BertForMaskedLM

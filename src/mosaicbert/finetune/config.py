@@ -60,6 +60,8 @@ class FinetuneDataConfig:
     # Or a Hugging Face hub dataset (datasets.load_dataset(hub_dataset, hub_config)), used when train_file is null.
     hub_dataset: Optional[str] = None
     hub_config: Optional[str] = None
+    # data_files for load_dataset, {split: path or list}: e.g. hub_dataset: parquet for local Parquet files
+    hub_data_files: Optional[Dict[str, Any]] = None
     train_split: str = "train"
     eval_split: str = "validation"
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)

@@ -16,7 +16,6 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
-import torch
 from composer import Callback, Evaluator, Logger, State, Trainer
 from composer.utils import dist, reproducibility
 from torch.utils.data import DataLoader
@@ -50,7 +49,9 @@ def load_rows(cfg: FinetuneConfig, split: str) -> Rows:
     else:
         # Hub ClassLabel ids become names for the label checks (multiple choice labels stay choice indices).
         label = d.columns.label if cfg.task in ("classification", "token_classification") else None
-        rows = read_hub(d.hub_dataset, d.hub_config, d.train_split if split == "train" else d.eval_split, label)
+        kwargs = {"data_files": dict(d.hub_data_files)} if d.hub_data_files else {}
+        rows = read_hub(d.hub_dataset, d.hub_config, d.train_split if split == "train" else d.eval_split, label,
+                        **kwargs)
     return rows.head(limit)
 
 
