@@ -7,23 +7,33 @@ only the columns it needs (see `TASK_COLUMNS`).
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Dict, List, Optional, Sequence
 
 from mosaicbert.config import (
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_FINITE,
+    TRAINING_RANGES,
     ConfigError,
+    Device,
     ModelConfig,
     OptimizerConfig,
+    Precision,
     SchedulerConfig,
     check_interval,
+    check_microbatch,
+    check_ranges,
     load_config,
     suggest,
-    validate_training_choices,
 )
 
 TASK_TYPES = ("classification", "regression", "token_classification", "question_answering", "multiple_choice")
-DATA_FORMATS = ("csv", "tsv", "jsonl", "conll", "squad")
+TaskType = StrEnum("TaskType", TASK_TYPES, module=__name__)
+DataFormat = StrEnum("DataFormat", ["csv", "tsv", "jsonl", "conll", "squad"], module=__name__)
 
 # The `data.columns` keys each task type reads (text_pair and question are optional where they appear).
 TASK_COLUMNS: Dict[str, tuple] = {
@@ -56,7 +66,7 @@ class FinetuneDataConfig:
     # answering and JSON Lines otherwise) unless `format` names it.
     train_file: Optional[str] = None
     eval_file: Optional[str] = None
-    format: Optional[str] = None  # csv | tsv | jsonl | conll | squad
+    format: Optional[DataFormat] = None  # csv | tsv | jsonl | conll | squad
     # Or a Hugging Face hub dataset (datasets.load_dataset(hub_dataset, hub_config)), used when train_file is null.
     hub_dataset: Optional[str] = None
     hub_config: Optional[str] = None
@@ -82,7 +92,7 @@ class FinetuneConfig:
     run_name: Optional[str] = None
     # classification (single sentence or sentence pair) | regression | token_classification |
     # question_answering | multiple_choice
-    task: str = "classification"
+    task: TaskType = TaskType.classification
     seed: int = 17
     # model.pretrained_checkpoint: a Composer checkpoint of main.py, a Hugging Face folder (python -m
     # mosaicbert.export), or a hub model id; null = random init (smoke runs). The model's shape comes from the
@@ -105,8 +115,8 @@ class FinetuneConfig:
     optimizer: OptimizerConfig = field(
         default_factory=lambda: OptimizerConfig(lr=5.0e-5, weight_decay=5.0e-6, betas=[0.9, 0.98], eps=1.0e-6))
     scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(t_warmup="0.06dur", alpha_f=0.0))
-    precision: str = "amp_bf16"  # fp32 on CPU
-    device: Optional[str] = None  # cpu | gpu; null picks gpu when available
+    precision: Precision = Precision.amp_bf16  # fp32 on CPU
+    device: Optional[Device] = None  # cpu | gpu; null picks gpu when available
     progress_bar: bool = False
     console_log_interval: str = "10ba"
     # Holds best_model/ (Hugging Face folder with the tokenizer: the best evaluation by the main metric) and
@@ -114,25 +124,30 @@ class FinetuneConfig:
     save_folder: Optional[str] = None
 
 
-def _positive(value: Optional[int], key: str, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise ConfigError(f"config key '{key}' must be positive{' or null' if allow_none else ''}, got {value}")
+FINETUNE_RANGES = {
+    **TRAINING_RANGES,
+    "optimizer.lr": POSITIVE_FINITE,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "seed": NON_NEGATIVE,
+    "batch_size": POSITIVE,
+    "eval_batch_size": POSITIVE,
+    "data.max_seq_len": (lambda v: v >= 8, ">= 8"),
+    "data.max_answer_length": POSITIVE,
+    "data.max_train_samples": (lambda v: v is None or v > 0, "> 0 or null"),
+    "data.max_eval_samples": (lambda v: v is None or v > 0, "> 0 or null"),
+    "data.num_workers": NON_NEGATIVE,
+}
 
 
 def validate_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
-    """Checks beyond types: names from closed sets, ranges, and that the task's data is described."""
+    """Checks beyond types: durations, ranges, and that the task's data is described."""
     from mosaicbert.finetune.metrics import TASK_METRICS
 
-    validate_training_choices(cfg)
-    if cfg.task not in TASK_TYPES:
-        raise ConfigError(f"config key 'task' = {cfg.task!r} is not one of {list(TASK_TYPES)}: "
-                          f"{suggest(str(cfg.task), TASK_TYPES)}")
+    for key in ("max_duration", "eval_interval", "console_log_interval", "scheduler.t_warmup"):
+        check_interval(operator.attrgetter(key)(cfg), key, wall_clock=False)
+    check_ranges(cfg, FINETUNE_RANGES)
+    check_microbatch(cfg.device_train_microbatch_size, "device_train_microbatch_size", allow_null=True)
     d = cfg.data
-    if d.format is not None and d.format not in DATA_FORMATS:
-        raise ConfigError(f"config key 'data.format' = {d.format!r} is not one of {list(DATA_FORMATS)}: "
-                          f"{suggest(str(d.format), DATA_FORMATS)}")
     if d.train_file is None and d.hub_dataset is None:
         raise ConfigError("config key 'data.train_file' is not set: give a local file (csv, tsv, jsonl, conll, "
                           "SQuAD json) or data.hub_dataset=<name on the Hugging Face hub>")
@@ -152,16 +167,9 @@ def validate_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
                               f"not {cfg.task}: set it to null")
         if len(set(d.labels)) != len(d.labels) or len(d.labels) < 2:
             raise ConfigError(f"config key 'data.labels' must list at least two distinct labels, got {d.labels}")
-    if d.max_seq_len < 8:
-        raise ConfigError(f"config key 'data.max_seq_len' must be >= 8, got {d.max_seq_len}")
     if cfg.task == "question_answering" and not 0 < d.doc_stride < d.max_seq_len:
         raise ConfigError(f"config key 'data.doc_stride' = {d.doc_stride} must be between 0 and "
                           f"data.max_seq_len ({d.max_seq_len})")
-    _positive(d.max_answer_length, "data.max_answer_length", allow_none=False)
-    _positive(d.max_train_samples, "data.max_train_samples")
-    _positive(d.max_eval_samples, "data.max_eval_samples")
-    if d.num_workers < 0:
-        raise ConfigError(f"config key 'data.num_workers' must be >= 0, got {d.num_workers}")
     allowed = TASK_METRICS[cfg.task]
     if cfg.metrics is not None:
         if not cfg.metrics:
@@ -170,18 +178,6 @@ def validate_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
             if m not in allowed:
                 raise ConfigError(f"config key 'metrics': {m!r} is not a metric of task {cfg.task} "
                                   f"(one of {list(allowed)}): {suggest(str(m), allowed)}")
-    _positive(cfg.batch_size, "batch_size", allow_none=False)
-    _positive(cfg.eval_batch_size, "eval_batch_size", allow_none=False)
-    mb = cfg.device_train_microbatch_size
-    if not (mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb > 0)):
-        raise ConfigError(f"config key 'device_train_microbatch_size' must be null, a positive int or 'auto', "
-                          f"got {mb!r}")
-    check_interval(cfg.max_duration, "max_duration", wall_clock=False)
-    check_interval(cfg.eval_interval, "eval_interval", wall_clock=False)
-    check_interval(cfg.console_log_interval, "console_log_interval", wall_clock=False)
-    check_interval(cfg.scheduler.t_warmup, "scheduler.t_warmup", wall_clock=False)
-    if cfg.seed < 0:
-        raise ConfigError(f"config key 'seed' must be >= 0, got {cfg.seed}")
     if cfg.tokenizer is None and not cfg.model.pretrained_checkpoint:
         raise ConfigError("config key 'tokenizer' is null and there is no model.pretrained_checkpoint to take it "
                           "from: set tokenizer=<hub name, folder, vocab.txt or builtin://python-docs>")

@@ -21,6 +21,7 @@ log = logging.getLogger("mosaicbert.finetune")
 _NOT_ENCODER = {"architectures", "auto_map", "id2label", "label2id", "num_labels", "problem_type", "model_type",
                 "transformers_version", "_name_or_path", "torch_dtype", "dtype", "return_dict", "pad_token_id"}
 _MODEL_TYPES = {"mosaic_bert": "mosaic_bert", "hf_bert": "bert"}
+SOURCE_HEADS = ("cls.", "classifier.", "qa_outputs.")
 
 
 def source_config(source: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -28,7 +29,7 @@ def source_config(source: Optional[str]) -> Optional[Dict[str, Any]]:
     Composer checkpoint of main.py); None for random init or when it has none."""
     if not source:
         return None
-    from mosaicbert.export import looks_like_hub_id, read_composer_checkpoint
+    from mosaicbert.checkpoint import looks_like_hub_id, read_composer_checkpoint
 
     path = os.path.expanduser(source)
     if os.path.isdir(path):
@@ -78,11 +79,10 @@ def task_model_config(model_cfg: ModelConfig, tokenizer, **extra: Any):
     return config
 
 
-def build_task_model(model_cfg: ModelConfig, task: str, tokenizer, labels: Optional[List[str]],
-                     num_choices: int = 0):
+def build_task_model(model_cfg: ModelConfig, task: str, tokenizer, labels: Optional[List[str]]):
     """(model, start-weights report). Labels name the classes (classification) or tags (token classification)
     in config.id2label, so the exported model predicts names."""
-    from mosaicbert.glue.runner import load_start_weights
+    from mosaicbert.checkpoint import load_weights
 
     if task == "regression":
         extra: Dict[str, Any] = {"num_labels": 1}
@@ -95,12 +95,11 @@ def build_task_model(model_cfg: ModelConfig, task: str, tokenizer, labels: Optio
     model = cls(task_model_config(model_cfg, tokenizer, **extra))
     report: Dict[str, Any] = {"source": None}
     if model_cfg.pretrained_checkpoint:
-        report = {"source": model_cfg.pretrained_checkpoint,
-                  **load_start_weights(model, model_cfg.pretrained_checkpoint)}
-        # The QA head is new as well (load_start_weights knows `classifier.*` as the new head).
-        qa_head = [k for k in report["missing"] if k.startswith("qa_outputs.")]
-        report["new_head"] = report["new_head"] + qa_head
-        report["missing"] = [k for k in report["missing"] if k not in qa_head]
+        # The source's heads (MLM `cls.*`, another task's `classifier.*` / `qa_outputs.*`) never load; this task's
+        # head is new.
+        loaded = load_weights(model, model_cfg.pretrained_checkpoint, head_prefixes=SOURCE_HEADS,
+                              new_head_prefixes=("classifier.", "qa_outputs."))
+        report = {"source": model_cfg.pretrained_checkpoint, **loaded.as_dict()}
     else:
         log.warning("model.pretrained_checkpoint is null: finetuning from RANDOM INIT (smoke runs only)")
     n_params = sum(p.numel() for p in model.parameters())
