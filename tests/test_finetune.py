@@ -321,6 +321,28 @@ def test_missing_mosaic_task_class_is_a_clear_error(monkeypatch):
     assert model_class("hf_bert", "question_answering").__name__ == "BertForQuestionAnswering"
 
 
+def _finetune_main():
+    """main() of the repo's finetune.py script."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_script", ROOT / "finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_cli_reports_bad_data_and_bad_config_with_exit_status_2(tmp_path, capsys):
+    main = _finetune_main()
+    overrides = finetune_overrides(tmp_path, "classification", "hf_bert", n_train=8, n_eval=8)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,pair,label\nthe good,a,pos\nthe bad,a,awful\n")
+    yaml = str(ROOT / "yamls" / "finetune" / "classification.yaml")
+    assert main([yaml, *overrides, f"data.train_file={bad}"]) == 2
+    assert f"data error: {bad}:3: label 'awful' in column 'label' is not in the label set" in capsys.readouterr().err
+    assert main([yaml, *overrides, "data.max_seq_len=4"]) == 2
+    assert "config error: config key 'data.max_seq_len' must be >= 8" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("yaml_name", ["classification", "pair_classification", "regression",
                                        "token_classification", "question_answering", "multiple_choice"])

@@ -123,6 +123,9 @@ def load_finetune_tokenizer(cfg: FinetuneConfig):
             if missing:
                 raise ValueError(f"its tokenizer lacks the special tokens {missing}")
             return tokenizer
+        if cfg.tokenizer is None and os.path.isfile(folder):
+            raise ValueError("a Composer checkpoint file holds no tokenizer folder: set tokenizer= to the one used "
+                             "for pretraining")
         return load_tokenizer(name)
     except Exception as e:
         raise ConfigError(f"config key '{key}' = {name!r}: cannot load a tokenizer from it: {e}") from e
