@@ -294,12 +294,14 @@ def test_start_from_checkpoint_takes_its_shape_and_reports_keys(tmp_path, model_
                                   "content": source.config.to_dict()}}}}}}, path)
         tokenizer_override = f"tokenizer={write_vocab(tmp_path)}"
     overrides = finetune_overrides(tmp_path, "classification", model_name, n_train=16, n_eval=16)
-    overrides = [o for o in overrides if not o.startswith(("model.config_overrides", "tokenizer="))]
+    # TINY_MODEL's shape (hidden 64) gives way to the checkpoint's (48); its dropout (0.0) applies
+    overrides = [o for o in overrides if not o.startswith("tokenizer=")]
     cfg = load_finetune_config(None, overrides + [f"model.pretrained_checkpoint={path}", tokenizer_override])
     from mosaicbert.finetune.runner import load_finetune_tokenizer
 
     model, report = build_task_model(cfg.model, cfg.task, load_finetune_tokenizer(cfg), ["neg", "pos"])
-    assert model.config.hidden_size == 48 and model.config.id2label == {0: "neg", 1: "pos"}
+    assert model.config.hidden_size == 48 and model.config.num_hidden_layers == 1
+    assert model.config.hidden_dropout_prob == 0.0 and model.config.id2label == {0: "neg", 1: "pos"}
     # an MLM model has no pooler: it is reported as newly initialised
     assert report["loaded"] > 0 and not report["unexpected"]
     assert set(report["missing"]) == {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}

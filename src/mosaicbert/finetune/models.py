@@ -22,6 +22,9 @@ _NOT_ENCODER = {"architectures", "auto_map", "id2label", "label2id", "num_labels
                 "transformers_version", "_name_or_path", "torch_dtype", "dtype", "return_dict", "pad_token_id"}
 _MODEL_TYPES = {"mosaic_bert": "mosaic_bert", "hf_bert": "bert"}
 SOURCE_HEADS = ("cls.", "classifier.", "qa_outputs.")
+# The encoder's shape: taken from the start checkpoint even when model.config_overrides says otherwise.
+SHAPE_KEYS = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "max_position_embeddings", "type_vocab_size"}
 
 
 def source_config(source: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -54,8 +57,8 @@ def source_config(source: Optional[str]) -> Optional[Dict[str, Any]]:
 
 
 def task_model_config(model_cfg: ModelConfig, tokenizer, **extra: Any):
-    """The task model's config: the start checkpoint's encoder shape, then model.config_overrides, then `extra`
-    (num_labels, label names)."""
+    """The task model's config: the start checkpoint's config, then model.config_overrides (except the encoder's
+    shape: with a checkpoint its own shape wins, so that its weights load), then `extra` (num_labels, labels)."""
     from mosaicbert.builders import build_hf_config
 
     base = source_config(model_cfg.pretrained_checkpoint) or {}
@@ -63,15 +66,21 @@ def task_model_config(model_cfg: ModelConfig, tokenizer, **extra: Any):
     if model_type is not None and model_type != _MODEL_TYPES[model_cfg.name]:
         raise ConfigError(f"model.pretrained_checkpoint {model_cfg.pretrained_checkpoint!r} holds a {model_type!r} "
                           f"model but model.name is {model_cfg.name!r}")
-    shape = {k: v for k, v in base.items() if k not in _NOT_ENCODER}
-    if shape:
+    from_source = {k: v for k, v in base.items() if k not in _NOT_ENCODER}
+    if from_source:
         from transformers import BertConfig
 
         from mosaicbert.model import MosaicBertConfig
 
         known = (MosaicBertConfig if model_cfg.name == "mosaic_bert" else BertConfig)().to_dict()
-        shape = {k: v for k, v in shape.items() if k in known}
-    merged = dataclasses.replace(model_cfg, config_overrides={**shape, **dict(model_cfg.config_overrides)})
+        from_source = {k: v for k, v in from_source.items() if k in known}
+    overrides = dict(model_cfg.config_overrides)
+    ignored = {k: v for k, v in overrides.items() if k in SHAPE_KEYS and k in from_source and v != from_source[k]}
+    if ignored:
+        log.warning("model.config_overrides %s ignored: the shape comes from model.pretrained_checkpoint (%s)",
+                    ignored, {k: from_source[k] for k in ignored})
+    merged = dataclasses.replace(model_cfg, config_overrides={
+        **from_source, **{k: v for k, v in overrides.items() if k not in ignored}})
     config = build_hf_config(merged, pad_token_id=tokenizer.pad_token_id, **extra)
     if len(tokenizer) > config.vocab_size:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
