@@ -159,7 +159,7 @@ def test_labels_inferred_from_training_data(tmp_path):
     assert infer_labels("token_classification", rows, "label") == ["O", "B-PER", "I-PER"]
 
 
-def test_word_labels_go_to_the_first_subtoken_only(tmp_path, tokenizer):
+def test_word_labels_go_to_the_first_subtoken_only(tmp_path, tokenizer, caplog):
     # "catz" is not in the vocab: cat ##z (two pieces); "xy": x ##y
     path = write(tmp_path, "t.conll", "-DOCSTART- O\n\nalice B-PER\ncatz O\nxy B-LOC\n")
     rows = read_file(path, None, "token_classification", data_cfg().columns)
@@ -168,6 +168,12 @@ def test_word_labels_go_to_the_first_subtoken_only(tmp_path, tokenizer):
     pieces = tokenizer.convert_ids_to_tokens(feature["input_ids"])
     assert pieces == ["[CLS]", "alice", "cat", "##z", "x", "##y", "[SEP]"]
     assert feature["labels"] == [-100, 1, 0, -100, 2, -100, -100]
+    cfg = data_cfg()
+    cfg.max_seq_len = 8  # [CLS] alice cat ##z x ##y [SEP] fits; a longer sentence is cut, with a warning
+    long_rows = read_file(write(tmp_path, "l.conll", "alice B-PER\n" * 9), None, "token_classification", cfg.columns)
+    with caplog.at_level("WARNING", logger="mosaicbert.finetune"):
+        prepare("token_classification", long_rows, tokenizer, cfg, ["O", "B-PER"], train=True)
+    assert "1 of 1 sentences are longer than data.max_seq_len=8" in caplog.text
     batch = PaddingCollator({"input_ids": 0, "token_type_ids": 0, "labels": -100})([feature])
     assert batch["labels"].shape == (1, 8) and batch["labels"][0, -1] == -100
     assert batch["attention_mask"].tolist() == [[1] * 7 + [0]]

@@ -11,6 +11,7 @@ Features are plain dicts of Python lists (one per model input row); the collator
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -19,6 +20,8 @@ import torch
 from mosaicbert.config import ConfigError
 from mosaicbert.finetune.data import FinetuneDataError, Rows
 from mosaicbert.glue.data import Collator, TokenizedDataset
+
+log = logging.getLogger("mosaicbert.finetune")
 
 # The one table of task type -> (transformers class, mosaicbert.model class).
 TASK_MODEL_CLASSES: Dict[str, Tuple[str, str]] = {
@@ -185,6 +188,10 @@ def _prepare_tokens(rows, tokenizer, cols, max_len, labels) -> Prepared:
             previous = w
         features.append({"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i],
                          "labels": aligned})
+    cut = sum(sum(y != -100 for y in f["labels"]) < len(w) for f, w in zip(features, words))
+    if cut:
+        log.warning("%s: %d of %d sentences are longer than data.max_seq_len=%d tokens; their last words are "
+                    "neither trained on nor scored", rows.source, cut, len(words), max_len)
     return Prepared(TokenizedDataset(features), len(rows))
 
 
