@@ -33,7 +33,8 @@ for s in "${STEPS[@]}"; do
   case $s in single|ddp|knobs|large|summary) ;; *) echo "unknown step '$s': use single ddp knobs large summary" >&2; exit 2 ;; esac
 done
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# this checkout's package, whether or not (and wherever) mosaicbert is installed
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 # Lengths in batches of 4096 samples (base on one H200: ~1.2 batches/s compiled, two: ~2.2, so 70 batches on one GPU
 # are ~60 s and 70 on two pass one epoch boundary of the 167k-row prepare_gpu_data.sh set; large ~3x slower).

@@ -223,6 +223,36 @@ def test_ddp_and_worker_settings_reach_the_trainer(tmp_path):
                          "persistent_workers": True, "batches": 2}
 
 
+GRAPHS_SCRIPT = r"""
+import json, sys
+from torch._dynamo.utils import counters
+from composer.utils import dist
+from mosaicbert.builders import build_pretrain_trainer
+from mosaicbert.config import load_pretrain_config
+
+trainer = build_pretrain_trainer(load_pretrain_config("yamls/quickstart.yaml", sys.argv[2:]))
+trainer.fit()
+if dist.get_global_rank() == 0:
+    with open(sys.argv[1], "w") as f:
+        json.dump(counters["aot_autograd"]["total"], f)
+"""
+
+
+@pytest.mark.slow
+def test_optimize_ddp_splits_the_compiled_model_at_gradient_buckets(tmp_path):
+    """Composer compiles the DDP-wrapped model; with ddp.optimize_ddp the training graph is cut into one piece
+    per gradient bucket (more graphs to compile and run), without it the model is one graph."""
+    script = tmp_path / "count_graphs.py"
+    script.write_text(GRAPHS_SCRIPT)
+    graphs = {}
+    for port, split in ((29545, "true"), (29546, "false")):
+        _run([COMPOSER, "-n", "2", "--master_port", str(port), str(script), str(tmp_path / f"{split}.json"), *TINY,
+              "compile=true", f"ddp.optimize_ddp={split}", "max_duration=1ba", "eval_interval=1000ba",
+              "save_folder=null", "autoresume=false", "loggers.metrics_jsonl=false"])
+        graphs[split] = json.loads((tmp_path / f"{split}.json").read_text())
+    assert graphs["true"] > graphs["false"] >= 1, graphs
+
+
 def _model_state(checkpoint: Path) -> dict:
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["model"]
 
