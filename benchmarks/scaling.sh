@@ -38,7 +38,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKEN
 
 # Lengths in batches of 4096 samples (base on one H200: ~1.2 batches/s compiled, two: ~2.2, so 70 batches on one GPU
 # are ~60 s and 70 on two pass one epoch boundary of the 167k-row prepare_gpu_data.sh set; large ~3x slower).
-BASE1_BATCHES=70 BASE2_BATCHES=70 LARGE_BATCHES=16 LARGE_MORE=4 BENCH_STEPS=60
+BASE1_BATCHES=70 BASE2_BATCHES=70 LARGE_BATCHES=24 LARGE_MORE=4 BENCH_STEPS=60
 BASE=yamls/base.yaml LARGE=yamls/large.yaml
 TIME_SCALE=${TIME_SCALE:-1}  # the time limits below are for the GPUs
 TINY=()
