@@ -107,7 +107,7 @@ def test_scalar_for_a_section_names_the_key(tmp_path):
         (["max_duration=10min"], "'max_duration'"),
         (["scheduler.t_warmup=soon"], "scheduler.t_warmup"),
         # rules between fields
-        (["compile_mode=max-autotune"], "needs compile: true"),
+        (["compile=false", "compile_mode=max-autotune"], "needs compile: true"),
         (["compile=true", "compile_mode=reduce-overhead"], "packed_length_multiple"),
         (["max_train_time=5min", "scheduler.t_warmup=100ba"], "'max_train_time' needs .*0.06dur"),
         (["max_train_time=5min", "scheduler.name=cosine_with_warmup"], "'max_train_time' needs"),
@@ -161,6 +161,6 @@ def test_model_config_overrides_are_checked():
 def test_fsdp_keys_are_checked():
     from mosaicbert.builders import build_fsdp
 
-    assert build_fsdp({"sharding_strategy": "FULL_SHARD"}) == {"fsdp": {"sharding_strategy": "FULL_SHARD"}}
+    assert build_fsdp({"sharding_strategy": "FULL_SHARD"})["fsdp"].reshard_after_forward is True
     with pytest.raises(ConfigError, match="did you mean 'sharding_strategy'"):
         build_fsdp({"sharding_stratgy": "FULL_SHARD"})

@@ -5,9 +5,10 @@ main.py and glue.py only call these builders; nothing here is copied into script
 
 from __future__ import annotations
 
-import dataclasses
+import importlib.util
 import logging
 import os
+import shutil
 from typing import Any, Optional
 
 import torch
@@ -23,7 +24,7 @@ from composer.optim import (
     LinearWithWarmupScheduler,
 )
 from composer.utils import dist, reproducibility
-from composer.utils.parallelism import FSDPConfig
+from composer.utils.parallelism import FSDP2Config
 
 from mosaicbert.callbacks import FiniteLossCheck, MetricsJsonl, StepSeededRNG
 from mosaicbert.checkpoint import load_weights
@@ -32,6 +33,7 @@ from mosaicbert.config import (
     AlgorithmsConfig,
     CallbacksConfig,
     ConfigError,
+    DDPConfig,
     LoggersConfig,
     ModelConfig,
     OptimizerConfig,
@@ -166,11 +168,95 @@ def build_loggers(cfg: LoggersConfig) -> list[LoggerDestination]:
     return destinations
 
 
+# FSDP1 names for the one choice FSDP2 makes differently: re-gather the parameters for the backward (FULL_SHARD) or
+# keep them gathered from the forward to the backward (SHARD_GRAD_OP, more memory, less communication).
+SHARDING_STRATEGIES = {"FULL_SHARD": True, "SHARD_GRAD_OP": False}
+
+
 def build_fsdp(fsdp: Optional[dict]) -> Optional[dict]:
+    """Composer's parallelism_config for the `fsdp:` section: FSDP2 (torch's fully_shard), one unit per layer.
+
+    Composer's FSDP1 path needs CUDA (composer/distributed/dist_strategy.py passes torch.cuda.current_device()),
+    FSDP2 runs on every device, so one code path trains on GPUs and is tested on CPU. Checkpoints default to
+    state_dict_type: full (one file gathered on rank 0), which autoresume, load_path and mosaicbert.export read.
+    """
     if fsdp is None:
         return None
-    check_keys(fsdp, [f.name for f in dataclasses.fields(FSDPConfig) if not f.name.startswith("_")], "fsdp")
-    return {"fsdp": dict(fsdp)}
+    options = dict(fsdp)
+    check_keys(options, ["sharding_strategy", *sorted(FSDP2Config.settable_attrs() - {"device_mesh"})], "fsdp")
+    strategy = options.pop("sharding_strategy", None)
+    if strategy is not None:
+        if str(strategy).upper() not in SHARDING_STRATEGIES:
+            raise ConfigError(f"config key 'fsdp.sharding_strategy' = {strategy!r} is not one of "
+                              f"{list(SHARDING_STRATEGIES)} (for unsharded data parallel remove the fsdp section)")
+        if "reshard_after_forward" in options:
+            raise ConfigError("config keys 'fsdp.sharding_strategy' and 'fsdp.reshard_after_forward' set the same "
+                              "thing: keep one")
+        options["reshard_after_forward"] = SHARDING_STRATEGIES[str(strategy).upper()]
+    options.setdefault("state_dict_type", "full")
+    return {"fsdp": FSDP2Config(**options)}
+
+
+def shard_per_layer(model: MaskedLMModel) -> None:
+    """Make each transformer layer its own FSDP unit (Composer reads `fsdp_wrap_fn` on the model's children).
+
+    Only one layer's parameters are then gathered at a time. Embeddings and the MLM head share the word
+    embedding matrix, so they stay together in the outer unit.
+    """
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    from mosaicbert.model.layers import MosaicBertLayer
+
+    model.model.fsdp_wrap_fn = lambda module: isinstance(module, (MosaicBertLayer, BertLayer))
+
+
+def resolve_compile(compile: Any, compile_mode: Optional[str], device: str) -> Optional[dict]:
+    """Composer's compile_config for `compile` (true | false | auto) on `device`; None runs the model eagerly.
+
+    auto compiles on GPUs and runs eagerly on CPU, where compiling costs more than a short CPU run gains; true
+    compiles on any device. When compiling cannot work, auto says so once and runs eagerly, true stops.
+    """
+    if compile is False:
+        return None
+    if compile == "auto" and device != "gpu":
+        _log_once("compile: auto runs uncompiled on %s (set compile=true to compile there anyway)", device)
+        return None
+    missing = _missing_compiler(device)
+    if missing and compile == "auto":
+        _log_once("compile: auto runs uncompiled: %s", missing)
+        return None
+    if missing:
+        raise ConfigError(f"config key 'compile' = true, but {missing}: install it or set compile=false")
+    return {"mode": compile_mode} if compile_mode else {}
+
+
+def _missing_compiler(device: str) -> Optional[str]:
+    """Why torch.compile's default backend (Inductor) cannot generate code on `device`, or None if it can."""
+    if device == "gpu":
+        if importlib.util.find_spec("triton") is None:
+            return "Inductor needs Triton for GPU kernels and this torch has no triton package"
+        return None
+    compiler = os.environ.get("CXX") or "g++"
+    if shutil.which(compiler) is None:
+        return f"Inductor needs a C++ compiler for CPU code and {compiler!r} is not on PATH (set CXX)"
+    return None
+
+
+def _log_once(msg: str, *args: Any) -> None:
+    if dist.get_global_rank() == 0:
+        log.warning(msg, *args)
+
+
+def apply_ddp_settings(ddp: DDPConfig) -> str:
+    """Apply the `ddp:` section; returns Composer's ddp_sync_strategy.
+
+    Composer wraps the model in DDP itself (composer/distributed/dist_strategy.py prepare_ddp_module) with only
+    find_unused_parameters, and torch.compile's DDP graph splitting is a process-wide torch setting.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.optimize_ddp = ddp.optimize_ddp
+    return ddp.sync_strategy
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,6 +349,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         max_seq_len=data.max_seq_len,
         seed=cfg.seed,
         num_workers=data.num_workers,
+        persistent_workers=data.persistent_workers,
         pad_to_max_length=data.pad_to_max_length,
         pin_memory=device == "gpu",
         prefetch_factor=data.prefetch_factor,
@@ -279,6 +366,8 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     )
 
     model = build_mlm_model(cfg.model, tokenizer)
+    if cfg.fsdp is not None:
+        shard_per_layer(model)
     optimizer = build_optimizer(cfg.optimizer, model)
     run_name = cfg.run_name or "mosaicbert"
     metrics_path = os.path.join(cfg.save_folder or os.path.join("runs", run_name), "metrics.jsonl")
@@ -303,7 +392,8 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         precision=precision,
         device_train_microbatch_size=microbatch,
         parallelism_config=build_fsdp(cfg.fsdp),
-        compile_config=({"mode": cfg.compile_mode} if cfg.compile_mode else {}) if cfg.compile else None,
+        ddp_sync_strategy=apply_ddp_settings(cfg.ddp),
+        compile_config=resolve_compile(cfg.compile, cfg.compile_mode, device),
         seed=cfg.seed,
         save_folder=cfg.save_folder,
         save_interval=time_or_composer_interval(cfg.save_interval),

@@ -65,6 +65,7 @@ SchedulerName = StrEnum("SchedulerName", ["linear_decay_with_warmup", "constant_
 ClippingType = StrEnum("ClippingType", ["norm", "value", "adaptive"], module=__name__)
 Precision = StrEnum("Precision", ["fp32", "amp_bf16", "amp_fp16"], module=__name__)
 Device = StrEnum("Device", ["cpu", "gpu"], module=__name__)
+DDPSyncStrategy = StrEnum("DDPSyncStrategy", ["single_auto_sync", "multi_auto_sync", "forced_sync"], module=__name__)
 # torch.compile modes (null = torch's default).
 CompileMode = StrEnum("CompileMode", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                       module=__name__)
@@ -97,7 +98,10 @@ class DataConfig:
     mlm_probability: float = 0.30  # training masking rate (MosaicBERT recipe)
     eval_mlm_probability: float = 0.15  # eval always at BERT's rate so numbers compare across recipes
     shuffle: bool = True
-    num_workers: int = 4
+    num_workers: int = 4  # DataLoader worker processes per rank
+    # Keep the workers alive from one pass over the data to the next instead of starting num_workers new
+    # processes (each reopening the shards) at every epoch boundary.
+    persistent_workers: bool = False
     pad_to_max_length: bool = False
     prefetch_factor: int = 2
     shuffle_block_size: Optional[int] = None
@@ -176,6 +180,19 @@ class LoggersConfig:
 
 
 @dataclass
+class DDPConfig:
+    """Data-parallel settings (several processes, no `fsdp:` section)."""
+
+    # torch._dynamo.config.optimize_ddp: when compiling, true splits the compiled model into one graph per DDP
+    # gradient bucket so that each bucket's all-reduce overlaps the rest of the backward; false compiles one
+    # graph and all-reduces after the backward. Microbatches under no_sync pay for the split without reducing.
+    optimize_ddp: bool = True
+    # Composer's ddp_sync_strategy: single_auto_sync all-reduces on the last microbatch of a batch only,
+    # multi_auto_sync on every microbatch, forced_sync after the last one with one all-reduce per parameter.
+    sync_strategy: DDPSyncStrategy = DDPSyncStrategy.single_auto_sync
+
+
+@dataclass
 class PretrainConfig:
     run_name: Optional[str] = None
     seed: int = 17
@@ -199,13 +216,16 @@ class PretrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     precision: Precision = Precision.amp_bf16
     device: Optional[Device] = None  # None picks gpu when available
-    compile: bool = False  # torch.compile the model through Composer
-    # torch.compile mode (with compile: true): null = torch's default, reduce-overhead (CUDA graphs), max-autotune,
+    # torch.compile the model through Composer: auto compiles on GPUs and runs eagerly on CPU (logged once);
+    # true compiles on any device and stops with an error if no compiler backend is installed; false never.
+    compile: Any = "auto"
+    # torch.compile mode (when compiling): null = torch's default, reduce-overhead (CUDA graphs), max-autotune,
     # max-autotune-no-cudagraphs. CUDA graphs record one graph per shape: for mosaic_bert also set
     # model.config_overrides.packed_length_multiple (e.g. 1024), so the unpadded shapes repeat.
     compile_mode: Optional[CompileMode] = None
     # Composer's FSDP config (e.g. {sharding_strategy: FULL_SHARD}); null means plain data parallel (DDP).
     fsdp: Optional[Dict[str, Any]] = None
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     loggers: LoggersConfig = field(default_factory=LoggersConfig)
@@ -393,7 +413,7 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
     check_microbatch(cfg.device_train_microbatch_size, "device_train_microbatch_size")
     if cfg.compile_mode is not None:
         if not cfg.compile:
-            raise ConfigError(f"config key 'compile_mode' = {cfg.compile_mode!r} needs compile: true")
+            raise ConfigError(f"config key 'compile_mode' = {cfg.compile_mode!r} needs compile: true or auto")
         if cfg.compile_mode == "reduce-overhead" and cfg.model.name == "mosaic_bert" \
                 and int(cfg.model.config_overrides.get("packed_length_multiple", 0)) <= 1:
             raise ConfigError("config key 'compile_mode' = 'reduce-overhead' records a CUDA graph per shape, and "
@@ -406,6 +426,11 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
         if cfg.scheduler.name != "linear_decay_with_warmup" or not cfg.scheduler.t_warmup.endswith("dur"):
             raise ConfigError("config key 'max_train_time' needs scheduler.name=linear_decay_with_warmup with "
                               "scheduler.t_warmup as a fraction of the budget, e.g. 0.06dur")
+    if not (isinstance(cfg.compile, bool) or cfg.compile == "auto"):
+        raise ConfigError(f"config key 'compile' = {cfg.compile!r} must be true, false or auto")
+    if cfg.fsdp is not None and cfg.device_train_microbatch_size == "auto":
+        raise ConfigError("config key 'device_train_microbatch_size' = 'auto' does not work with fsdp (Composer "
+                          "cannot probe memory across shards): give a number, e.g. 64")
     if cfg.data.local is None and cfg.data.remote is None:
         raise ConfigError("config key 'data.local' is not set: give a folder of MDS shards "
                           "(python -m mosaicbert.data.convert writes them) or builtin://python-docs")
