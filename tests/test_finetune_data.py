@@ -136,7 +136,8 @@ def test_multiple_choice_label_out_of_range(tmp_path, tokenizer):
     path = write(tmp_path, "m.jsonl", '{"context": "the cat", "a": "sat", "b": "mat", "label": 2}\n')
     cfg = data_cfg(choices=["a", "b"], question=None)
     rows = read_file(path, None, "multiple_choice", cfg.columns)
-    with pytest.raises(FinetuneDataError, match=r"m\.jsonl:1: label 2 .* must be the index of the right choice, 0 to 1"):
+    with pytest.raises(FinetuneDataError, match=r"m\.jsonl:1: label 2 .* must be the index of the right "
+                                                   r"choice, 0 to 1"):
         prepare("multiple_choice", rows, tokenizer, cfg, None, train=True)
 
 

@@ -97,7 +97,8 @@ def test_unknown_key_in_task_entry_is_an_error(tmp_path):
     bad.write_text("tasks:\n  rte: {lr: 1.0e-5, learning_rat: 3}\n")
     with pytest.raises(ConfigError, match=r"tasks\.rte\.learning_rat"):
         load_glue_config(str(bad))
-    with pytest.raises(ConfigError, match="command line: unknown config key 'tasks.rte.epoch': .*Did you mean: 'epochs'"):
+    with pytest.raises(ConfigError, match="command line: unknown config key 'tasks.rte.epoch': "
+                                            ".*Did you mean: 'epochs'"):
         load_glue_config(None, ["tasks.rte.epoch=3"])
     with pytest.raises(ConfigError, match="Did you mean: 'rte'"):
         load_glue_config(None, ["tasks.rtee.lr=1e-5"])

@@ -5,6 +5,7 @@ BertFor* define them."""
 import pytest
 import torch
 import torch.nn.functional as F
+from test_model import make_batch, randomize_, reference_encoder, tiny_config  # tests/test_model.py
 
 from mosaicbert.model import (
     MosaicBertForMaskedLM,
@@ -15,7 +16,6 @@ from mosaicbert.model import (
     MosaicBertModel,
     load_mosaic_state_dict,
 )
-from test_model import make_batch, randomize_, reference_encoder, tiny_config  # tests/test_model.py
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -146,8 +146,7 @@ def build_metrics(task: str, names: Sequence[str], num_labels: int, label_names:
     """{friendly name: metric} for a task. Classification with two labels uses binary F1 / Matthews of the
     second class; with more labels, macro F1 and multiclass Matthews."""
     import torchmetrics
-    from torchmetrics.classification import (BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy,
-                                             MulticlassF1Score)
+    from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy, MulticlassF1Score
 
     binary = num_labels == 2
     factories = {

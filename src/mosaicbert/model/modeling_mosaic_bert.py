@@ -30,7 +30,8 @@ from transformers.modeling_outputs import (BaseModelOutputWithPooling, MaskedLMO
                                            QuestionAnsweringModelOutput, SequenceClassifierOutput,
                                            TokenClassifierOutput)
 
-from .attention import AlibiCache, AttentionBackend, AttentionContext, check_backend_name, log_backend_choice, resolve_backend
+from .attention import (AlibiCache, AttentionBackend, AttentionContext, check_backend_name, log_backend_choice,
+                        resolve_backend)
 from .configuration_mosaic_bert import MosaicBertConfig
 from .layers import MosaicBertEmbeddings, MosaicBertLayer, make_layernorm
 from .padding import (RowSelection, UnpadInfo, extend_positions, get_unpad_info, pad_rows, positions_of_true,
@@ -94,10 +95,10 @@ def _prepare_batch(
 
     masked_tokens_mask: [B, S] bool (True = masked), or MLM labels (-100 = not masked), or None.
     Inputs [..., S] are flattened to [N, S]; attention_mask None = no padding.
-    Returns (attention_mask [N, S], UnpadInfo, masked): masked = (flags [B*S] bool, positions [M] int64: the flat positions (row-major)
-    of the masked tokens), or None. With `length_multiple` > 1, T and M are rounded up to multiples of it
-    (config.packed_length_multiple): dummy token rows (see `get_unpad_info`) and dummy positions (0, after the
-    real ones).
+    Returns (attention_mask [N, S], UnpadInfo, masked): masked = (flags [B*S] bool, positions [M] int64: the flat
+    positions (row-major) of the masked tokens), or None. With `length_multiple` > 1, T and M are rounded up to
+    multiples of it (config.packed_length_multiple): dummy token rows (see `get_unpad_info`) and dummy positions
+    (0, after the real ones).
 
     The number of real tokens T and of masked tokens M are data-dependent shapes, so this runs outside
     torch.compile (`torch.compiler.disable`): the compiled forward graph-breaks once, here, at its start,
@@ -604,7 +605,8 @@ class MosaicBertForQuestionAnswering(MosaicBertPreTrainedModel):
     def __init__(self, config: MosaicBertConfig):
         super().__init__(config)
         if config.num_labels != 2:
-            raise ValueError(f"MosaicBertForQuestionAnswering needs num_labels == 2 (start, end), got {config.num_labels}")
+            raise ValueError(f"MosaicBertForQuestionAnswering needs num_labels == 2 (start, end), "
+                             f"got {config.num_labels}")
         self.num_labels = config.num_labels
         self.bert = MosaicBertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
