@@ -12,9 +12,9 @@
 # monitor (median of its rolling window after warm-up and compilation) and, from metrics.jsonl, the mean over the
 # second half of the run, epoch boundaries included. A table of all runs in "$OUT" ends the output.
 #
-# usage: DATA=gpu_carry/tok-mds TOK=gpu_carry/vocab OUT=scaling_out bash benchmarks/scaling.sh [STEP ...]
+# usage: DATA=bench_data/tok-mds TOK=bench_data/vocab OUT=scaling_out bash benchmarks/scaling.sh [STEP ...]
 #   e.g. `bash benchmarks/scaling.sh single ddp knobs`, then `bash benchmarks/scaling.sh large` (same OUT)
-#   DATA: pre-tokenized MDS folder with train/ and val/ (benchmarks/prepare_gpu_data.sh writes one)
+#   DATA: pre-tokenized MDS folder with train/ and val/ (benchmarks/prepare_data.sh writes one)
 #   TOK: tokenizer folder (vocab.txt); STEP: single ddp knobs large (default: all, in that order; the summary
 #   covers every run found in "$OUT", so steps can be run in separate calls; `summary` alone only prints it).
 #   Each run's log: "$OUT"/<name>.log
@@ -37,7 +37,7 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 # Lengths in batches of 4096 samples (base on one H200: ~1.2 batches/s compiled, two: ~2.2, so 70 batches on one GPU
-# are ~60 s and 70 on two pass one epoch boundary of the 167k-row prepare_gpu_data.sh set; large ~3x slower).
+# are ~60 s and 70 on two pass one epoch boundary of the 167k-row set of three of the six corpus files; large ~3x slower).
 BASE1_BATCHES=70 BASE2_BATCHES=70 LARGE_BATCHES=24 LARGE_MORE=4 BENCH_STEPS=60
 BASE=yamls/base.yaml LARGE=yamls/large.yaml
 TIME_SCALE=${TIME_SCALE:-1}  # the time limits below are for the GPUs

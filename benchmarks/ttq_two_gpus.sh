@@ -5,8 +5,8 @@
 #   train:  each model at its best probe learning rate for BUDGET, both at once, held-out MLM loss every EVAL_EVERY;
 #   glue:   both final checkpoints finetuned on the GLUE tasks in GLUE (published hyperparameters, seeds below);
 #   report: loss_vs_time.png/csv and time_to_quality.md under RUNS/report, the probe table in RUNS/probes.md.
-# usage: bash benchmarks/ttq_two_gpus.sh all|probes|train|glue|report
-# env (defaults): DATA=gpu_carry/tok-mds VOCAB=gpu_carry/vocab GLUE=gpu_carry/glue RUNS=runs/ttq-base BUDGET=8min
+# usage: bash benchmarks/ttq_two_gpus.sh all|probes|train|glue|report   (inputs from benchmarks/prepare_data.sh)
+# env (defaults): DATA=bench_data/tok-mds VOCAB=bench_data/vocab GLUE=bench_data/glue RUNS=runs/ttq-base BUDGET=8min
 #   PROBE_BUDGET=100s EVAL_EVERY=30s BATCH=256 WARMUP=0.06 MOSAIC_LRS="1e-4 2e-4 4e-4" HF_LRS="1e-4 2e-4 4e-4"
 #   PYTHON=python3
 #   GLUE_TASKS=cola,sst2,mrpc,stsb,rte GLUE_SEEDS="[19]" SIZE=base
@@ -14,7 +14,7 @@
 #   SIZE=tiny BUDGET=20s PROBE_BUDGET=10s TRAIN_ARGS="--no-compile --eval_batches 2" GLUE_ARGS="--glue_extra max_duration=4ba")
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-gpu_carry/tok-mds}; VOCAB=${VOCAB:-gpu_carry/vocab}; GLUE=${GLUE:-gpu_carry/glue}
+DATA=${DATA:-bench_data/tok-mds}; VOCAB=${VOCAB:-bench_data/vocab}; GLUE=${GLUE:-bench_data/glue}
 RUNS=${RUNS:-runs/ttq-base}; BUDGET=${BUDGET:-8min}; PROBE_BUDGET=${PROBE_BUDGET:-100s}
 EVAL_EVERY=${EVAL_EVERY:-30s}; BATCH=${BATCH:-256}; WARMUP=${WARMUP:-0.06}
 MOSAIC_LRS=${MOSAIC_LRS:-"1e-4 2e-4 4e-4"}; HF_LRS=${HF_LRS:-"1e-4 2e-4 4e-4"}; PY=${PYTHON:-python3}
@@ -57,8 +57,8 @@ train() {
 }
 
 glue() {  # both GLUE runs at once, each spreading its jobs over both GPUs
-  local seeds=() t i
-  for i in $(seq 120); do [ -f "$GLUE/RTE/train.tsv" ] && break; sleep 5; done  # the GLUE TSVs may arrive late
+  local seeds=() t
+  [ -d "$GLUE" ] || { echo "error: no GLUE folder at $GLUE (benchmarks/prepare_data.sh copies one)" >&2; return 1; }
   for t in ${GLUE_TASKS//,/ }; do seeds+=(--glue_extra "tasks.$t.seeds=$GLUE_SEEDS"); done
   ttq glue --out "$RUNS/main" --tokenizer "$VOCAB" --glue_data "$GLUE" --size "$SIZE" --concurrent_glue \
     --tasks "$GLUE_TASKS" "${seeds[@]}" "${GLUE_ARGS[@]}" > "$RUNS/glue.log" 2>&1
