@@ -177,7 +177,8 @@ def disk_full_message(err: BaseException, save_folder: Optional[str], state: Any
     while e is not None and len(chain) < 10:
         chain.append(e)
         e = e.__cause__ or e.__context__
-    if not any(_is_disk_full(e) for e in chain):
+    full = next((e for e in chain if _is_disk_full(e)), None)
+    if full is None:
         return None
     folder = save_folder or "."
     target = next((getattr(e, "filename", None) for e in chain if getattr(e, "filename", None)), None)
@@ -188,20 +189,19 @@ def disk_full_message(err: BaseException, save_folder: Optional[str], state: Any
             need = f" A checkpoint needs about {nbytes / 2**20:.1f} MiB;"
         except Exception:  # best effort: the message matters more than the estimate
             need = ""
-        if save_folder and "://" not in save_folder:
-            ts = state.timestamp
-            partial = os.path.join(save_folder, f"ep{int(ts.epoch)}-ba{int(ts.batch)}-rank0.pt")
-            if os.path.isfile(partial) and checkpoint_problem(partial) is not None:
-                os.remove(partial)
-                target = target or partial
-                need += f" the partial file {partial} was removed;"
+        if save_folder and "://" not in save_folder and target is None:
+            ts = state.timestamp  # the save in progress: Composer's default name, written by rank 0
+            target = os.path.join(save_folder, f"ep{int(ts.epoch)}-ba{int(ts.batch)}-rank0.pt")
+            if os.path.isfile(target) and not os.path.islink(target) and checkpoint_problem(target) is not None:
+                os.remove(target)
+                need += f" the partial file {target} was removed;"
     try:
         free = f" {shutil.disk_usage(folder if os.path.isdir(folder) else '.').free / 2**20:.1f} MiB are free there."
     except OSError:
         free = ""
     what = f" writing {target}" if target else ""
     return (
-        f"the disk is full ({type(chain[0]).__name__}: {str(chain[0]).splitlines()[0] if str(chain[0]) else ''})"
+        f"the disk is full ({type(full).__name__}: {str(full).splitlines()[0] if str(full) else ''})"
         f"{what} in save folder {folder!r}.{need}{free} Free space on that disk, lower save_num_checkpoints_to_keep, "
         f"or set save_folder to a larger disk, then rerun the same command: with autoresume=true it continues from "
         f"the last complete checkpoint."

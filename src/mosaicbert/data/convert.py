@@ -373,6 +373,12 @@ def tokenizer_identity(tokenizer, name: str | None = None) -> dict:
             "vocab_sha256": digest}
 
 
+def _tokenizer_name(tokenizer) -> str | None:
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        return None
+    return os.path.abspath(tokenizer) if os.path.exists(tokenizer) else str(tokenizer)
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
@@ -450,7 +456,7 @@ def convert(
 
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
     info = {"mode": mode, "max_seq_len": max_seq_len, "columns": _writer_columns(tokenize),
-            "tokenizer": tokenizer_identity(tok, str(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else None)}
+            "tokenizer": tokenizer_identity(tok, _tokenizer_name(tokenizer))}
     root = Path(out_root)
     for s in splits:
         _prepare_out(root / s, overwrite)

@@ -278,6 +278,11 @@ class MLMStreamingDataset(StreamingDataset):
             elif not zip_ok:
                 local = False  # not downloaded yet
                 continue
+            elif not repair:
+                problem = file_problem(zip_path, zip_info.bytes, zip_info.hashes)
+                if problem is not None:
+                    raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} {problem}."))
+                continue
             self._decompress(zip_path, zip_info, raw_path, raw_info, self.shards[shard_id].compression)
         if local:
             self._mlm_verified.add(shard_id)
@@ -289,6 +294,10 @@ class MLMStreamingDataset(StreamingDataset):
             self._verify_shard(shard_id, repair=False)
         except CorruptShardError as bad:
             return CorruptShardError(f"{bad} (reading it failed with {type(err).__name__}: {err})")
+        except OSError as unreadable:  # cannot even read the files to check them
+            return ShardReadError(f"reading MDS shard {self._shard_files(shard_id)} failed ({type(err).__name__}: "
+                                  f"{err}) and checking its files failed too ({unreadable}). Check the disk and the "
+                                  "folder's permissions before deleting anything.")
         return ShardReadError(
             f"reading MDS shard {self._shard_files(shard_id)} failed ({type(err).__name__}: {err}), but its files "
             "match index.json (sizes and hashes): the data is intact, do not delete it. Check the disk, free "
