@@ -417,9 +417,10 @@ def test_e2e_second_run_refused_killed_launcher_takes_its_trainer_along(toy, tin
     finally:
         os.killpg(launcher.pid, signal.SIGKILL) if launcher.poll() is None else None
 
+    # Composer turns the SIGTERM into a clean exit, which released the lock; the folder is free again.
+    assert (folder / ".run-rank0.lock").read_text() == ""
     third = _main(toy, tiny_data, folder, "max_duration=2ba")
     assert third.returncode == 0, third.stderr[-3000:]
-    assert f"taking over the stale lock of pid {trainer}" in third.stderr
 
 
 @pytest.mark.slow

@@ -26,7 +26,12 @@ from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDPConfig
 
 from mosaicbert.callbacks import FiniteLossCheck, MetricsJsonl, StepSeededRNG
-from mosaicbert.checkpoints import check_checkpoint_matches_model, latest_checkpoint, set_aside_unfinished_checkpoints
+from mosaicbert.checkpoints import (
+    check_checkpoint_matches_model,
+    checkpoint_problem,
+    latest_checkpoint,
+    set_aside_unfinished_checkpoints,
+)
 from mosaicbert.composer_models import MaskedLMModel
 from mosaicbert.config import (
     AlgorithmsConfig,
@@ -231,6 +236,9 @@ def check_resume_matches_model(cfg: PretrainConfig, model: torch.nn.Module) -> N
         else (None, "")
     if checkpoint is None and cfg.load_path and not cfg.load_weights_only and os.path.isfile(cfg.load_path):
         checkpoint, what = cfg.load_path, f"load_path {cfg.load_path!r}"
+        problem = checkpoint_problem(checkpoint)  # (autoresume's latest was checked when the folder was tidied)
+        if problem is not None:
+            raise ConfigError(f"{what} is {problem}")
     if checkpoint is not None:
         try:
             check_checkpoint_matches_model(checkpoint, model, what)
