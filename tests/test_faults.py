@@ -234,6 +234,17 @@ def test_overwritten_shard_bytes_are_caught_before_any_batch(tmp_path, toy, comp
     assert got == []
 
 
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_damaged_shard_downloaded_from_a_remote_is_caught(tmp_path, toy, compression):
+    remote = _convert(toy, tmp_path / "remote", compression=compression)
+    shard = next((remote / "train").glob("shard.00000.mds*"))
+    data = bytearray(shard.read_bytes())
+    data[-8:] = bytes(8)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError, match=r"cache/train/shard\.00000\.mds.* (hash|does not match)"):
+        list(_loader(tmp_path / "cache", toy[1], remote=str(remote)))
+
+
 def test_shards_of_another_tokenizer_are_refused(tmp_path, toy):
     other = tmp_path / "other" / "vocab.txt"
     other.parent.mkdir()

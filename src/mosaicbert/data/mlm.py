@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -261,10 +262,12 @@ class MLMStreamingDataset(StreamingDataset):
         """Check the shard's local files against index.json (size, hash) before they are read, once per process.
 
         A damaged decompressed copy next to an intact zstd file is re-made (with `repair`); a shard whose own files
-        are bad raises CorruptShardError naming the file. Files not present locally (a remote not yet downloaded)
-        are left to streaming, which downloads them and checks `validate_hash`."""
+        are bad raises CorruptShardError naming the file. Shards of a remote are left to streaming until it has
+        downloaded (and decompressed) them, then checked like local ones (see prepare_shard)."""
         if shard_id in self._mlm_verified:
             return
+        stream = self.streams[self.stream_per_shard[shard_id]]
+        remote = stream.remote not in (None, "", stream.local)
         local = True
         for raw_path, raw_info, zip_path, zip_info in self._shard_paths(shard_id):
             zip_ok = zip_path is not None and os.path.isfile(zip_path)
@@ -272,16 +275,19 @@ class MLMStreamingDataset(StreamingDataset):
                 problem = file_problem(raw_path, raw_info.bytes, raw_info.hashes)
                 if problem is None:
                     continue
-                if not (zip_ok and repair):
+                if not (zip_ok and repair and not remote):
                     raise CorruptShardError(_reconvert(f"MDS shard file {raw_path} {problem}."))
                 log.warning("%s %s; decompressing it again from %s", raw_path, problem, zip_path)
             elif not zip_ok:
-                local = False  # not downloaded yet
+                local = False  # not downloaded yet: streaming downloads it
                 continue
-            elif not repair:
+            elif remote or not repair:
                 problem = file_problem(zip_path, zip_info.bytes, zip_info.hashes)
-                if problem is not None:
+                if problem == "is missing":  # (streaming removed a downloaded zstd file once decompressed)
+                    local = False
+                elif problem is not None:
                     raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} {problem}."))
+                local = local and not remote  # streaming decompresses downloaded shards itself
                 continue
             self._decompress(zip_path, zip_info, raw_path, raw_info, self.shards[shard_id].compression)
         if local:
@@ -308,6 +314,7 @@ class MLMStreamingDataset(StreamingDataset):
         try:
             self._verify_shard(shard_id)
             super().prepare_shard(shard_id, blocking)
+            self._verify_shard(shard_id)  # just downloaded from a remote: checked before its first sample is read
         except Exception as e:
             if isinstance(e, FileNotFoundError) and self.streams[self.stream_per_shard[shard_id]].remote not in (None, ""):
                 raise  # a remote download problem: streaming's own message is the useful one
@@ -321,6 +328,13 @@ class MLMStreamingDataset(StreamingDataset):
             # This may run in streaming's background download thread, whose exceptions only stop the
             # iteration; remember it so that __iter__/__getitem__ can raise it in the caller.
             self._mlm_shard_error = err
+            if threading.current_thread() is not threading.main_thread():
+                # A background thread that raises never reports its exit, and streaming's __iter__ then waits for
+                # it forever. Stop the threads the way streaming does after a crash, without raising here.
+                event = getattr(self, "_event", None)
+                if event is not None:
+                    event.set()
+                return
             if err is e:
                 raise
             raise err from e
