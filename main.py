@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     # heavy imports after the config is known to be good
     from mosaicbert.builders import build_pretrain_trainer, run_folder
     from mosaicbert.checkpoints import disk_full_message
-    from mosaicbert.data.mlm import CorruptShardError, DatasetMismatchError
+    from mosaicbert.data.mlm import DatasetMismatchError, ShardReadError
 
     folder = run_folder(cfg)
     trainer = None
@@ -45,16 +45,16 @@ def main(argv: list[str]) -> int:
         with RunLock(folder, rank=int(os.environ.get("RANK", "0"))) if "://" not in folder else contextlib.nullcontext():
             trainer = build_pretrain_trainer(cfg)
             done = finished(trainer, cfg)
-            if done:
+            if done and int(os.environ.get("RANK", "0")) == 0:
                 print(f"run {cfg.run_name!r} in {folder!r} is already finished ({done}): nothing to train. Use another "
                       f"save_folder (or raise max_duration) to train further.", flush=True)
-            else:
+            if not done:
                 trainer.fit()
             trainer.close()
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (RunLockedError, CorruptShardError, DatasetMismatchError, FileNotFoundError) as e:
+    except (RunLockedError, ShardReadError, DatasetMismatchError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:
