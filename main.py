@@ -7,11 +7,15 @@ The YAML file and overrides are validated against mosaicbert.config.PretrainConf
 mosaicbert.builders turn it into a composer.Trainer.
 """
 
+import contextlib
 import logging
 import os
 import sys
 
 from mosaicbert.config import ConfigError, load_pretrain_config, to_yaml
+from mosaicbert.runlock import RunLock, RunLockedError, exit_with_parent
+
+log = logging.getLogger("mosaicbert")
 
 
 def main(argv: list[str]) -> int:
@@ -29,17 +33,56 @@ def main(argv: list[str]) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(to_yaml(cfg), flush=True)
 
-    from mosaicbert.builders import build_pretrain_trainer  # heavy imports after the config is known to be good
+    # heavy imports after the config is known to be good
+    from mosaicbert.builders import build_pretrain_trainer, run_folder
+    from mosaicbert.data.mlm import DatasetMismatchError, ShardReadError
+    from mosaicbert.resume import disk_full_message
 
+    folder = run_folder(cfg)
+    trainer = None
     try:
-        trainer = build_pretrain_trainer(cfg)
+        # One run per folder: a second run (or a rerun while this one still trains) is refused, not interleaved.
+        rank = int(os.environ.get("RANK", "0"))
+        lock = RunLock(folder, rank=rank) if "://" not in folder else contextlib.nullcontext()
+        with lock:
+            trainer = build_pretrain_trainer(cfg)
+            done = finished(trainer, cfg)
+            if done and int(os.environ.get("RANK", "0")) == 0:
+                print(f"run {cfg.run_name!r} in {folder!r} is already finished ({done}): nothing to train. Use another "
+                      f"save_folder (or raise max_duration) to train further.", flush=True)
+            if not done:
+                trainer.fit()
+            trainer.close()
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    trainer.fit()
-    trainer.close()
+    except (RunLockedError, ShardReadError, DatasetMismatchError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        full = disk_full_message(e, cfg.save_folder, trainer.state if trainer is not None else None)
+        if full is None:
+            log.exception("training failed")
+        # the last line says what happened, not the innermost frame of a traceback
+        print(f"error: {full or f'{type(e).__name__}: {e}'}", file=sys.stderr)
+        return 1
     return 0
 
 
+def finished(trainer, cfg) -> str:
+    """'' when the (resumed) run still has training to do, else where it stopped."""
+    from mosaicbert.config import parse_seconds
+
+    state = trainer.state
+    max_duration, budget_s = state.max_duration, parse_seconds(cfg.max_train_time)
+    if budget_s is not None and state.timestamp.total_wct.total_seconds() >= budget_s:
+        return f"{state.timestamp.total_wct.total_seconds():.0f} s of the {cfg.max_train_time} budget trained"
+    if max_duration is not None and int(state.timestamp.get(max_duration.unit)) >= int(max_duration.value):
+        return f"{int(state.timestamp.get(max_duration.unit))} of max_duration={cfg.max_duration} trained"
+    return ""
+
+
 if __name__ == "__main__":
+    if "LOCAL_RANK" in os.environ:  # started by a launcher (composer -n N, torchrun): die with it, never orphaned
+        exit_with_parent()
     sys.exit(main(sys.argv[1:]))

@@ -45,6 +45,12 @@ from mosaicbert.config import (
 from mosaicbert.data.mlm import build_mlm_dataloader
 from mosaicbert.data.tokenizer import load_tokenizer
 from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
+from mosaicbert.resume import (
+    check_checkpoint_matches_model,
+    checkpoint_problem,
+    latest_checkpoint,
+    set_aside_unfinished_checkpoints,
+)
 from mosaicbert.timing import WallClockBudget, WallClockLinearSchedule, every_seconds
 
 log = logging.getLogger("mosaicbert")
@@ -288,33 +294,26 @@ def resolve_device(device: Optional[str]) -> str:
     return device
 
 
-def set_aside_unfinished_checkpoints(save_folder: Optional[str]) -> None:
-    """Before autoresume: move aside checkpoints newer than the one `latest-rank*.pt` points to.
+def run_folder(cfg: PretrainConfig) -> str:
+    """The folder a run owns (locked by main.py): its save_folder, or runs/<run_name> for metrics.jsonl."""
+    return cfg.save_folder or os.path.join("runs", cfg.run_name or "mosaicbert")
 
-    A process killed while saving (SIGKILL, preemption) can leave `ep0-ba20-rank0.pt` written (possibly truncated)
-    while `latest-rank0.pt` still points to ba10. Composer then resumes from ba10 and refuses to overwrite ba20.
-    Those files are renamed `*.unfinished`, never deleted.
-    """
-    import re
 
-    if not save_folder or "://" in save_folder or not os.path.isdir(save_folder):
-        return
-    pattern = re.compile(r"ba(\d+)-rank(\d+)\.pt$")
-    for name in os.listdir(save_folder):
-        m = re.fullmatch(r"latest-rank(\d+)\.pt", name)
-        path = os.path.join(save_folder, name)
-        if not m or not os.path.islink(path):
-            continue
-        target = pattern.search(os.readlink(path))
-        if not target:
-            continue
-        for other in os.listdir(save_folder):
-            o = pattern.search(other)
-            if o and o.group(2) == m.group(1) and int(o.group(1)) > int(target.group(1)):
-                src = os.path.join(save_folder, other)
-                log.warning("%s is newer than %s (its save was interrupted): renaming it to %s.unfinished",
-                            src, path, src)
-                os.replace(src, src + ".unfinished")
+def check_resume_matches_model(cfg: PretrainConfig, model: torch.nn.Module) -> None:
+    """The checkpoint this run will resume from (autoresume's latest, else a full-state load_path) has the model's
+    parameter names and shapes; a ConfigError naming the folder and the first mismatching parameter otherwise."""
+    checkpoint, what = (latest_checkpoint(cfg.save_folder), f"save folder {cfg.save_folder!r}") if cfg.autoresume \
+        else (None, "")
+    if checkpoint is None and cfg.load_path and not cfg.load_weights_only and os.path.isfile(cfg.load_path):
+        checkpoint, what = cfg.load_path, f"load_path {cfg.load_path!r}"
+        problem = checkpoint_problem(checkpoint)  # (autoresume's latest was checked when the folder was tidied)
+        if problem is not None:
+            raise ConfigError(f"{what} is {problem}")
+    if checkpoint is not None:
+        try:
+            check_checkpoint_matches_model(checkpoint, model, what)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
 
 
 def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
@@ -329,7 +328,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     if dist.get_world_size() > 1 and not dist.is_initialized():
         dist.initialize_dist(device, timeout=cfg.dist_timeout)
 
-    if cfg.autoresume and dist.get_local_rank() == 0:
+    if cfg.autoresume and dist.get_local_rank() == 0:  # (main.py holds the folder's lock)
         set_aside_unfinished_checkpoints(cfg.save_folder)
     dist.barrier() if dist.is_initialized() else None
 
@@ -366,11 +365,12 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     )
 
     model = build_mlm_model(cfg.model, tokenizer)
+    check_resume_matches_model(cfg, model)
     if cfg.fsdp is not None:
         shard_per_layer(model)
     optimizer = build_optimizer(cfg.optimizer, model)
     run_name = cfg.run_name or "mosaicbert"
-    metrics_path = os.path.join(cfg.save_folder or os.path.join("runs", run_name), "metrics.jsonl")
+    metrics_path = os.path.join(run_folder(cfg), "metrics.jsonl")
 
     return Trainer(
         run_name=run_name,

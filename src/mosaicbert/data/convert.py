@@ -14,7 +14,9 @@ Usage::
     # The built-in offline corpus (Python stdlib docstrings) with its own tokenizer
     python -m mosaicbert.data.convert --source builtin --tokenizer builtin://python-docs --out_root ./data/builtin
 
-Output: ``<out_root>/train`` and ``<out_root>/val``, each an MDS dataset (``index.json`` + zstd shards).
+Output: ``<out_root>/train`` and ``<out_root>/val``, each an MDS dataset (``index.json`` + zstd shards, with an
+xxh3 hash of every shard file that the loader checks) and ``mosaicbert.json`` (mode, max_seq_len and the
+tokenizer's name and vocabulary hash, checked against the run's tokenizer for pre-tokenized shards).
 
 Modes (``--mode``):
 
@@ -47,12 +49,16 @@ from __future__ import annotations
 import argparse
 import glob
 import gzip
-import io
+import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import sys
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +68,8 @@ import numpy as np
 from mosaicbert.data.builtin_corpus import BUILTIN_URI, atomic_build, builtin_corpus_files, cache_root
 
 __all__ = [
+    "DATASET_INFO",
+    "HASHES",
     "MODES",
     "SPLITS",
     "ConvertStats",
@@ -70,7 +78,12 @@ __all__ = [
     "iter_documents",
     "resolve_files",
     "main",
+    "remove_stale_temporaries",
+    "temporary_name",
+    "tokenizer_identity",
 ]
+
+log = logging.getLogger("mosaicbert")
 
 MODES = ("truncate", "split", "pack")
 SPLITS = ("train", "val")
@@ -78,6 +91,10 @@ _HF_SPLIT = {"train": "train", "val": "validation"}
 _JSON_SUFFIXES = (".json.gz", ".jsonl.gz", ".jsonl", ".json")
 _TXT_SUFFIXES = (".txt", ".txt.gz")
 _BATCH_DOCS = 256
+#: Hashes of every shard file, recorded in index.json and checked by the loader (xxh3: fast, catches damage).
+HASHES = ["xxh3_64"]
+#: Written beside index.json: how the split was made, including the tokenizer of pre-tokenized shards.
+DATASET_INFO = "mosaicbert.json"
 
 
 @dataclass
@@ -122,35 +139,49 @@ def resolve_files(spec: str | Sequence[str], what: str = "files") -> list[str]:
     return files
 
 
-def _open_text(path: str) -> io.TextIOBase:
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _text_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, gzip-compressed if its name ends in .gz; errors name the file."""
+    lineno = 0
+    try:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(
+                        f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                        "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out."
+                    ) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        where = f"{path}:{lineno + 1}" if lineno else path
+        what = "not a gzip file" if isinstance(e, gzip.BadGzipFile) and lineno == 0 else "a damaged or truncated gzip file"
+        raise ValueError(
+            f"{where}: {what} ({type(e).__name__}: {e}); its name ends in .gz. Re-download or re-compress it, or "
+            "rename it without .gz if it is plain text."
+        ) from None
 
 
 def _iter_json_lines(path: str) -> Iterator[str]:
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}).") from e
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field 'text'.")
-            yield obj["text"]
+    for lineno, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}).") from e
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field 'text'.")
+        yield obj["text"]
 
 
 def _iter_txt_blocks(path: str) -> Iterator[str]:
     block: list[str] = []
-    with _open_text(path) as fh:
-        for line in fh:
-            if line.strip():
-                block.append(line.rstrip("\n"))
-            elif block:
-                yield "\n".join(block)
-                block = []
+    for _, line in _text_lines(path):
+        if line.strip():
+            block.append(line.rstrip("\r\n"))
+        elif block:
+            yield "\n".join(block)
+            block = []
     if block:
         yield "\n".join(block)
 
@@ -291,6 +322,62 @@ def _writer_columns(tokenize: bool) -> dict[str, str]:
     return {"input_ids": "ndarray:int32"} if tokenize else {"text": "str"}
 
 
+def temporary_name(prefix: str) -> str:
+    """``<prefix><pid>-<host>-<random>``: a private temporary name whose owner :func:`remove_stale_temporaries` can
+    tell is dead."""
+    return f"{prefix}{os.getpid()}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, prefix: str) -> list[str]:
+    """Remove `folder`'s temporaries named ``<prefix><pid>-...`` whose process (on this host) no longer runs: left by
+    a killed conversion or decompression. Temporaries of live processes and of other hosts are kept."""
+    removed = []
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-(?:(.+)-)?[0-9a-f]{8}")
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        m = pattern.fullmatch(name)
+        if not m or (m.group(2) not in (None, socket.gethostname())) or _pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(folder, name)
+        log.warning("removing %s, left by process %s that no longer runs (an interrupted conversion)", path, m.group(1))
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        removed.append(path)
+    return removed
+
+
+def tokenizer_identity(tokenizer, name: str | None = None) -> dict:
+    """Name, size and a hash of the vocabulary (token -> id): what pre-tokenized shards depend on."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+    digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return {"name": name or getattr(tokenizer, "name_or_path", "") or "?", "vocab_size": len(vocab),
+            "vocab_sha256": digest}
+
+
+def _tokenizer_name(tokenizer) -> str | None:
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        return None
+    return os.path.abspath(tokenizer) if os.path.exists(tokenizer) else str(tokenizer)
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
@@ -367,9 +454,12 @@ def convert(
         raise ValueError(f"Unknown source {source!r}; choose 'hf', 'local' or 'builtin'.")
 
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+    info = {"mode": mode, "max_seq_len": max_seq_len, "columns": _writer_columns(tokenize),
+            "tokenizer": tokenizer_identity(tok, _tokenizer_name(tokenizer))}
     root = Path(out_root)
     for s in splits:
         _prepare_out(root / s, overwrite)
+        remove_stale_temporaries(root, f".{s}.tmp-")
 
     stats: dict[str, ConvertStats] = {}
     for s in splits:
@@ -381,10 +471,10 @@ def convert(
         # Write into a private temporary folder and rename it into place only on success, so that an
         # interrupted or failed conversion never leaves a valid-looking (index.json) partial dataset.
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp_out = out.parent / temporary_name(f".{out.name}.tmp-")
         try:
             with MDSWriter(out=str(tmp_out), columns=_writer_columns(tokenize), compression=compression,
-                           size_limit=size_limit) as w:
+                           hashes=HASHES, size_limit=size_limit) as w:
                 if tokenize:
                     for ids in _samples_tokenized(docs, tok, mode, max_seq_len, st):
                         w.write({"input_ids": ids})
@@ -400,6 +490,8 @@ def convert(
             bar.close()
             if st.samples == 0:
                 raise ValueError(f"No samples were produced for split {s!r} ({st.documents} documents read): empty input?")
+            (tmp_out / DATASET_INFO).write_text(json.dumps({**info, "split": s, "documents": st.documents,
+                                                            "samples": st.samples, "tokens": st.tokens}, indent=1))
             _prepare_out(out, overwrite)  # (re-check: another process may have written it meanwhile)
             os.rename(tmp_out, out)
         finally:

@@ -15,8 +15,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,14 +31,21 @@ from streaming.base.dataset import _ShardState
 from torch.utils.data import DataLoader
 
 from mosaicbert.data.builtin_corpus import BUILTIN_PREFIX, BUILTIN_URI, cache_root
+from mosaicbert.data.convert import DATASET_INFO, remove_stale_temporaries, temporary_name, tokenizer_identity
 from mosaicbert.data.masking import IGNORE_INDEX, mask_tokens, sample_rng
+
+log = logging.getLogger("mosaicbert")
 
 __all__ = [
     "CorruptShardError",
+    "DatasetMismatchError",
+    "ShardReadError",
     "MLMStreamingDataset",
     "pad_mlm_batch",
     "build_mlm_dataloader",
     "check_mds_split",
+    "check_tokenizer_matches",
+    "file_problem",
 ]
 
 _CONVERT_HINT = (
@@ -45,8 +54,42 @@ _CONVERT_HINT = (
 )
 
 
-class CorruptShardError(RuntimeError):
-    """A shard could not be decompressed or decoded."""
+class ShardReadError(RuntimeError):
+    """Reading a shard failed although its files match index.json (sizes and hashes): the data is fine."""
+
+
+class CorruptShardError(ShardReadError):
+    """A shard file is missing, truncated or damaged: its size or hash differs from index.json."""
+
+
+class DatasetMismatchError(ValueError):
+    """Pre-tokenized shards were written with a tokenizer other than the run's."""
+
+
+_HASH_PREFERENCE = ("xxh3_64", "xxh64", "xxh3_128", "xxh128", "sha1", "md5", "sha256")
+
+
+def file_problem(path: str, nbytes: int, hashes: dict[str, str] | None, check_hash: bool = True) -> str | None:
+    """None when the shard file `path` has the size (and, with `check_hash`, a hash) index.json records for it,
+    else what is wrong with it."""
+    from streaming.base.hashing import get_hash
+
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return "is missing"
+    if size != nbytes:
+        return f"has {size} bytes but index.json says {nbytes} ({'truncated' if size < nbytes else 'damaged'})"
+    if check_hash and hashes:
+        algo = next((a for a in _HASH_PREFERENCE if a in hashes), next(iter(hashes)))
+        with open(path, "rb") as f:
+            if get_hash(algo, f.read()) != hashes[algo]:
+                return f"does not match its {algo} hash in index.json (its bytes were overwritten or damaged)"
+    return None
+
+
+def _reconvert(what: str) -> str:
+    return f"{what} The split must be made again: re-run `python -m mosaicbert.data.convert` (or download it again)."
 
 
 def check_mds_split(local: str | os.PathLike, split: str | None) -> Path:
@@ -71,7 +114,44 @@ def check_mds_split(local: str | os.PathLike, split: str | None) -> Path:
         raise CorruptShardError(f"MDS index {str(index)!r} is unreadable ({type(e).__name__}: {e}); re-run the conversion.") from e
     if not shards:
         raise FileNotFoundError(f"MDS index {str(index)!r} lists no shards (empty dataset). {_CONVERT_HINT}")
+    # Sizes before training (cheap; hashes are checked as each shard is first read). A shard needs its raw
+    # (decompressed) file or its compressed one intact; a bad raw copy next to a good zstd file is re-made.
+    for shard in shards:
+        raw, zipped = shard.get("raw_data") or {}, shard.get("zip_data") or {}
+        problems = []
+        for info in (raw, zipped):
+            if info:
+                problem = file_problem(str(folder / info["basename"]), int(info["bytes"]), None, check_hash=False)
+                if problem is None:
+                    break
+                problems.append(f"{folder / info['basename']} {problem}")
+        else:
+            raise CorruptShardError(_reconvert(f"MDS shard files of {str(folder)!r} are damaged: {'; '.join(problems)}."))
     return folder
+
+
+def check_tokenizer_matches(folder: str | os.PathLike, tokenizer) -> None:
+    """Pre-tokenized shards must come from the run's tokenizer: ids of another tokenizer that fit the vocabulary
+    would train silently on garbage. The converter records its tokenizer in ``mosaicbert.json``."""
+    folder = Path(folder)
+    columns = json.loads((folder / "index.json").read_text())["shards"][0].get("column_names", [])
+    if "input_ids" not in columns:
+        return  # raw text is tokenized by the run's own tokenizer
+    info_path = folder / DATASET_INFO
+    if not info_path.is_file():
+        log.warning("%s has pre-tokenized shards but no %s: cannot check that they were tokenized with this run's "
+                    "tokenizer (re-convert them to record it)", folder, DATASET_INFO)
+        return
+    stored = json.loads(info_path.read_text()).get("tokenizer", {})
+    ours = tokenizer_identity(tokenizer)
+    if stored.get("vocab_sha256") != ours["vocab_sha256"]:
+        raise DatasetMismatchError(
+            f"the shards in {str(folder)!r} were tokenized with tokenizer {stored.get('name')!r} "
+            f"({stored.get('vocab_size')} tokens, vocabulary sha256 {str(stored.get('vocab_sha256'))[:12]}...) but this "
+            f"run uses tokenizer {ours['name']!r} ({ours['vocab_size']} tokens, vocabulary sha256 "
+            f"{ours['vocab_sha256'][:12]}...). Set tokenizer to the one the shards were made with, or re-convert "
+            f"them with --tokenizer set to this run's tokenizer."
+        )
 
 
 class MLMStreamingDataset(StreamingDataset):
@@ -124,7 +204,8 @@ class MLMStreamingDataset(StreamingDataset):
         self.sep_token_id = int(tokenizer.sep_token_id)
         self.mask_token_id = int(tokenizer.mask_token_id)
         self._mlm_epoch = 0
-        self._mlm_shard_error: CorruptShardError | None = None
+        self._mlm_shard_error: ShardReadError | None = None
+        self._mlm_verified: set[int] = set()  # shards whose local files matched index.json in this process
 
     # ---- epoch tracking -------------------------------------------------------------------------
     def _resume_incr_epoch(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
@@ -137,35 +218,107 @@ class MLMStreamingDataset(StreamingDataset):
         """The epoch whose masks ``__getitem__`` produces (see class docstring)."""
         return self._mlm_epoch
 
-    # ---- shard errors -----------------------------------------------------------------------------
+    # ---- shard integrity and errors -------------------------------------------------------------------
+    def _shard_paths(self, shard_id: int) -> list[tuple[str, Any, str | None, Any]]:
+        """[(raw path, raw info, zip path or None, zip info)] of a shard's files in the local folder."""
+        stream = self.streams[self.stream_per_shard[shard_id]]
+        base = os.path.join(stream.local, stream.split or "")
+        return [(os.path.join(base, raw.basename), raw, os.path.join(base, z.basename) if z else None, z)
+                for raw, z in self.shards[shard_id].file_pairs]
+
     def _shard_files(self, shard_id: int) -> str:
         try:
-            stream = self.streams[self.stream_per_shard[shard_id]]
-            shard = self.shards[shard_id]
-            names = []
-            for raw_info, zip_info in shard.file_pairs:
-                names.append(os.path.join(stream.local, stream.split or "", raw_info.basename))
-                if zip_info is not None:
-                    names.append(os.path.join(stream.local, stream.split or "", zip_info.basename))
-            return " / ".join(names)
+            return " / ".join(p for raw, _, zipped, _ in self._shard_paths(shard_id) for p in (raw, zipped) if p)
         except Exception:  # pragma: no cover - best effort description
             return f"shard #{shard_id}"
 
-    def _corrupt(self, shard_id: int, err: BaseException) -> CorruptShardError:
-        return CorruptShardError(
-            f"Corrupt or unreadable MDS shard {self._shard_files(shard_id)} ({type(err).__name__}: {err}). "
-            "Delete the split folder and re-run `python -m mosaicbert.data.convert` (or re-download it)."
+    def _decompress(self, zip_path: str, zip_info: Any, raw_path: str, raw_info: Any, compression: str) -> None:
+        """Decompress next to the zstd file, atomically: a private temporary file renamed into place. Any number of
+        processes may do this at once on one folder (the last rename wins, with the same bytes); streaming's own
+        in-place decompression shares one `.tmp` name between them and fails."""
+        from streaming.base.compression import decompress
+        from streaming.base.hashing import get_hash
+
+        problem = file_problem(zip_path, zip_info.bytes, zip_info.hashes)
+        if problem is not None:
+            raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} {problem}."))
+        with open(zip_path, "rb") as f:
+            data = decompress(compression, f.read())
+        algo = next((a for a in _HASH_PREFERENCE if a in (raw_info.hashes or {})), None)
+        if len(data) != raw_info.bytes or (algo and get_hash(algo, data) != raw_info.hashes[algo]):
+            raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} decompresses to data that does not match "
+                                               f"index.json."))
+        remove_stale_temporaries(os.path.dirname(raw_path), os.path.basename(raw_path) + ".tmp-")
+        tmp = temporary_name(raw_path + ".tmp-")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, raw_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def _verify_shard(self, shard_id: int, repair: bool = True) -> None:
+        """Check the shard's local files against index.json (size, hash) before they are read, once per process.
+
+        A damaged decompressed copy next to an intact zstd file is re-made (with `repair`); a shard whose own files
+        are bad raises CorruptShardError naming the file. Shards of a remote are left to streaming until it has
+        downloaded (and decompressed) them, then checked like local ones (see prepare_shard)."""
+        if shard_id in self._mlm_verified:
+            return
+        stream = self.streams[self.stream_per_shard[shard_id]]
+        remote = stream.remote not in (None, "", stream.local)
+        local = True
+        for raw_path, raw_info, zip_path, zip_info in self._shard_paths(shard_id):
+            zip_ok = zip_path is not None and os.path.isfile(zip_path)
+            if os.path.isfile(raw_path):
+                problem = file_problem(raw_path, raw_info.bytes, raw_info.hashes)
+                if problem is None:
+                    continue
+                if not (zip_ok and repair and not remote):
+                    raise CorruptShardError(_reconvert(f"MDS shard file {raw_path} {problem}."))
+                log.warning("%s %s; decompressing it again from %s", raw_path, problem, zip_path)
+            elif not zip_ok:
+                local = False  # not downloaded yet: streaming downloads it
+                continue
+            elif remote or not repair:
+                problem = file_problem(zip_path, zip_info.bytes, zip_info.hashes)
+                if problem == "is missing":  # (streaming removed a downloaded zstd file once decompressed)
+                    local = False
+                elif problem is not None:
+                    raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} {problem}."))
+                local = local and not remote  # streaming decompresses downloaded shards itself
+                continue
+            self._decompress(zip_path, zip_info, raw_path, raw_info, self.shards[shard_id].compression)
+        if local:
+            self._mlm_verified.add(shard_id)
+
+    def _read_failed(self, shard_id: int, err: BaseException) -> ShardReadError:
+        """Blame the shard only when its files are actually bad; otherwise say the data is intact."""
+        self._mlm_verified.discard(shard_id)
+        try:
+            self._verify_shard(shard_id, repair=False)
+        except CorruptShardError as bad:
+            return CorruptShardError(f"{bad} (reading it failed with {type(err).__name__}: {err})")
+        except OSError as unreadable:  # cannot even read the files to check them
+            return ShardReadError(f"reading MDS shard {self._shard_files(shard_id)} failed ({type(err).__name__}: "
+                                  f"{err}) and checking its files failed too ({unreadable}). Check the disk and the "
+                                  "folder's permissions before deleting anything.")
+        return ShardReadError(
+            f"reading MDS shard {self._shard_files(shard_id)} failed ({type(err).__name__}: {err}), but its files "
+            "match index.json (sizes and hashes): the data is intact, do not delete it. Check the disk, free "
+            "memory/shared memory, and that no other program is modifying the folder, then retry."
         )
 
     def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
         try:
+            self._verify_shard(shard_id)
             super().prepare_shard(shard_id, blocking)
-        except CorruptShardError:
-            raise
+            self._verify_shard(shard_id)  # just downloaded from a remote: checked before its first sample is read
         except Exception as e:
             if isinstance(e, FileNotFoundError) and self.streams[self.stream_per_shard[shard_id]].remote not in (None, ""):
                 raise  # a remote download problem: streaming's own message is the useful one
-            err = self._corrupt(shard_id, e)
+            err = e if isinstance(e, ShardReadError) else self._read_failed(shard_id, e)
             # streaming left the shard in PREPARING state; a thread blocked in prepare_shard(blocking=True)
             # would wait for it forever. Put it back so that waiters retry (and hit this same error).
             try:
@@ -175,23 +328,32 @@ class MLMStreamingDataset(StreamingDataset):
             # This may run in streaming's background download thread, whose exceptions only stop the
             # iteration; remember it so that __iter__/__getitem__ can raise it in the caller.
             self._mlm_shard_error = err
+            if threading.current_thread() is not threading.main_thread():
+                # A background thread that raises never reports its exit, and streaming's __iter__ then waits for
+                # it forever. Stop the threads the way streaming does after a crash, without raising here.
+                event = getattr(self, "_event", None)
+                if event is not None:
+                    event.set()
+                return
+            if err is e:
+                raise
             raise err from e
 
     def _read(self, idx: int, retry: int = 7) -> dict[str, Any]:
         if self._mlm_shard_error is not None:
             raise self._mlm_shard_error
+        shard_id, _ = self.spanner[idx]
         try:
+            self._verify_shard(shard_id)  # (once per shard and process)
             return super().get_item(idx, retry)
-        except CorruptShardError:
+        except ShardReadError:
             raise
         except RuntimeError as e:
             if self._mlm_shard_error is not None:
                 raise self._mlm_shard_error from e
-            shard_id, _ = self.spanner[idx]
-            raise self._corrupt(shard_id, e) from e
+            raise self._read_failed(shard_id, e) from e
         except Exception as e:  # decoding garbage: struct.error, UnicodeDecodeError, ValueError, zstd errors ...
-            shard_id, _ = self.spanner[idx]
-            raise self._corrupt(shard_id, e) from e
+            raise self._read_failed(shard_id, e) from e
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._mlm_shard_error = None
@@ -348,7 +510,7 @@ def build_mlm_dataloader(
         if local is None:
             raise ValueError("build_mlm_dataloader needs `local` (a folder of MDS splits) or `remote`.")
         local = str(Path(local).expanduser())
-        check_mds_split(local, split)
+        check_tokenizer_matches(check_mds_split(local, split), tokenizer)
     elif local is None:
         local = _default_local_for_remote(str(remote), split)
 

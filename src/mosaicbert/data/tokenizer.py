@@ -54,6 +54,8 @@ def _check(tokenizer: PreTrainedTokenizerFast, source: str) -> PreTrainedTokeniz
             f"Tokenizer {source!r} lacks the special tokens {missing} needed for BERT MLM pretraining "
             "([PAD], [CLS], [SEP], [MASK])."
         )
+    if not getattr(tokenizer, "name_or_path", ""):  # (built from a vocab.txt): name it for error messages
+        tokenizer.name_or_path = source
     return tokenizer
 
 
