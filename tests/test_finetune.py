@@ -351,3 +351,11 @@ def test_example_yamls_run(tmp_path, yaml_name):
     assert [e["batch"] for e in results["evaluations"]] == [0, 2, 4]
     assert (tmp_path / "best_model" / "config.json").is_file()
     assert (tmp_path / "best_model" / "tokenizer.json").is_file()
+
+
+def test_diverged_run_stops_with_a_clear_error(tmp_path):
+    """The shared trainer (mosaicbert.glue.train.fit_and_evaluate) stops at the first non-finite training loss."""
+    with pytest.raises(RuntimeError, match="training loss is not finite at batch"):
+        run(tmp_path, "regression", "mosaic_bert", "optimizer.lr=1e30", "scheduler.t_warmup=0ba",
+            "eval_before_training=false")
+    assert not (tmp_path / "run" / "results.json").exists()
