@@ -145,13 +145,7 @@ def finetune_overrides(tmp_path: Path, task: str, model_name: str, n_train: int 
             "console_log_interval=100ba", f"save_folder={tmp_path / 'run'}", *extra]
 
 
-def model_param(task: str):
-    """mosaic_bert runs when mosaicbert.model has the task's class; otherwise it is skipped, naming the class."""
-    name = TASK_MODEL_CLASSES[task][1]
-    missing = not hasattr(mosaicbert.model, name)
-    return [pytest.param("hf_bert"),
-            pytest.param("mosaic_bert", marks=pytest.mark.skipif(missing, reason=f"mosaicbert.model.{name} "
-                                                                                   f"does not exist yet"))]
+MODELS = ["hf_bert", "mosaic_bert"]
 
 
 def run(tmp_path: Path, task: str, model_name: str, *extra: str) -> dict:
@@ -195,7 +189,7 @@ def _reload_accuracy(folder: Path, rows: list[dict], model_name: str) -> float:
     return sum(model.config.id2label[p] == r["label"] for p, r in zip(pred, rows)) / len(rows)
 
 
-@pytest.mark.parametrize("model_name", model_param("classification"))
+@pytest.mark.parametrize("model_name", MODELS)
 def test_classification_best_model_reloads_with_transformers(tmp_path, model_name):
     results = run(tmp_path, "classification", model_name)
     check_learned(results, floor=0.9, gain=0.25)
@@ -213,7 +207,7 @@ def test_regression_learns(tmp_path):
     check_learned(results, floor=0.8, gain=0.3)
 
 
-@pytest.mark.parametrize("model_name", model_param("token_classification"))
+@pytest.mark.parametrize("model_name", MODELS)
 def test_token_classification_learns(tmp_path, model_name):
     results = run(tmp_path, "token_classification", model_name)
     check_learned(results, floor=0.8, gain=0.3)
@@ -222,14 +216,14 @@ def test_token_classification_learns(tmp_path, model_name):
     assert config["id2label"] == {"0": "O", "1": "B-LOC", "2": "B-PER", "3": "I-PER"}
 
 
-@pytest.mark.parametrize("model_name", model_param("question_answering"))
+@pytest.mark.parametrize("model_name", MODELS)
 def test_question_answering_learns_over_strided_windows(tmp_path, model_name):
     results = run(tmp_path, "question_answering", model_name)
     check_learned(results, floor=0.8, gain=0.3)
     assert results["best"]["metrics"]["exact_match"] >= 0.8
 
 
-@pytest.mark.parametrize("model_name", model_param("multiple_choice"))
+@pytest.mark.parametrize("model_name", MODELS)
 def test_multiple_choice_learns(tmp_path, model_name):
     results = run(tmp_path, "multiple_choice", model_name)
     check_learned(results, floor=0.8, gain=0.3)
@@ -274,7 +268,7 @@ def _tiny_source(model_name: str):
 
 
 @pytest.mark.parametrize("source_kind", ["hf_folder", "composer"])
-@pytest.mark.parametrize("model_name", ["hf_bert", "mosaic_bert"])
+@pytest.mark.parametrize("model_name", MODELS)
 def test_start_from_checkpoint_takes_its_shape_and_reports_keys(tmp_path, model_name, source_kind):
     import torch
 
@@ -313,14 +307,13 @@ def test_start_from_checkpoint_takes_its_shape_and_reports_keys(tmp_path, model_
             assert torch.equal(v, src[k]), k
 
 
-def test_missing_mosaic_task_class_is_a_clear_error(monkeypatch):
-    from mosaicbert.config import ConfigError
+@pytest.mark.parametrize("task", sorted(TASK_MODEL_CLASSES))
+def test_model_class_per_task(task):
     from mosaicbert.finetune.tasks import model_class
 
-    monkeypatch.delattr(mosaicbert.model, "MosaicBertForSequenceClassification")
-    with pytest.raises(ConfigError, match="mosaicbert.model.MosaicBertForSequenceClassification"):
-        model_class("mosaic_bert", "classification")
-    assert model_class("hf_bert", "question_answering").__name__ == "BertForQuestionAnswering"
+    hf_name, mosaic_name = TASK_MODEL_CLASSES[task]
+    assert model_class("hf_bert", task).__name__ == hf_name
+    assert model_class("mosaic_bert", task) is getattr(mosaicbert.model, mosaic_name)
 
 
 def _finetune_main():
@@ -358,3 +351,11 @@ def test_example_yamls_run(tmp_path, yaml_name):
     assert [e["batch"] for e in results["evaluations"]] == [0, 2, 4]
     assert (tmp_path / "best_model" / "config.json").is_file()
     assert (tmp_path / "best_model" / "tokenizer.json").is_file()
+
+
+def test_diverged_run_stops_with_a_clear_error(tmp_path):
+    """The shared trainer (mosaicbert.glue.train.fit_and_evaluate) stops at the first non-finite training loss."""
+    with pytest.raises(RuntimeError, match="training loss is not finite at batch"):
+        run(tmp_path, "regression", "mosaic_bert", "optimizer.lr=1e30", "scheduler.t_warmup=0ba",
+            "eval_before_training=false")
+    assert not (tmp_path / "run" / "results.json").exists()

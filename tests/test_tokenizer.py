@@ -60,3 +60,55 @@ def test_builtin_tokenizer(mosaicbert_cache):
     assert load_tokenizer("builtin://python-docs")("Return the value")["input_ids"] == tok("Return the value")["input_ids"]
     with pytest.raises(FileNotFoundError, match="builtin://"):
         load_tokenizer("builtin://nonexistent")
+
+
+def test_exported_model_folder_loads_without_remote_code_prompt(tmp_path, monkeypatch):
+    """An exported MosaicBERT folder (config.json with auto_map, the model's source files, tokenizer files): only the
+    tokenizer files are read. AutoTokenizer would read config.json too and ask whether to run the remote code."""
+    import builtins
+
+    from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
+    from mosaicbert.model.modeling_mosaic_bert import auto_map
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"word{i}" for i in range(200)]) + "\n")
+    source = load_tokenizer(str(vocab))
+    model = MosaicBertForMaskedLM(MosaicBertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=64))
+    model.config.auto_map = auto_map()  # as mosaicbert.export writes it
+    export = tmp_path / "export"
+    model.save_pretrained(export)
+    source.save_pretrained(export)
+    assert "auto_map" in (export / "config.json").read_text()
+
+    prompts = []  # transformers asks with input() and swallows the failure of a refused or broken prompt
+
+    def no_prompt(message=""):
+        prompts.append(message)
+        raise EOFError
+
+    monkeypatch.setattr(builtins, "input", no_prompt)
+    tok = load_tokenizer(str(export))
+    assert not prompts, prompts
+    assert len(tok) == len(source) == 205
+    text = "WORD7 word12 word199"
+    assert tok(text)["input_ids"] == source(text)["input_ids"] == [2, 12, 17, 204, 3]
+    assert (tok.pad_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == (0, 2, 3, 4)
+
+
+def test_exported_folder_with_broken_tokenizer_is_rejected(tmp_path):
+    """The vocabulary check also applies to a folder's tokenizer files (a 5-token tokenizer.json)."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from mosaicbert.data.wordpiece import wordpiece_to_fast
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) + "\n")
+    tiny = wordpiece_to_fast(BertWordPieceTokenizer(str(vocab), lowercase=True), True)
+    assert isinstance(tiny, PreTrainedTokenizerFast)
+    folder = tmp_path / "export"
+    tiny.save_pretrained(folder)
+    (folder / "vocab.txt").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="only 5 tokens"):
+        load_tokenizer(str(folder))

@@ -4,7 +4,15 @@ The model classes load lazily, so tools that only need the config or data code (
 config errors in main.py/glue.py) start without importing torch and transformers.
 """
 
-__all__ = ["MosaicBertConfig", "MosaicBertModel", "MosaicBertForMaskedLM", "MosaicBertForSequenceClassification"]
+__all__ = [
+    "MosaicBertConfig",
+    "MosaicBertModel",
+    "MosaicBertForMaskedLM",
+    "MosaicBertForSequenceClassification",
+    "MosaicBertForTokenClassification",
+    "MosaicBertForQuestionAnswering",
+    "MosaicBertForMultipleChoice",
+]
 
 
 def __getattr__(name: str):

@@ -4,7 +4,8 @@
 
 * a Hugging Face Hub name (``bert-base-uncased``), loaded with ``AutoTokenizer.from_pretrained``
   (uses the local HF cache when offline);
-* a local folder (``tokenizer.json`` and/or ``vocab.txt`` + ``tokenizer_config.json``);
+* a local folder (``tokenizer.json`` and/or ``vocab.txt`` + ``tokenizer_config.json``), also an exported model
+  folder (its tokenizer files only: the model's remote code is never consulted);
 * a path to a WordPiece ``vocab.txt`` file;
 * ``builtin://python-docs``: a small uncased WordPiece trained on the Python standard library's
   docstrings (see :mod:`mosaicbert.data.builtin_corpus`), needs no download.
@@ -16,6 +17,7 @@ never use that constructor, and every loaded tokenizer's vocabulary size is chec
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -70,6 +72,29 @@ def _from_vocab_txt(vocab_file: Path) -> PreTrainedTokenizerFast:
     return wordpiece_to_fast(wp, lowercase)
 
 
+def _from_tokenizer_files(folder: Path) -> PreTrainedTokenizerFast:
+    """The tokenizer files of a local folder, read by the class tokenizer_config.json names (when transformers has
+    it as a fast tokenizer) or by PreTrainedTokenizerFast.
+
+    Not AutoTokenizer: in a model folder it also reads config.json, and an exported MosaicBERT's `auto_map` (the
+    model's remote code) makes it ask interactively whether to run that code, which fails in scripts.
+    """
+    import transformers
+
+    config_file = folder / "tokenizer_config.json"
+    class_name = None
+    if config_file.is_file():
+        with open(config_file, encoding="utf-8") as fh:
+            try:
+                class_name = json.load(fh).get("tokenizer_class")
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{config_file} is not valid JSON: {e}") from e
+    cls = getattr(transformers, str(class_name), None) if class_name else None
+    if not (isinstance(cls, type) and issubclass(cls, PreTrainedTokenizerFast)):
+        cls = PreTrainedTokenizerFast
+    return cls.from_pretrained(str(folder))
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
     """Load a fast (Rust) tokenizer from a hub name, a folder, a ``vocab.txt`` path or ``builtin://python-docs``.
 
@@ -110,7 +135,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
         tok = None
         if has_config:
             try:
-                tok = AutoTokenizer.from_pretrained(str(path), use_fast=True)
+                tok = _from_tokenizer_files(path)
             except (OSError, ValueError, KeyError):
                 if not (path / "vocab.txt").is_file():
                     raise

@@ -16,9 +16,8 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
-from composer import Callback, Evaluator, Logger, State, Trainer
+from composer import Callback, Evaluator, Logger, State
 from composer.utils import dist, reproducibility
-from torch.utils.data import DataLoader
 
 from mosaicbert.config import ConfigError
 from mosaicbert.finetune.config import FinetuneConfig, main_metric
@@ -26,6 +25,8 @@ from mosaicbert.finetune.data import Rows, read_file, read_hub
 from mosaicbert.finetune.metrics import TASK_METRICS, build_metrics
 from mosaicbert.finetune.models import build_task_model, wrap
 from mosaicbert.finetune.tasks import build_collator, infer_labels, prepare
+from mosaicbert.glue.data import build_loader
+from mosaicbert.glue.train import fit_and_evaluate
 
 log = logging.getLogger("mosaicbert.finetune")
 EVAL_LABEL = "eval"
@@ -53,14 +54,6 @@ def load_rows(cfg: FinetuneConfig, split: str) -> Rows:
         rows = read_hub(d.hub_dataset, d.hub_config, d.train_split if split == "train" else d.eval_split, label,
                         **kwargs)
     return rows.head(limit)
-
-
-def build_loader(dataset, collate_fn, batch_size: int, *, train: bool, seed: int, num_workers: int,
-                 pin_memory: bool) -> DataLoader:
-    """Training: a seeded DistributedSampler (a shard per rank, reshuffled every epoch); eval: in order."""
-    sampler = dist.get_sampler(dataset, shuffle=train, drop_last=False, seed=seed)
-    return DataLoader(dataset, batch_size=max(1, batch_size // dist.get_world_size()) if train else batch_size,
-                      sampler=sampler, collate_fn=collate_fn, num_workers=num_workers, pin_memory=pin_memory)
 
 
 class KeepBest(Callback):
@@ -107,23 +100,12 @@ def _prepare_data(cfg: FinetuneConfig, tokenizer):
 
 def load_finetune_tokenizer(cfg: FinetuneConfig):
     """`tokenizer`, or (tokenizer: null) the one saved with model.pretrained_checkpoint."""
-    from transformers import PreTrainedTokenizerFast
-
     from mosaicbert.data.tokenizer import load_tokenizer
 
     name = cfg.tokenizer or cfg.model.pretrained_checkpoint
     key = "tokenizer" if cfg.tokenizer else "model.pretrained_checkpoint (tokenizer: null)"
-    folder = os.path.expanduser(str(name))
     try:
-        if cfg.tokenizer is None and os.path.isfile(os.path.join(folder, "tokenizer.json")):
-            # An exported folder: read its tokenizer files only. AutoTokenizer would also read config.json, whose
-            # auto_map (MosaicBERT's remote code) makes it ask whether to run that code.
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-            missing = [t for t in ("pad_token", "cls_token", "sep_token") if getattr(tokenizer, t) is None]
-            if missing:
-                raise ValueError(f"its tokenizer lacks the special tokens {missing}")
-            return tokenizer
-        if cfg.tokenizer is None and os.path.isfile(folder):
+        if cfg.tokenizer is None and os.path.isfile(os.path.expanduser(str(name))):
             raise ValueError("a Composer checkpoint file holds no tokenizer folder: set tokenizer= to the one used "
                              "for pretraining")
         return load_tokenizer(name)
@@ -133,13 +115,11 @@ def load_finetune_tokenizer(cfg: FinetuneConfig):
 
 def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     """Finetune; returns the results dict also written to results.json."""
-    from mosaicbert.builders import build_optimizer, build_scheduler, resolve_device
-    from mosaicbert.callbacks import FiniteLossCheck
+    from mosaicbert.builders import resolve_device
 
     logging.getLogger("composer").setLevel(logging.WARNING)
     t0 = time.time()
     device = resolve_device(cfg.device)
-    precision = cfg.precision if device == "gpu" else "fp32"
     tokenizer = load_finetune_tokenizer(cfg)
     train, evals, labels = _prepare_data(cfg, tokenizer)
     collate = build_collator(cfg.task, tokenizer)
@@ -156,36 +136,16 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     folder = run_folder(cfg)
     best_folder = os.path.join(folder, "best_model")
     keep_best = KeepBest(model, tokenizer, best_folder, metric_classes, main_metric(cfg))
-    microbatch: Any = cfg.device_train_microbatch_size
-    if microbatch is None or (microbatch == "auto" and device == "cpu"):
-        microbatch = cfg.batch_size
-    trainer = Trainer(
-        run_name=cfg.run_name,
-        model=composer_model,
-        train_dataloader=build_loader(train.dataset, collate, cfg.batch_size, train=True, **loader_kw),
-        eval_dataloader=Evaluator(label=EVAL_LABEL, metric_names=list(metric_classes.values()),
-                                  dataloader=build_loader(evals.dataset, collate, cfg.eval_batch_size,
-                                                          train=False, **loader_kw)),
-        eval_interval=cfg.eval_interval,
-        max_duration=cfg.max_duration,
-        optimizers=build_optimizer(cfg.optimizer, composer_model),
-        schedulers=build_scheduler(cfg.scheduler),
-        callbacks=[FiniteLossCheck(), keep_best],
-        loggers=[],
-        progress_bar=cfg.progress_bar,
-        log_to_console=not cfg.progress_bar,
-        console_log_interval=cfg.console_log_interval,
-        device=device,
-        precision=precision,
-        device_train_microbatch_size=microbatch,
-        seed=cfg.seed,
+    evaluator = Evaluator(label=EVAL_LABEL, metric_names=list(metric_classes.values()),
+                          dataloader=build_loader(evals.dataset, collate, cfg.eval_batch_size, train=False,
+                                                  **loader_kw))
+    fit_and_evaluate(
+        composer_model, build_loader(train.dataset, collate, cfg.batch_size, train=True, **loader_kw), [evaluator],
+        optimizer=cfg.optimizer, scheduler=cfg.scheduler, max_duration=cfg.max_duration, device=device,
+        precision=cfg.precision, microbatch=cfg.device_train_microbatch_size, seed=cfg.seed, run_name=cfg.run_name,
+        eval_interval=cfg.eval_interval, progress_bar=cfg.progress_bar, console_log_interval=cfg.console_log_interval,
+        callbacks=[keep_best], eval_before_fit=cfg.eval_before_training,
     )
-    try:
-        if cfg.eval_before_training:
-            trainer.eval()
-        trainer.fit()
-    finally:
-        trainer.close()
     results = {
         "run_name": cfg.run_name,
         "task": cfg.task,

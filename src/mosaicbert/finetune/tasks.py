@@ -42,11 +42,7 @@ def model_class(model_name: str, task: str) -> type:
         return getattr(transformers, hf_name)
     import mosaicbert.model
 
-    cls = getattr(mosaicbert.model, mosaic_name, None)
-    if cls is None:
-        raise ConfigError(f"task {task} with model.name=mosaic_bert needs mosaicbert.model.{mosaic_name}, which "
-                          f"this version of mosaicbert does not have (use model.name=hf_bert)")
-    return cls
+    return getattr(mosaicbert.model, mosaic_name)
 
 
 # ---------------------------------------------------------------------------------------------------------------

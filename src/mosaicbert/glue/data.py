@@ -227,8 +227,15 @@ def load_tokenized(task: GlueTask, split: str, tokenizer, max_seq_len: int, *, d
 
 def build_dataloader(dataset: TokenizedDataset, tokenizer, batch_size: int, *, train: bool, seed: int,
                      regression: bool, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A GLUE loader: build_loader with the sentence (pair) Collator."""
+    return build_loader(dataset, Collator(tokenizer.pad_token_id, regression), batch_size, train=train, seed=seed,
+                        num_workers=num_workers, pin_memory=pin_memory)
+
+
+def build_loader(dataset: Dataset, collate_fn, batch_size: int, *, train: bool, seed: int, num_workers: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
     """Training loaders are shuffled by a seeded DistributedSampler (Composer's dist.get_sampler: one shard per
-    rank, reshuffled each epoch); eval loaders are not shuffled."""
+    rank, reshuffled each epoch; `batch_size` is global); eval loaders are not shuffled (`batch_size` per rank)."""
     from composer.utils import dist
 
     world = dist.get_world_size()
@@ -237,7 +244,7 @@ def build_dataloader(dataset: TokenizedDataset, tokenizer, batch_size: int, *, t
         dataset,
         batch_size=max(1, batch_size // world) if train else batch_size,
         sampler=sampler,
-        collate_fn=Collator(tokenizer.pad_token_id, regression),
+        collate_fn=collate_fn,
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=False,

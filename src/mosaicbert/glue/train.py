@@ -1,8 +1,9 @@
 """One finetuning job: tokenizer, classifier with its start weights, data loaders, a Composer Trainer, metrics.
 
 The generic parts serve any sequence-classification finetuning: `get_tokenizer` (cached per process),
-`build_classifier`, `load_start_weights` and `fit_and_evaluate` (train with Composer, evaluate at the end, keep the
-final weights). `train_job` / `run_job` wire them to a GLUE task and seed.
+`build_classifier`, `load_start_weights`, and `fit_and_evaluate`, the Composer Trainer that GLUE and finetune.py
+share (train, evaluate at intervals and at the end, optionally keep the final weights).
+`train_job` / `run_job` wire them to a GLUE task and seed.
 
 Start weights
     Every start loads the encoder and pooler only: the source's head (MLM `cls.*` or MNLI's 3-way `classifier.*`)
@@ -16,7 +17,7 @@ import logging
 import os
 import time
 import traceback
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mosaicbert.config import ModelConfig, OptimizerConfig, SchedulerConfig
 from mosaicbert.glue.config import GlueConfig, TaskConfig
@@ -78,24 +79,36 @@ def fit_and_evaluate(
     precision: str,
     microbatch: Any,
     seed: int,
-    run_name: str,
+    run_name: Optional[str],
     eval_interval: str = "1dur",
     progress_bar: bool = False,
+    console_log_interval: Optional[str] = None,
     save_folder: Optional[str] = None,
+    callbacks: Sequence[Any] = (),
+    eval_before_fit: bool = False,
 ) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
-    """Train with a Composer Trainer and evaluate (at `eval_interval` and at the end).
+    """Train with a Composer Trainer and evaluate (before training when `eval_before_fit`, at `eval_interval`, and
+    at the end). The one Trainer of GLUE and finetune.py.
 
+    `precision` applies on GPU only (CPU trains in fp32); `microbatch` None, or "auto" on CPU, is the whole
+    per-rank batch. Console logging is on every `console_log_interval` (when set and without a progress bar).
     Returns {evaluator label: {metric class name: value}} from the final evaluation, and the path of the final
     weights-only checkpoint when `save_folder` is set (else None).
     """
     from composer import Trainer
 
     from mosaicbert.builders import build_optimizer, build_scheduler
+    from mosaicbert.callbacks import FiniteLossCheck
 
+    if microbatch == "auto" and device == "cpu":
+        microbatch = None  # auto microbatching needs a GPU; Composer uses the per-rank batch size for None
     save_kw: Dict[str, Any] = {}
     if save_folder:
         save_kw = dict(save_folder=save_folder, save_interval="1dur", save_weights_only=True, save_overwrite=True,
                        save_num_checkpoints_to_keep=1, save_filename="final-rank{rank}.pt")
+    log_kw: Dict[str, Any] = {"log_to_console": console_log_interval is not None and not progress_bar}
+    if log_kw["log_to_console"]:
+        log_kw["console_log_interval"] = console_log_interval
     trainer = Trainer(
         run_name=run_name,
         model=composer_model,
@@ -105,16 +118,19 @@ def fit_and_evaluate(
         max_duration=max_duration,
         optimizers=build_optimizer(optimizer, composer_model),
         schedulers=build_scheduler(scheduler),
+        callbacks=[FiniteLossCheck(), *callbacks],
         device=device,
-        precision=precision,
+        precision=precision if device == "gpu" else "fp32",
         device_train_microbatch_size=microbatch,
         seed=seed,
         progress_bar=progress_bar,
-        log_to_console=False,
         loggers=[],
+        **log_kw,
         **save_kw,
     )
     try:
+        if eval_before_fit:
+            trainer.eval()
         trainer.fit()
         metrics = {label: {name: float(m.compute()) for name, m in by_name.items()}
                    for label, by_name in trainer.state.eval_metrics.items()}
@@ -146,7 +162,6 @@ def train_job(cfg: GlueConfig, job: Job) -> JobResult:
     task = TASKS[job.task]
     tcfg: TaskConfig = getattr(cfg.tasks, job.task)
     device = resolve_device(cfg.device)
-    precision = cfg.precision if device == "gpu" else "fp32"
     tokenizer = get_tokenizer(cfg.tokenizer)
 
     data_kw = dict(data_dir=cfg.data_dir, hub_dataset=cfg.hub_dataset, skip_malformed=cfg.skip_malformed_rows)
@@ -171,17 +186,15 @@ def train_job(cfg: GlueConfig, job: Job) -> JobResult:
                   dataloader=build_dataloader(ds, tokenizer, cfg.eval_batch_size, train=False, **loader_kw))
         for ev, ds in eval_sets.items()
     ]
-    microbatch: Any = cfg.device_train_microbatch_size
-    if microbatch is None or (microbatch == "auto" and device == "cpu"):
-        microbatch = tcfg.batch_size
     save_folder = (os.path.join(run_folder(cfg), "checkpoints", f"{job.task}-seed{job.seed}")
                    if job.save_checkpoint else None)
 
     evaluated, checkpoint = fit_and_evaluate(
         composer_model, train_loader, evaluators,
         optimizer=cfg.optimizer.for_task(tcfg.lr, tcfg.weight_decay), scheduler=cfg.scheduler,
-        max_duration=task_duration(cfg, tcfg), device=device, precision=precision, microbatch=microbatch,
-        seed=job.seed, run_name=f"{cfg.run_name}-{job.task}-seed{job.seed}",
+        max_duration=task_duration(cfg, tcfg), device=device, precision=cfg.precision,
+        microbatch=cfg.device_train_microbatch_size, seed=job.seed,
+        run_name=f"{cfg.run_name}-{job.task}-seed{job.seed}",
         eval_interval=tcfg.eval_interval or "1dur", progress_bar=cfg.progress_bar, save_folder=save_folder,
     )
     results: Dict[str, float] = {}
