@@ -14,8 +14,8 @@ mask_j is 0 for real keys and "minus infinity" for padding. Backends differ only
   "triton"      our own varlen ALiBi kernel (triton_attention.py), no padding at all (CUDA; fp16/bf16 for "auto")
 
 "auto" picks flash_attn if installed, else triton (CUDA, fp16/bf16, supported head dim, no attention dropout),
-else sdpa on CUDA, else torch. On the H200 triton made a compiled MosaicBERT-base training step 5% faster than
-sdpa, 7% at seq 512 (benchmarks/RESULTS.md).
+else sdpa on CUDA, else torch. On an H200 triton makes a compiled MosaicBERT-base training step 5% faster than
+sdpa, 7% at seq 512 (benchmarks/attention_backends.py times the backends; measurements: benchmarks/README.md).
 
 The registry `ATTENTION_BACKENDS` is a plain dict so new kernels are a function plus one entry.
 

@@ -251,10 +251,10 @@ def _config(D: int, dtype: torch.dtype, block_m: int | None, block_n: int | None
     return bm, bn, num_warps
 
 
-# The one-kernel backward's default tiles: 16 queries x a key block of the whole sequence, 4 warps. Measured on the
-# H200 at B=256, S=128, D=64 (benchmarks/RESULTS.md, session 6): 0.263 ms per layer against 0.283 for the three
-# kernels at 64x64; bigger query blocks spill registers (64x128: 0.54 ms). Beyond 128 keys x D=64 it is not used
-# by default (not measured, and the [keys, D] fp32 dK/dV accumulators grow).
+# The one-kernel backward's default tiles: 16 queries x a key block of the whole sequence, 4 warps. On an H200 at
+# B=256, S=128, D=64 (benchmarks/attention_backends.py --triton_blocks 64x64 16x128): 0.263 ms per layer against
+# 0.283 for the three kernels at 64x64; bigger query blocks spill registers (64x128: 0.54 ms). Beyond 128 keys x
+# D=64 it is not used by default (not measured, and the [keys, D] fp32 dK/dV accumulators grow).
 _WHOLE_SEQUENCE_BLOCK_M = 16
 _WHOLE_SEQUENCE_KEYS_X_DIM = 128 * 64
 
@@ -274,8 +274,7 @@ def _bwd_config(D: int, dtype: torch.dtype, max_seqlen: int, block_m: int | None
     return bm, bn, num_warps, bn >= max_seqlen
 
 
-# Software-pipelining depth of the kernels' loops; None leaves Triton's default. Not tuned yet:
-# benchmarks/attention_backends.py sweeps it (--triton_blocks MxN:W:S).
+# Software-pipelining depth of the kernels' loops; None leaves Triton's default (not tuned).
 _NUM_STAGES: int | None = None
 
 
