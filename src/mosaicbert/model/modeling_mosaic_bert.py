@@ -232,8 +232,8 @@ class MosaicBertPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))  # [B, hidden]
 
 
-# Buffers of older code (the original MosaicBERT's ALiBi tensor before it stopped being one, BERT's token type and
-# position ids): in some checkpoints, never information. Not reported when they do not load.
+# Buffers that other implementations save (the original MosaicBERT's ALiBi tensor, BERT's token type and position
+# ids): in some checkpoints, never information. Not reported when they do not load.
 STALE_BUFFER_SUFFIXES = (".alibi", "embeddings.token_type_ids", "embeddings.position_ids")
 
 
@@ -672,7 +672,7 @@ def load_mosaic_state_dict(model: nn.Module, state_dict: dict, strict: bool = Fa
     """Load a MosaicBERT state dict (HF-style keys, or Composer's with a leading `model.`) into `model`.
 
     Returns (missing_keys, unexpected_keys) as lists; callers must report them. Keys that never hold
-    information are not reported: non-persistent buffers from older code (`*.alibi`, `*.token_type_ids`,
+    information are not reported: buffers that other implementations save (`*.alibi`, `*.token_type_ids`,
     `*.position_ids`). With strict=True, a nonempty list raises RuntimeError instead.
     """
     cleaned = {}
