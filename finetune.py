@@ -11,37 +11,26 @@ Face folder with its tokenizer in <save_folder>/best_model, with results.json be
 training finished, 2 on a config or data error.
 """
 
-import logging
 import sys
 
-from mosaicbert.config import ConfigError, to_yaml
+from mosaicbert.cli import run_script
 from mosaicbert.finetune.config import load_finetune_config
 
 
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_finetune_config(argv[0], argv[1:])
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    print(to_yaml(cfg), flush=True)
-
+def finetune(cfg) -> int:
     from mosaicbert.finetune.data import FinetuneDataError
-    from mosaicbert.finetune.runner import run_finetune  # heavy imports after the config is known to be good
+    from mosaicbert.finetune.runner import run_finetune
 
     try:
         run_finetune(cfg)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
     except FinetuneDataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_script(argv, __doc__, load_finetune_config, finetune)
 
 
 if __name__ == "__main__":

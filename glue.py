@@ -10,34 +10,22 @@ Trainer per task and seed (a process pool with one job per GPU), then writes res
 config error. Run it with python, not with the composer launcher: it starts its own processes.
 """
 
-import logging
 import sys
 
-from mosaicbert.config import ConfigError, to_yaml
+from mosaicbert.cli import run_script
 from mosaicbert.glue.config import load_glue_config
 
 
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_glue_config(argv[0], argv[1:])
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    print(to_yaml(cfg), flush=True)
+def glue(cfg) -> int:
+    from mosaicbert.glue.runner import run_glue
 
-    from mosaicbert.glue.runner import run_glue  # heavy imports after the config is known to be good
-
-    try:
-        summary = run_glue(cfg)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    summary = run_glue(cfg)
     failed = [j for j in summary["jobs"] if j["status"] != "ok"]
     return 1 if failed else 0
+
+
+def main(argv: list[str]) -> int:
+    return run_script(argv, __doc__, load_glue_config, glue)
 
 
 if __name__ == "__main__":

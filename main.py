@@ -12,27 +12,21 @@ import logging
 import os
 import sys
 
-from mosaicbert.config import ConfigError, load_pretrain_config, to_yaml
+from mosaicbert.cli import run_script
+from mosaicbert.config import ConfigError, load_pretrain_config
 from mosaicbert.runlock import RunLock, RunLockedError, exit_with_parent
 
 log = logging.getLogger("mosaicbert")
 
 
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_pretrain_config(argv[0], argv[1:])
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+def load_config(yaml_path: str, overrides: list[str]):
+    cfg = load_pretrain_config(yaml_path, overrides)
     if cfg.run_name is None:
-        cfg.run_name = os.path.splitext(os.path.basename(argv[0]))[0]
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(to_yaml(cfg), flush=True)
+        cfg.run_name = os.path.splitext(os.path.basename(yaml_path))[0]
+    return cfg
 
+
+def pretrain(cfg) -> int:
     # heavy imports after the config is known to be good
     from mosaicbert.builders import build_pretrain_trainer, run_folder
     from mosaicbert.data.mlm import DatasetMismatchError, ShardReadError
@@ -40,22 +34,21 @@ def main(argv: list[str]) -> int:
 
     folder = run_folder(cfg)
     trainer = None
+    rank = int(os.environ.get("RANK", "0"))
     try:
         # One run per folder: a second run (or a rerun while this one still trains) is refused, not interleaved.
-        rank = int(os.environ.get("RANK", "0"))
         lock = RunLock(folder, rank=rank) if "://" not in folder else contextlib.nullcontext()
         with lock:
             trainer = build_pretrain_trainer(cfg)
             done = finished(trainer, cfg)
-            if done and int(os.environ.get("RANK", "0")) == 0:
+            if done and rank == 0:
                 print(f"run {cfg.run_name!r} in {folder!r} is already finished ({done}): nothing to train. Use another "
                       f"save_folder (or raise max_duration) to train further.", flush=True)
             if not done:
                 trainer.fit()
             trainer.close()
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    except ConfigError:
+        raise  # run_script reports it (exit status 2)
     except (RunLockedError, ShardReadError, DatasetMismatchError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -80,6 +73,10 @@ def finished(trainer, cfg) -> str:
     if max_duration is not None and int(state.timestamp.get(max_duration.unit)) >= int(max_duration.value):
         return f"{int(state.timestamp.get(max_duration.unit))} of max_duration={cfg.max_duration} trained"
     return ""
+
+
+def main(argv: list[str]) -> int:
+    return run_script(argv, __doc__, load_config, pretrain, show_config=int(os.environ.get("RANK", "0")) == 0)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Three steps, each resumable (run a step again after an interruption and it conti
 
     python benchmarks/time_to_quality.py train  --data DATA_MDS --tokenizer VOCAB --budget 10min --eval_every 30s
     python benchmarks/time_to_quality.py glue   --glue_data GLUE_TSV_DIR --tokenizer VOCAB
-    python benchmarks/time_to_quality.py report --dest benchmarks/time_to_quality
+    python benchmarks/time_to_quality.py report --dest runs/ttq/report
 
 `train` pretrains each model with main.py and its own recipe (yamls/base.yaml: 30% masking; yamls/hf-bert-base.yaml:
 15% masking), at the same size, batch, learning rate, schedule shape (warmup then linear decay over the wall-clock
@@ -156,8 +156,9 @@ def glue(args) -> int:
             print(f"{model}: no checkpoint at {ckpt}; run `train` first", file=sys.stderr)
             return 2
         cmds.append([sys.executable, "glue.py", GLUE_YAMLS[model], f"model.pretrained_checkpoint={ckpt or 'null'}",
-                     f"tokenizer={args.tokenizer}", f"data_dir={args.glue_data or 'null'}", f"tasks_to_run=[{args.tasks}]",
-                     "mnli_start_tasks=[]", f"save_folder={Path(args.out) / name}", f"run_name=ttq-{name}",
+                     f"tokenizer={args.tokenizer}", f"data_dir={args.glue_data or 'null'}",
+                     f"tasks_to_run=[{args.tasks}]", "mnli_start_tasks=[]", f"save_folder={Path(args.out) / name}",
+                     f"run_name=ttq-{name}",
                      *size_overrides(args.size), *args.glue_extra, *args.extra])
     # Concurrent runs each spread their jobs over every visible GPU (small models leave a GPU mostly idle).
     return run_all(cmds, None, concurrent=args.concurrent_glue, timeout=None)
@@ -241,7 +242,8 @@ def report(args) -> int:
         for model, pts in [*curves.items(), *extra.items()]:
             for p in pts:
                 w.writerow([model, f"{p['train_seconds']:.1f}", p["batch"], p["samples"],
-                            f"{p['eval/LanguageCrossEntropy']:.4f}", f"{p.get('eval/MaskedAccuracy', float('nan')):.4f}"])
+                            f"{p['eval/LanguageCrossEntropy']:.4f}",
+                            f"{p.get('eval/MaskedAccuracy', float('nan')):.4f}"])
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for model, pts in curves.items():
@@ -323,7 +325,8 @@ def main(argv=None) -> int:
                    help="an override for glue.py only, e.g. tasks.sst2.seeds=[19] (repeatable)")
     p.add_argument("--glue_data", default=None, help="a folder of GLUE TSVs (default: the Hugging Face Hub)")
     p.add_argument("--tasks", default="cola,sst2,mrpc,stsb,rte")
-    p.add_argument("--dest", default="benchmarks/time_to_quality")
+    p.add_argument("--dest", default="runs/ttq/report",
+                   help="report: the folder for loss_vs_time.png/csv and time_to_quality.md")
     p.add_argument("--extra_curve", action="append", default=[], metavar="LABEL=PATH",
                    help="report: one more dashed curve, from a run folder, a metrics.jsonl, or an earlier report's "
                         "loss_vs_time.csv as FILE.csv:MODEL (repeatable); it joins the CSV and the table")

@@ -183,3 +183,37 @@ def test_bare_encoder_ignores_every_head_of_a_checkpoint():
         missing, unexpected = load_mosaic_state_dict(MosaicBertModel(tiny_config()), sd)
         assert unexpected == [], head
         assert missing == ([] if "bert.pooler.dense.weight" in sd else ["pooler.dense.weight", "pooler.dense.bias"])
+
+
+def _head_batch(head, ids, mask):
+    """A labelled batch for `head` from ids / mask [2, S]."""
+    if head is MosaicBertForMaskedLM:
+        return dict(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(torch.rand(ids.shape) < 0.5, -100))
+    if head is MosaicBertForTokenClassification:
+        return dict(input_ids=ids, attention_mask=mask, labels=ids % 2)
+    if head is MosaicBertForSequenceClassification:
+        return dict(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1]))
+    if head is MosaicBertForQuestionAnswering:
+        return dict(input_ids=ids, attention_mask=mask, start_positions=torch.tensor([1, 2]),
+                    end_positions=torch.tensor([3, 3]))
+    return dict(input_ids=ids.view(1, 2, -1), attention_mask=mask.view(1, 2, -1), labels=torch.tensor([1]))
+
+
+@pytest.mark.parametrize("head", [MosaicBertForMaskedLM, *HEAD_KEYS])
+def test_tuple_output_is_transformers_order(head):
+    """return_dict=False: (loss, logits..., hidden_states), the absent ones left out, as in transformers."""
+    torch.manual_seed(0)
+    model = randomize_(head(tiny_config())).eval()
+    ids, mask, _ = make_batch([7, 4], 7, 101, seed=8)
+    batch = _head_batch(head, ids, mask)
+    logit_fields = ("start_logits", "end_logits") if head is MosaicBertForQuestionAnswering else ("logits",)
+    for labelled in (True, False):
+        inputs = batch if labelled else {k: batch[k] for k in ("input_ids", "attention_mask")}
+        ref = model(**inputs, output_hidden_states=True)
+        assert (ref.loss is not None) == labelled
+        for hidden in (True, False):
+            want = (((ref.loss,) if labelled else ()) + tuple(getattr(ref, f) for f in logit_fields)
+                    + ((ref.hidden_states,) if hidden else ()))
+            got = model(**inputs, output_hidden_states=hidden, return_dict=False)
+            assert isinstance(got, tuple) and len(got) == len(want)
+            torch.testing.assert_close(got, want)

@@ -357,7 +357,7 @@ def test_whole_sequence_backward_matches_split_backward():
         assert err < 1e-5, err
 
         import mosaicbert.model.triton_attention as triton_attention
-        triton_attention._NUM_STAGES = 2  # the benchmarks' pipelining-depth knob reaches every launch
+        triton_attention._NUM_STAGES = 2  # the pipelining-depth knob reaches every launch
         for bn in (16, 32):
             out = triton_alibi_varlen_attention(qkv, cu, max(lens), slopes, 16, bn)
             (staged,) = torch.autograd.grad(out, qkv, g)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import torch
 from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import HuggingFaceModel
 from torchmetrics import Metric

@@ -14,8 +14,8 @@ mask_j is 0 for real keys and "minus infinity" for padding. Backends differ only
   "triton"      our own varlen ALiBi kernel (triton_attention.py), no padding at all (CUDA; fp16/bf16 for "auto")
 
 "auto" picks flash_attn if installed, else triton (CUDA, fp16/bf16, supported head dim, no attention dropout),
-else sdpa on CUDA, else torch. On the H200 triton made a compiled MosaicBERT-base training step 5% faster than
-sdpa, 7% at seq 512 (benchmarks/RESULTS.md).
+else sdpa on CUDA, else torch. On an H200 triton makes a compiled MosaicBERT-base training step 5% faster than
+sdpa, 7% at seq 512 (benchmarks/attention_backends.py times the backends; measurements: benchmarks/README.md).
 
 The registry `ATTENTION_BACKENDS` is a plain dict so new kernels are a function plus one entry.
 
@@ -272,31 +272,23 @@ class AttentionBackend:
     needs_alibi_matrix: bool = False  # reads the [H, S, S] bias (padded backends); others use the slopes only
 
 
+def _cuda_16bit(dev: torch.device, dt: torch.dtype) -> bool:
+    return dev.type == "cuda" and dt in (torch.float16, torch.bfloat16)
+
+
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
-    "flash_attn": AttentionBackend(
-        "flash_attn",
-        flash_attention,
-        installed=lambda: HAS_FLASH_ATTN,
-        usable=lambda dev, dt: HAS_FLASH_ATTN and dev.type == "cuda" and dt in (torch.float16, torch.bfloat16),
-    ),
+    "flash_attn": AttentionBackend("flash_attn", flash_attention, installed=lambda: HAS_FLASH_ATTN,
+                                   usable=lambda dev, dt: HAS_FLASH_ATTN and _cuda_16bit(dev, dt)),
     "sdpa": AttentionBackend("sdpa", sdpa_attention, installed=lambda: True, usable=lambda dev, dt: True,
                              needs_alibi_matrix=True),
-    "flex": AttentionBackend(
-        "flex",
-        flex_attention_backend,
-        installed=lambda: HAS_FLEX_ATTN,
-        usable=lambda dev, dt: HAS_FLEX_ATTN and dev.type == "cuda",
-    ),
+    "flex": AttentionBackend("flex", flex_attention_backend, installed=lambda: HAS_FLEX_ATTN,
+                             usable=lambda dev, dt: HAS_FLEX_ATTN and dev.type == "cuda"),
     "torch": AttentionBackend("torch", torch_attention, installed=lambda: True, usable=lambda dev, dt: True,
                               needs_alibi_matrix=True),
     # "auto" also checks the head dim and attention dropout (resolve_backend): the kernel has no dropout
-    "triton": AttentionBackend(
-        "triton",
-        triton_attention,
-        installed=lambda: HAS_TRITON,
-        usable=lambda dev, dt: HAS_TRITON and dev.type == "cuda" and dt in (torch.float16, torch.bfloat16)
-        and cuda_capability(dev) >= (8, 0),
-    ),
+    "triton": AttentionBackend("triton", triton_attention, installed=lambda: HAS_TRITON,
+                               usable=lambda dev, dt: HAS_TRITON and _cuda_16bit(dev, dt)
+                               and cuda_capability(dev) >= (8, 0)),
 }
 VALID_BACKENDS = ("auto", *ATTENTION_BACKENDS)
 

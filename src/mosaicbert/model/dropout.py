@@ -2,10 +2,10 @@
 
 Why: under torch.compile, inductor fuses dropout into the neighbouring kernel but draws one Philox-4x32-10 value
 per element, so the random numbers, not the memory traffic, set the speed. MosaicBERT drops out the [T, 3072]
-GeGLU output of every layer; on the H200 that made the fused GeGLU forward kernel 2.9x slower than without
-dropout (benchmarks/RESULTS.md). Here one Philox call gives four 32-bit words, split into eight 16-bit numbers,
-so the mask costs 1/8 of the Philox work and is written once as a bool tensor. The dropout itself stays a plain
-multiply that inductor fuses with its neighbours, and autograd saves the mask for the backward as before.
+GeGLU output of every layer; on an H200 that makes the fused GeGLU forward kernel 2.9x slower than without
+dropout (measurements: benchmarks/README.md). Here one Philox call gives four 32-bit words, split into eight
+16-bit numbers, so the mask costs 1/8 of the Philox work and is written once as a bool tensor. The dropout itself
+stays a plain multiply that inductor fuses with its neighbours, and autograd saves the mask for the backward.
 
 Each element is kept when its 16-bit number is >= round(p * 65536): the drop probability is p rounded to a
 multiple of 1/65536 (0.1 -> 0.100006). Element i of the flattened tensor takes half (i % 2) of word (i % 8) // 2
@@ -52,8 +52,8 @@ def drop_threshold(p: float) -> int:
 
 def _launch_keep_mask(seed: torch.Tensor, shape, p: float) -> torch.Tensor:
     # Called as is under torch.compile too: dynamo traces the launch of this user-defined Triton kernel and inductor
-    # launches it from its generated code. (A torch.library custom op around it cost ~0.2 ms of host time per call
-    # on the H200 host, 25 calls per forward, and left the GPU waiting: benchmarks/RESULTS.md.)
+    # launches it from its generated code. (A torch.library custom op around it costs ~0.2 ms of host time per call,
+    # 25 calls per forward, and leaves the GPU waiting.)
     keep = torch.empty(shape, dtype=torch.bool, device=seed.device)
     n = keep.numel()
     if n > 0:

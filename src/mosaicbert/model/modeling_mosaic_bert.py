@@ -232,8 +232,8 @@ class MosaicBertPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))  # [B, hidden]
 
 
-# Buffers of older code (the original MosaicBERT's ALiBi tensor before it stopped being one, BERT's token type and
-# position ids): in some checkpoints, never information. Not reported when they do not load.
+# Buffers that other implementations save (the original MosaicBERT's ALiBi tensor, BERT's token type and position
+# ids): in some checkpoints, never information. Not reported when they do not load.
 STALE_BUFFER_SUFFIXES = (".alibi", "embeddings.token_type_ids", "embeddings.position_ids")
 
 
@@ -495,103 +495,101 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
                 loss = F.cross_entropy(logits.float(), targets)  # mean over the real labels (dummies are -100)
             else:  # no masked token in the batch: zero loss (not NaN) that still touches the graph
                 loss = logits.float().sum() * 0.0
-        if not return_dict:
-            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
-            return ((loss,) + out) if loss is not None else out
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return out if return_dict else out.to_tuple()
 
 
-class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
+class _MosaicBertClassifierHead(MosaicBertPreTrainedModel):
+    """encoder -> dropout -> linear: the sequence, token and multiple-choice classification heads.
+
+    A head sets `pooled` (classify the pooled [CLS], else every token), `output_class` and `num_outputs` (None =
+    config.num_labels), and defines `_loss(logits, labels)`; `_check_inputs` and `_shape_logits` adapt the input
+    check and the logits' shape.
+    """
+
+    pooled: bool
+    output_class: type
+    num_outputs: int | None = None
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = MosaicBertModel(config, add_pooling_layer=self.pooled)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, self.num_outputs or config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        sequence_lengths: list[int] | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        self._check_inputs(input_ids, labels)
+        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
+                                           sequence_lengths=sequence_lengths)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
+        features = outputs.pooler_output if self.pooled else outputs.last_hidden_state  # [B, hidden] / [B, S, hidden]
+        logits = self._shape_logits(self.classifier(self.dropout(features)), input_ids)
+        loss = self._loss(logits, labels) if labels is not None else None
+        out = self.output_class(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return out if return_dict else out.to_tuple()
+
+    def _check_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor | None) -> None:
+        pass
+
+    def _shape_logits(self, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MosaicBertForSequenceClassification(_MosaicBertClassifierHead):
     """Pooled [CLS] -> dropout -> classifier. forward(..., labels=None) -> SequenceClassifierOutput with logits
     [B, num_labels]. Loss follows BertForSequenceClassification: MSE when num_labels == 1 (regression),
     cross-entropy for integer labels, BCE-with-logits for multi-label (config.problem_type)."""
 
-    def __init__(self, config: MosaicBertConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bert = MosaicBertModel(config, add_pooling_layer=True)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+    pooled = True
+    output_class = SequenceClassifierOutput
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        sequence_lengths: list[int] | None = None,
-        **kwargs,
-    ):
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
-                                           sequence_lengths=sequence_lengths)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
-        logits = self.classifier(self.dropout(outputs.pooler_output))  # [B, num_labels]
-        loss = None
-        if labels is not None:
-            problem_type = self.config.problem_type
-            if problem_type is None:
-                if self.num_labels == 1:
-                    problem_type = "regression"
-                elif labels.dtype in (torch.long, torch.int):
-                    problem_type = "single_label_classification"
-                else:
-                    problem_type = "multi_label_classification"
-            if problem_type == "regression":
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.reshape(-1).float()) if self.num_labels == 1 \
-                    else F.mse_loss(logits.float(), labels.float())
-            elif problem_type == "single_label_classification":
-                loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        problem_type = self.config.problem_type
+        if problem_type is None:
+            if self.num_labels == 1:
+                problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem_type = "single_label_classification"
             else:
-                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        if not return_dict:
-            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
-            return ((loss,) + out) if loss is not None else out
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+                problem_type = "multi_label_classification"
+        if problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels.reshape(-1).float()) if self.num_labels == 1 \
+                else F.mse_loss(logits.float(), labels.float())
+        if problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
-class MosaicBertForTokenClassification(MosaicBertPreTrainedModel):
+class MosaicBertForTokenClassification(_MosaicBertClassifierHead):
     """Dropout -> linear on every token, as BertForTokenClassification. forward(..., labels [B, S] (-100 =
     ignored)) -> TokenClassifierOutput(loss = mean cross-entropy over the labels != -100, logits
     [B, S, num_labels]). The encoder output is zero at padding, so there the logits are the classifier's bias."""
 
-    def __init__(self, config: MosaicBertConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bert = MosaicBertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+    pooled = False
+    output_class = TokenClassifierOutput
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        sequence_lengths: list[int] | None = None,
-        **kwargs,
-    ):
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+    def _check_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor | None) -> None:
         _check_same_shape("labels", labels, input_ids)
-        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
-                                           sequence_lengths=sequence_lengths)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # [B, S, num_labels]
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.reshape(-1))
-        if not return_dict:
-            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
-            return ((loss,) + out) if loss is not None else out
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.reshape(-1))
 
 
 class MosaicBertForQuestionAnswering(MosaicBertPreTrainedModel):
@@ -638,53 +636,32 @@ class MosaicBertForQuestionAnswering(MosaicBertPreTrainedModel):
             end = end_positions.reshape(-1).clamp(0, ignored)
             loss = (F.cross_entropy(start_logits.float(), start, ignore_index=ignored)
                     + F.cross_entropy(end_logits.float(), end, ignore_index=ignored)) / 2
-        if not return_dict:
-            out = (start_logits, end_logits) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
-            return ((loss,) + out) if loss is not None else out
-        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                            hidden_states=outputs.hidden_states)
+        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                           hidden_states=outputs.hidden_states)
+        return out if return_dict else out.to_tuple()
 
 
-class MosaicBertForMultipleChoice(MosaicBertPreTrainedModel):
+class MosaicBertForMultipleChoice(_MosaicBertClassifierHead):
     """Multiple choice (SWAG), as BertForMultipleChoice: every choice is one sequence, pooled [CLS] -> dropout ->
     linear -> one score. forward(input_ids [B, C, S], attention_mask / token_type_ids [B, C, S], labels [B])
     -> MultipleChoiceModelOutput(loss = cross-entropy over the C choices, logits [B, C]). The B * C sequences
     run through the encoder as one batch (sequence_lengths, if given, has one count per sequence: B * C)."""
 
-    def __init__(self, config: MosaicBertConfig):
-        super().__init__(config)
-        self.bert = MosaicBertModel(config, add_pooling_layer=True)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
-        self.classifier = nn.Linear(config.hidden_size, 1)
-        self.post_init()
+    pooled = True
+    output_class = MultipleChoiceModelOutput
+    num_outputs = 1
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        sequence_lengths: list[int] | None = None,
-        **kwargs,
-    ):
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        if input_ids.dim() != 3:
-            raise ValueError(f"input_ids must be [batch, num_choices, seqlen], got shape {tuple(input_ids.shape)}")
-        num_choices = input_ids.shape[1]
+    def _check_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor | None) -> None:
         # [B, C, S] goes in as is: prepare_batch and the encoder flatten it to B * C sequences (in prepare_batch's
         # eager code, so that a compiled forward still breaks only there)
-        prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids,
-                                           sequence_lengths=sequence_lengths)
-        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                            output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
-        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)  # [B, C]
-        loss = F.cross_entropy(logits.float(), labels.reshape(-1)) if labels is not None else None
-        if not return_dict:
-            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
-            return ((loss,) + out) if loss is not None else out
-        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        if input_ids.dim() != 3:
+            raise ValueError(f"input_ids must be [batch, num_choices, seqlen], got shape {tuple(input_ids.shape)}")
+
+    def _shape_logits(self, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        return logits.view(-1, input_ids.shape[1])  # [B * C, 1] -> [B, C]
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels.reshape(-1))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -695,7 +672,7 @@ def load_mosaic_state_dict(model: nn.Module, state_dict: dict, strict: bool = Fa
     """Load a MosaicBERT state dict (HF-style keys, or Composer's with a leading `model.`) into `model`.
 
     Returns (missing_keys, unexpected_keys) as lists; callers must report them. Keys that never hold
-    information are not reported: non-persistent buffers from older code (`*.alibi`, `*.token_type_ids`,
+    information are not reported: buffers that other implementations save (`*.alibi`, `*.token_type_ids`,
     `*.position_ids`). With strict=True, a nonempty list raises RuntimeError instead.
     """
     cleaned = {}

@@ -63,6 +63,20 @@ if HAS_TRITON:
                        mask=mask[:, None], other=0.0)
 
     @triton.jit
+    def _store_rows(P, start, offs, mask, h, stride_t, stride_h, offs_d, x):
+        """Writes x [len(offs), D] (in P's dtype) to one head's rows of a packed [T, H, D] tensor."""
+        tl.store(P + (start + offs)[:, None] * stride_t + h * stride_h + offs_d[None, :],
+                 x.to(P.dtype.element_ty), mask=mask[:, None])
+
+    @triton.jit
+    def _sequence(CU, SLOPES, b, h):
+        """Sequence b's first token (int64: token * stride can exceed 2^31 for big batches), its length, and head
+        h's ALiBi slope in the log2 domain."""
+        start = tl.load(CU + b).to(tl.int64)
+        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
+        return start, seqlen, tl.load(SLOPES + h) * 1.4426950408889634
+
+    @triton.jit
     def _alibi_scores(q, k, offs_m, offs_n, slope, qk_scale, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         """[BLOCK_M, BLOCK_N] fp32 scores in the log2 domain: q.k * scale - slope * |i - j|.
         The cast keeps them fp32 if a caller passes the scale as fp64."""
@@ -86,11 +100,9 @@ if HAS_TRITON:
         UPCAST: tl.constexpr,
     ):
         pid_m, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        start = tl.load(CU + b).to(tl.int64)  # int64: token * stride can exceed 2^31 for big batches
-        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
+        start, seqlen, slope = _sequence(CU, SLOPES, b, h)
         if pid_m * BLOCK_M >= seqlen:  # grid is sized by the longest sequence; shorter ones exit early
             return
-        slope = tl.load(SLOPES + h) * 1.4426950408889634  # ALiBi slope in the log2 domain too
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # positions inside the sequence
         offs_n0 = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
@@ -115,8 +127,7 @@ if HAS_TRITON:
             acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST)
             m_i = m_new
         acc = acc / l_i[:, None]
-        tl.store(O + (start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
-                 acc.to(O.dtype.element_ty), mask=mask_m[:, None])
+        _store_rows(O, start, offs_m, mask_m, h, stride_ot, stride_oh, offs_d, acc)
         tl.store(LSE + h * stride_lh + start + offs_m, m_i + tl.log2(l_i), mask=mask_m)  # log2 domain
 
     @triton.jit
@@ -134,11 +145,9 @@ if HAS_TRITON:
         # delta = rowsum(dO * O) is computed from O here too. One launch instead of three (delta, dK/dV, dQ),
         # and P and dP are computed once instead of twice.
         pid_n, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        start = tl.load(CU + b).to(tl.int64)
-        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
+        start, seqlen, slope = _sequence(CU, SLOPES, b, h)
         if pid_n * BLOCK_N >= seqlen:
             return
-        slope = tl.load(SLOPES + h) * 1.4426950408889634
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_m0 = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
@@ -165,13 +174,10 @@ if HAS_TRITON:
             dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
             if WHOLE_SEQUENCE:
                 dq = (_dot(ds.to(k.dtype), k, PRECISION, UPCAST) * sm_scale).to(tl.float32)
-                tl.store(DQ + (start + offs_m)[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
-                         dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
+                _store_rows(DQ, start, offs_m, mask_m, h, stride_dqt, stride_dqh, offs_d, dq)
         dk = (dk * sm_scale).to(tl.float32)
-        tl.store(DK + (start + offs_n)[:, None] * stride_dkt + h * stride_dkh + offs_d[None, :],
-                 dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
-        tl.store(DV + (start + offs_n)[:, None] * stride_dvt + h * stride_dvh + offs_d[None, :],
-                 dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
+        _store_rows(DK, start, offs_n, mask_n, h, stride_dkt, stride_dkh, offs_d, dk)
+        _store_rows(DV, start, offs_n, mask_n, h, stride_dvt, stride_dvh, offs_d, dv)
 
     @triton.jit
     def _attention_bwd_dq_kernel(
@@ -184,11 +190,9 @@ if HAS_TRITON:
     ):
         # one program owns a query block and loops over the key blocks: dQ accumulates in registers
         pid_m, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        start = tl.load(CU + b).to(tl.int64)
-        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
+        start, seqlen, slope = _sequence(CU, SLOPES, b, h)
         if pid_m * BLOCK_M >= seqlen:
             return
-        slope = tl.load(SLOPES + h) * 1.4426950408889634
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n0 = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
@@ -208,8 +212,7 @@ if HAS_TRITON:
             ds = p * (dp - delta[:, None])
             dq += _dot(ds.to(k.dtype), k, PRECISION, UPCAST)
         dq = (dq * sm_scale).to(tl.float32)
-        tl.store(DQ + (start + offs_m)[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
-                 dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
+        _store_rows(DQ, start, offs_m, mask_m, h, stride_dqt, stride_dqh, offs_d, dq)
 
     @triton.jit
     def _attention_bwd_delta_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_dot, stride_doh, stride_lh,
@@ -251,10 +254,10 @@ def _config(D: int, dtype: torch.dtype, block_m: int | None, block_n: int | None
     return bm, bn, num_warps
 
 
-# The one-kernel backward's default tiles: 16 queries x a key block of the whole sequence, 4 warps. Measured on the
-# H200 at B=256, S=128, D=64 (benchmarks/RESULTS.md, session 6): 0.263 ms per layer against 0.283 for the three
-# kernels at 64x64; bigger query blocks spill registers (64x128: 0.54 ms). Beyond 128 keys x D=64 it is not used
-# by default (not measured, and the [keys, D] fp32 dK/dV accumulators grow).
+# The one-kernel backward's default tiles: 16 queries x a key block of the whole sequence, 4 warps. On an H200 at
+# B=256, S=128, D=64 (benchmarks/attention_backends.py --triton_blocks 64x64 16x128): 0.263 ms per layer against
+# 0.283 for the three kernels at 64x64; bigger query blocks spill registers (64x128: 0.54 ms). Beyond 128 keys x
+# D=64 it is not used by default (not measured, and the [keys, D] fp32 dK/dV accumulators grow).
 _WHOLE_SEQUENCE_BLOCK_M = 16
 _WHOLE_SEQUENCE_KEYS_X_DIM = 128 * 64
 
@@ -274,8 +277,7 @@ def _bwd_config(D: int, dtype: torch.dtype, max_seqlen: int, block_m: int | None
     return bm, bn, num_warps, bn >= max_seqlen
 
 
-# Software-pipelining depth of the kernels' loops; None leaves Triton's default. Not tuned yet:
-# benchmarks/attention_backends.py sweeps it (--triton_blocks MxN:W:S).
+# Software-pipelining depth of the kernels' loops; None leaves Triton's default (not tuned).
 _NUM_STAGES: int | None = None
 
 
