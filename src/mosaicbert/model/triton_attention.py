@@ -63,20 +63,6 @@ if HAS_TRITON:
                        mask=mask[:, None], other=0.0)
 
     @triton.jit
-    def _store_rows(P, start, offs, mask, h, stride_t, stride_h, offs_d, x):
-        """Writes x [len(offs), D] (in P's dtype) to one head's rows of a packed [T, H, D] tensor."""
-        tl.store(P + (start + offs)[:, None] * stride_t + h * stride_h + offs_d[None, :],
-                 x.to(P.dtype.element_ty), mask=mask[:, None])
-
-    @triton.jit
-    def _sequence(CU, SLOPES, b, h):
-        """Sequence b's first token (int64: token * stride can exceed 2^31 for big batches), its length, and head
-        h's ALiBi slope in the log2 domain."""
-        start = tl.load(CU + b).to(tl.int64)
-        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
-        return start, seqlen, tl.load(SLOPES + h) * 1.4426950408889634
-
-    @triton.jit
     def _alibi_scores(q, k, offs_m, offs_n, slope, qk_scale, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         """[BLOCK_M, BLOCK_N] fp32 scores in the log2 domain: q.k * scale - slope * |i - j|.
         The cast keeps them fp32 if a caller passes the scale as fp64."""
@@ -100,9 +86,11 @@ if HAS_TRITON:
         UPCAST: tl.constexpr,
     ):
         pid_m, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        start, seqlen, slope = _sequence(CU, SLOPES, b, h)
+        start = tl.load(CU + b).to(tl.int64)  # int64: token * stride can exceed 2^31 for big batches
+        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
         if pid_m * BLOCK_M >= seqlen:  # grid is sized by the longest sequence; shorter ones exit early
             return
+        slope = tl.load(SLOPES + h) * 1.4426950408889634  # ALiBi slope in the log2 domain too
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # positions inside the sequence
         offs_n0 = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
@@ -127,7 +115,8 @@ if HAS_TRITON:
             acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST)
             m_i = m_new
         acc = acc / l_i[:, None]
-        _store_rows(O, start, offs_m, mask_m, h, stride_ot, stride_oh, offs_d, acc)
+        tl.store(O + (start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+                 acc.to(O.dtype.element_ty), mask=mask_m[:, None])
         tl.store(LSE + h * stride_lh + start + offs_m, m_i + tl.log2(l_i), mask=mask_m)  # log2 domain
 
     @triton.jit
@@ -145,9 +134,11 @@ if HAS_TRITON:
         # delta = rowsum(dO * O) is computed from O here too. One launch instead of three (delta, dK/dV, dQ),
         # and P and dP are computed once instead of twice.
         pid_n, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        start, seqlen, slope = _sequence(CU, SLOPES, b, h)
+        start = tl.load(CU + b).to(tl.int64)
+        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
         if pid_n * BLOCK_N >= seqlen:
             return
+        slope = tl.load(SLOPES + h) * 1.4426950408889634
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_m0 = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
@@ -174,10 +165,13 @@ if HAS_TRITON:
             dk += _dot(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
             if WHOLE_SEQUENCE:
                 dq = (_dot(ds.to(k.dtype), k, PRECISION, UPCAST) * sm_scale).to(tl.float32)
-                _store_rows(DQ, start, offs_m, mask_m, h, stride_dqt, stride_dqh, offs_d, dq)
+                tl.store(DQ + (start + offs_m)[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
+                         dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
         dk = (dk * sm_scale).to(tl.float32)
-        _store_rows(DK, start, offs_n, mask_n, h, stride_dkt, stride_dkh, offs_d, dk)
-        _store_rows(DV, start, offs_n, mask_n, h, stride_dvt, stride_dvh, offs_d, dv)
+        tl.store(DK + (start + offs_n)[:, None] * stride_dkt + h * stride_dkh + offs_d[None, :],
+                 dk.to(DK.dtype.element_ty), mask=mask_n[:, None])
+        tl.store(DV + (start + offs_n)[:, None] * stride_dvt + h * stride_dvh + offs_d[None, :],
+                 dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
 
     @triton.jit
     def _attention_bwd_dq_kernel(
@@ -190,9 +184,11 @@ if HAS_TRITON:
     ):
         # one program owns a query block and loops over the key blocks: dQ accumulates in registers
         pid_m, b, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        start, seqlen, slope = _sequence(CU, SLOPES, b, h)
+        start = tl.load(CU + b).to(tl.int64)
+        seqlen = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
         if pid_m * BLOCK_M >= seqlen:
             return
+        slope = tl.load(SLOPES + h) * 1.4426950408889634
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n0 = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
@@ -212,7 +208,8 @@ if HAS_TRITON:
             ds = p * (dp - delta[:, None])
             dq += _dot(ds.to(k.dtype), k, PRECISION, UPCAST)
         dq = (dq * sm_scale).to(tl.float32)
-        _store_rows(DQ, start, offs_m, mask_m, h, stride_dqt, stride_dqh, offs_d, dq)
+        tl.store(DQ + (start + offs_m)[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
+                 dq.to(DQ.dtype.element_ty), mask=mask_m[:, None])
 
     @triton.jit
     def _attention_bwd_delta_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_dot, stride_doh, stride_lh,
