@@ -23,6 +23,9 @@ README_CPU_COMMANDS = [
     ".venv/bin/python glue.py yamls/glue/quickstart.yaml",
     ".venv/bin/python glue.py yamls/glue/quickstart.yaml model.pretrained_checkpoint=runs/quickstart/latest-rank0.pt",
     ".venv/bin/python -m mosaicbert.export runs/quickstart/latest-rank0.pt exported/quickstart",
+    *[f".venv/bin/python finetune.py yamls/finetune/{task}.yaml" for task in (
+        "classification", "pair_classification", "regression", "token_classification", "question_answering",
+        "multiple_choice")],
 ]
 
 
@@ -73,6 +76,10 @@ def test_readme_cpu_commands_run_in_a_clean_copy(tmp_path, mosaicbert_cache):
             train = [r["train_loss"] for r in rows if "train_loss" in r]
             assert train[-1] < train[0] - 1.0, f"the quickstart did not learn: train loss {train[0]} -> {train[-1]}"
             assert any("eval/LanguageCrossEntropy" in r for r in rows)
+        elif "finetune.py" in command:
+            folder = repo / "runs" / "finetune" / Path(shlex.split(command)[2]).stem
+            results = json.loads((folder / "results.json").read_text())
+            assert results["evaluations"] and (folder / "best_model" / "config.json").is_file(), results
         elif "glue.py" in command:
             results = json.loads((repo / "runs/glue/quickstart/results.json").read_text())
             assert {t: r["status"] for t, r in results["tasks"].items()} == {"rte": "ok", "mrpc": "ok"}
