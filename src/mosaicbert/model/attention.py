@@ -5,7 +5,9 @@ Every backend computes the same function on the packed (unpadded) tokens of one 
     out[i] = softmax_j( q_i . k_j / sqrt(D) - slope_h * |pos_i - pos_j| + mask_j ) @ v_j
 
 where j runs over the real tokens of the same sequence, pos is the position inside the padded row and
-mask_j is 0 for real keys and "minus infinity" for padding. Backends differ only in the kernel:
+mask_j is 0 for real keys and "minus infinity" for padding. A row that packs several documents (`sequence_id`)
+holds one sequence per document: its tokens attend to their own document only, and since the bias depends on
+|pos_i - pos_j| alone, ALiBi distances restart with each document. Backends differ only in the kernel:
 
   "flash_attn"  flash-attn >= 2.4 varlen kernel with native ALiBi slopes (CUDA, fp16/bf16), no padding at all
   "sdpa"        torch scaled_dot_product_attention on re-padded [B, H, S, D] with an additive float bias
@@ -134,7 +136,7 @@ class AttentionContext:
     cache: dict = field(default_factory=dict)  # per-backend tensors built lazily once per forward
 
     def padded_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """[B, H, S, S] additive bias = ALiBi + key padding mask, in `dtype`.
+        """[B, H, S, S] additive bias = ALiBi + key padding mask (+ other documents of a packed row), in `dtype`.
 
         Padding uses min/2 of the dtype instead of -inf: finite, so fully padded rows give a uniform softmax
         instead of NaN (NaN would leak into key gradients), and adding ALiBi cannot overflow to -inf.
@@ -147,6 +149,10 @@ class AttentionContext:
             key_bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
             key_bias = key_bias.masked_fill(~mask, neg)  # [B, S]
             bias = self.alibi.matrix(S, mask.device)[None] + key_bias[:, None, None, :]  # [B, H, S, S]
+            if self.info.documents is not None:  # packed rows: each token attends to its own document only
+                doc = self.info.documents.view(-1, S)  # [B, S]
+                other = doc[:, :, None] != doc[:, None, :]  # [B, S, S]
+                bias = bias.masked_fill(other[:, None], neg)
             self.cache[key] = bias.to(dtype)
         return self.cache[key]
 
@@ -231,7 +237,8 @@ def flex_attention_backend(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: 
         )
     info = ctx.info
     if "flex" not in ctx.cache:
-        doc = (info.indices // info.seqlen).to(torch.int32)  # [T] which sequence each token belongs to
+        # [T] which sequence (row, or document of a packed row) each token belongs to
+        doc = (info.indices // info.seqlen if info.documents is None else info.documents[info.indices]).to(torch.int32)
         if info.valid_rows is not None:  # dummy rows (T rounded up) attend among themselves only
             doc = doc.masked_fill(~info.valid_rows, -1)
         pos = (info.indices % info.seqlen).to(torch.int32)  # [T] position inside its (padded) row

@@ -34,8 +34,8 @@ from .attention import (AlibiCache, AttentionBackend, AttentionContext, check_ba
                         resolve_backend)
 from .configuration_mosaic_bert import MosaicBertConfig
 from .layers import MosaicBertEmbeddings, MosaicBertLayer, make_layernorm
-from .padding import (RowSelection, UnpadInfo, extend_positions, get_unpad_info, pad_rows, positions_of_true,
-                      select_rows, unpad_rows)
+from .padding import (RowSelection, UnpadInfo, document_starts, extend_positions, get_unpad_info, pad_rows,
+                      positions_of_true, select_rows, unpad_rows)
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as _init
@@ -90,11 +90,15 @@ def _prepare_batch(
     sequence_lengths: list[int] | None = None,
     label_counts: list[int] | None = None,
     length_multiple: int = 0,
+    sequence_id: torch.Tensor | None = None,
+    document_counts: list[int] | None = None,
 ):
     """Everything about a batch that needs the host to know device data, in one place.
 
     masked_tokens_mask: [B, S] bool (True = masked), or MLM labels (-100 = not masked), or None.
     Inputs [..., S] are flattened to [N, S]; attention_mask None = no padding.
+    sequence_id: [B, S] for rows that pack several documents (the index of each token's document in its row, see
+    `get_unpad_info`), with `document_counts` (documents per row, on the host) to spare the sync of finding them.
     Returns (attention_mask [N, S], UnpadInfo, masked): masked = (flags [B*S] bool, positions [M] int64: the flat
     positions (row-major) of the masked tokens), or None. With `length_multiple` > 1, T and M are rounded up to
     multiples of it (config.packed_length_multiple): dummy token rows (see `get_unpad_info`) and dummy positions
@@ -124,7 +128,14 @@ def _prepare_batch(
     has_mask = masked_tokens_mask is not None
     num_real = _host_total("sequence_lengths", sequence_lengths, input_ids.shape[0])
     num_labels = _host_total("label_counts", label_counts, input_ids.shape[0]) if has_mask else None
-    sync_free = num_real is not None and (not has_mask or num_labels is not None)
+    if sequence_id is not None:
+        _check_same_shape("sequence_id", sequence_id, input_ids)
+        sequence_id = sequence_id.reshape(-1, seqlen)
+    elif document_counts is not None:
+        raise ValueError("document_counts given without sequence_id: pass the sequence_id of the packed rows too")
+    num_docs = _host_total("document_counts", document_counts, input_ids.shape[0]) if sequence_id is not None else None
+    sync_free = (num_real is not None and (not has_mask or num_labels is not None)
+                 and (sequence_id is None or num_docs is not None))
     checks = []
     if input_ids.numel() > 0 and not (sync_free and input_ids.is_cuda):
         checks.append(("input_ids", input_ids, vocab_size))
@@ -133,7 +144,9 @@ def _prepare_batch(
     flags = [((ids < 0) | (ids >= upper)).any() for _, ids, upper in checks]
     # no exact max_seqlen (a sync of its own): the varlen kernels take S as a bound
     info = get_unpad_info(attention_mask, with_max_seqlen=False, num_real_tokens=num_real,
-                          length_multiple=length_multiple)
+                          length_multiple=length_multiple, sequence_id=sequence_id, num_sequences=num_docs)
+    if sequence_id is not None:
+        _check_host_totals([("document_counts", document_starts(sequence_id, attention_mask), num_docs)])
     if flags:  # one sync (the nonzero above, if any, has waited for the flags already)
         for (name, ids, upper), bad in zip(checks, torch.stack(flags).tolist()):
             _check_ids(name, ids, upper, bad)
@@ -157,7 +170,8 @@ def _prepare_batch(
     # (instead of compiling for the first batch's sizes, then recompiling)
     mark = getattr(getattr(torch, "_dynamo", None), "maybe_mark_dynamic", None)
     if mark is not None:
-        for t in (info.indices, masked[1] if masked is not None else None):
+        for t in (info.indices, masked[1] if masked is not None else None,
+                  info.cu_seqlens if sequence_id is not None else None):  # one entry per document
             if t is not None and t.numel() > 1:
                 mark(t, 0)
     return attention_mask, info, masked
@@ -334,6 +348,8 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         masked_tokens_mask: torch.Tensor | None = None,
         sequence_lengths: list[int] | None = None,
         label_counts: list[int] | None = None,
+        sequence_id: torch.Tensor | None = None,
+        document_counts: list[int] | None = None,
     ) -> PreparedBatch:
         """The host-side step of a forward (unpadding indices, masked positions, attention backend): under
         torch.compile it is the one graph break (see `_prepare_batch`). `forward` calls it, unless it is given
@@ -342,13 +358,13 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         if input_ids.dim() < 2:
             raise ValueError(f"input_ids must be [batch, seqlen], got shape {tuple(input_ids.shape)}")
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
-                        ("masked_tokens_mask", masked_tokens_mask)):
+                        ("masked_tokens_mask", masked_tokens_mask), ("sequence_id", sequence_id)):
             _check_same_shape(name, t, input_ids)
         backend, choice = self._resolve_backend(input_ids.device)
         attention_mask, info, masked = _prepare_batch(
             input_ids, token_type_ids, attention_mask, masked_tokens_mask, self.config.vocab_size,
             self.config.type_vocab_size, self.encoder.alibi, backend.needs_alibi_matrix, choice,
-            sequence_lengths, label_counts, self.config.packed_length_multiple,
+            sequence_lengths, label_counts, self.config.packed_length_multiple, sequence_id, document_counts,
         )
         return PreparedBatch(attention_mask, backend, info, masked)
 
@@ -363,16 +379,19 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         masked_tokens_mask: torch.Tensor | None = None,
         label_counts: list[int] | None = None,
         prepared: PreparedBatch | None = None,
+        sequence_id: torch.Tensor | None = None,
+        document_counts: list[int] | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         output_hidden_states = bool(output_hidden_states)
         if prepared is None:
             prepared = self.prepare_batch(input_ids, attention_mask, token_type_ids, masked_tokens_mask,
-                                          sequence_lengths, label_counts)
-        elif masked_tokens_mask is not None or sequence_lengths is not None or label_counts is not None:
-            raise ValueError("pass masked_tokens_mask / sequence_lengths / label_counts to prepare_batch, "
-                             "not next to `prepared`")
+                                          sequence_lengths, label_counts, sequence_id, document_counts)
+        elif any(x is not None for x in (masked_tokens_mask, sequence_lengths, label_counts, sequence_id,
+                                         document_counts)):
+            raise ValueError("pass masked_tokens_mask / sequence_lengths / label_counts / sequence_id / "
+                             "document_counts to prepare_batch, not next to `prepared`")
         attention_mask, backend, info, masked = prepared
         if input_ids.dim() > 2:  # [B, C, S] (multiple choice) -> [B * C, S], as prepare_batch did
             input_ids = input_ids.reshape(-1, input_ids.shape[-1])
@@ -449,7 +468,9 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         logits is [num_masked, vocab] with rows in the row-major order of `labels != -100`, i.e.
         aligned with `labels[labels != -100]`; loss = mean cross-entropy over those rows.
     Optional `sequence_lengths` / `label_counts` (per row, host ints; the MLM collator sends them) let the
-    forward run without a host sync (see `_prepare_batch`). With config.packed_length_multiple > 1 the masked-only
+    forward run without a host sync (see `_prepare_batch`). Rows that pack several documents pass `sequence_id`
+    [B, S] (each token's document index in its row) and `document_counts`: attention stays inside each
+    document. With config.packed_length_multiple > 1 the masked-only
     logits have dummy rows after the real ones, up to a multiple of it; the loss ignores them.
     """
 
@@ -477,12 +498,15 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         return_dict: bool | None = None,
         sequence_lengths: list[int] | None = None,
         label_counts: list[int] | None = None,
+        sequence_id: torch.Tensor | None = None,
+        document_counts: list[int] | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         _check_same_shape("labels", labels, input_ids)
         prepared = self.bert.prepare_batch(input_ids, attention_mask, token_type_ids, masked_tokens_mask=labels,
-                                           sequence_lengths=sequence_lengths, label_counts=label_counts)
+                                           sequence_lengths=sequence_lengths, label_counts=label_counts,
+                                           sequence_id=sequence_id, document_counts=document_counts)
         outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             output_hidden_states=output_hidden_states, return_dict=True, prepared=prepared)
         # labels given: [M, hidden] rows of the labelled positions only, else [B, S, hidden]

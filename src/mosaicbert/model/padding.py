@@ -34,6 +34,9 @@ class UnpadInfo(NamedTuple):
     # [T] bool, False for the dummy rows that round T up to a multiple (get_unpad_info's `length_multiple`);
     # None when every packed row is a real token
     valid_rows: Optional[torch.Tensor] = None
+    # [B*S] int64, a number per document (unique across rows) at each padded slot when rows pack several
+    # documents (get_unpad_info's `sequence_id`); None when every row is one sequence
+    documents: Optional[torch.Tensor] = None
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -64,7 +67,8 @@ def positions_of_true(flags: torch.Tensor, count: Optional[int] = None) -> torch
 
 
 def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True,
-                   num_real_tokens: Optional[int] = None, length_multiple: int = 0) -> UnpadInfo:
+                   num_real_tokens: Optional[int] = None, length_multiple: int = 0,
+                   sequence_id: Optional[torch.Tensor] = None, num_sequences: Optional[int] = None) -> UnpadInfo:
     """attention_mask: [B, S], nonzero/True for real tokens.
 
     Batches must be right-padded (real tokens first), as BERT tokenizers and our collators produce: ALiBi
@@ -80,13 +84,23 @@ def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True,
     the first token (finite values), form their own sequences in cu_seqlens (ceil(length_multiple / S) entries
     are always added, some empty, so its length is fixed too), and `valid_rows` marks them False; every map
     back to the padded layout skips them, so they never reach an output or a gradient of the real tokens.
+
+    `sequence_id` [B, S] (packed rows: the index of each token's document inside its row, 0, 1, 2, ... from the
+    left) splits every row into its documents: cu_seqlens then has one entry per document, so the varlen kernels
+    attend within each document only, and ALiBi distances (|i - j| inside a sequence) restart with each document.
+    `num_sequences` (the number of documents, known on the host) spares the host sync of finding where they start.
     """
     batch, seqlen = attention_mask.shape
     real = attention_mask.bool().flatten()  # [B*S]
-    seqlens = real.view(batch, seqlen).sum(dim=-1, dtype=torch.int32)  # [B]
     indices = positions_of_true(real, num_real_tokens)  # [T]
-    max_seqlen = (int(seqlens.max().item()) if batch > 0 else 0) if with_max_seqlen else None
-    cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))  # [B+1]
+    documents = None
+    if sequence_id is None:
+        seqlens = real.view(batch, seqlen).sum(dim=-1, dtype=torch.int32)  # [B]
+        cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))  # [B+1]
+    else:
+        cu_seqlens, documents = _document_cu_seqlens(sequence_id, real, indices, num_sequences)  # [D+1], [B*S]
+        seqlens = cu_seqlens.diff()
+    max_seqlen = (int(seqlens.max().item()) if seqlens.numel() > 0 else 0) if with_max_seqlen else None
     packed_pos = (torch.cumsum(real, dim=0) - 1).clamp_(min=0)  # [B*S] int64
     valid_rows = None
     if length_multiple > 1 and seqlen > 0:
@@ -101,7 +115,26 @@ def get_unpad_info(attention_mask: torch.Tensor, with_max_seqlen: bool = True,
         cu_seqlens = torch.cat([cu_seqlens, cu_seqlens[-1:] + torch.cumsum(dummy, dim=0, dtype=torch.int32)])
         if max_seqlen is not None:
             max_seqlen = max(max_seqlen, min(num_dummy, seqlen))
-    return UnpadInfo(indices, cu_seqlens, max_seqlen, batch, seqlen, packed_pos, real, valid_rows)
+    return UnpadInfo(indices, cu_seqlens, max_seqlen, batch, seqlen, packed_pos, real, valid_rows, documents)
+
+
+def document_starts(sequence_id: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, S] bool: True at the real tokens that start a document (the first token of a row, or a change of
+    `sequence_id` from the token before). Rows are right-padded, so the documents are contiguous runs."""
+    starts = attention_mask.bool().clone()
+    starts[:, 1:] &= sequence_id[:, 1:] != sequence_id[:, :-1]
+    return starts
+
+
+def _document_cu_seqlens(sequence_id: torch.Tensor, real: torch.Tensor, indices: torch.Tensor,
+                         num_sequences: Optional[int]):
+    """cu_seqlens [D+1] int32 over the D documents of the packed tokens, and documents [B*S] int64 (a number per
+    contiguous document, unique across rows: the count of document starts up to and including the slot)."""
+    starts = document_starts(sequence_id, real.view(sequence_id.shape)).flatten()  # [B*S]
+    documents = torch.cumsum(starts, dim=0)  # [B*S] int64
+    first = positions_of_true(starts[indices], num_sequences)  # [D] packed row where each document starts
+    end = torch.full((1,), indices.shape[0], dtype=torch.int32, device=indices.device)
+    return torch.cat([first.to(torch.int32), end]), documents
 
 
 def max_seqlen_bound(info: UnpadInfo) -> int:
