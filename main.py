@@ -45,6 +45,8 @@ def pretrain(cfg) -> int:
                 print(f"run {cfg.run_name!r} in {folder!r} is already finished ({done}): nothing to train. Use another "
                       f"save_folder (or raise max_duration) to train further.", flush=True)
             if not done:
+                if cfg.eval_at_start and int(trainer.state.timestamp.batch) == 0:
+                    trainer.eval()  # logged as eval metrics at batch 0
                 trainer.fit()
             trainer.close()
     except ConfigError:

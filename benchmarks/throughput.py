@@ -40,15 +40,43 @@ SIZES = {
 VOCAB = 30528
 
 
+def packed_rows(texts: list[list[int]], batch: int, seq: int, start: int):
+    """`batch` rows that each pack whole documents (texts from `start` on, first fit) -> (ids [batch, seq],
+    sequence_id [batch, seq], lengths [batch], documents per row, index of the next unused document)."""
+    from mosaicbert.data.mlm import pack_documents
+
+    window = [texts[(start + i) % len(texts)] for i in range(4 * batch)]  # enough short documents to fill the rows
+    rows = pack_documents([len(t) for t in window], seq)[:batch]
+    ids = torch.zeros(batch, seq, dtype=torch.long)
+    sequence_id = torch.zeros(batch, seq, dtype=torch.long)
+    lengths = torch.zeros(batch, dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for j, d in enumerate(members):
+            ids[r, at:at + len(window[d])] = torch.tensor(window[d])
+            sequence_id[r, at:at + len(window[d])] = j
+            at += len(window[d])
+        lengths[r] = at
+    used = max(d for members in rows for d in members) + 1
+    return ids, sequence_id, lengths, [len(m) for m in rows], start + used
+
+
 def make_batches(n: int, batch: int, seq: int, mask_prob: float, seed: int, texts: list[list[int]] | None,
-                 static: bool = False):
+                 static: bool = False, packed: bool = False):
     """Batches with 75% full-length rows and 25% uniform shorter ones (or real token rows when given).
     static: every row full length with the same number of masked tokens, so every batch has the same numbers of
-    real and of masked tokens (the shapes CUDA graphs need)."""
+    real and of masked tokens (the shapes CUDA graphs need).
+    packed: each row packs several whole documents of `texts` (with `sequence_id` and `document_counts`, as the
+    MLM collator sends them with data.packing), instead of one document per row."""
     g = torch.Generator().manual_seed(seed)
     out = []
+    cursor = 0
     for b in range(n):
-        if texts:
+        extra = {}
+        if packed:
+            ids, sequence_id, lengths, counts, cursor = packed_rows(texts, batch, seq, cursor)
+            extra = dict(sequence_id=sequence_id, document_counts=counts)
+        elif texts:
             rows = [texts[(b * batch + i) % len(texts)][:seq] for i in range(batch)]
             lengths = torch.tensor([len(r) for r in rows])
             ids = torch.zeros(batch, seq, dtype=torch.long)
@@ -61,7 +89,7 @@ def make_batches(n: int, batch: int, seq: int, mask_prob: float, seed: int, text
             ids[:, 0] = 101
         attn = (torch.arange(seq)[None, :] < lengths[:, None]).long()
         ids = ids * attn
-        special = (ids == 101) | (ids == 102) | (attn == 0)
+        special = (ids == 101) | (ids == 102) | (attn == 0)  # [CLS] / [SEP] of every document, padding
         if static:  # the same count per row: the first round(mask_prob * seq) of a random order of the non-special
             scores = torch.rand(batch, seq, generator=g).masked_fill(special, 2.0)
             masked = torch.zeros_like(special).scatter_(1, scores.argsort(1)[:, : round(mask_prob * seq)], True)
@@ -71,7 +99,8 @@ def make_batches(n: int, batch: int, seq: int, mask_prob: float, seed: int, text
         inputs = torch.where(masked, torch.full_like(ids, 103), ids)
         out.append(dict(input_ids=inputs, attention_mask=attn, token_type_ids=torch.zeros_like(ids), labels=labels,
                         # per-row host counts, as the MLM collator (pad_mlm_batch) sends them
-                        sequence_lengths=attn.sum(1).tolist(), label_counts=(labels != -100).sum(1).tolist()))
+                        sequence_lengths=attn.sum(1).tolist(), label_counts=(labels != -100).sum(1).tolist(),
+                        **extra))
     return out
 
 
@@ -240,6 +269,7 @@ def _run_one(model_name, compiled, args, batches, device, peak, host_counts, ove
         ms_per_step=med * 1e3,
         host_ms_per_step=statistics.median(host_times) * 1e3 if host_times else float("nan"),
         seq_per_s=bsz / med, real_tokens_per_s=real_tokens / med,
+        packing=args.packing, padding=1.0 - real_tokens / batches[0]["attention_mask"].numel(),
         useful_tflops=tflops, mfu=tflops * 1e12 / peak if math.isfinite(peak) else float("nan"),
         peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan"),
         warmup_s=warm_s, final_loss=float(loss.detach()), profile_ms_per_step=profile, top_kernels=top_kernels,
@@ -261,6 +291,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None,
                    help="real token rows: an MDS folder (as main.py reads) or C4-format *.json.gz file/folder")
     p.add_argument("--tokenizer", default="bert-base-uncased")
+    p.add_argument("--packing", action="store_true",
+                   help="with --data: rows pack several whole documents (attention within each document only), "
+                        "MosaicBERT only")
     p.add_argument("--static_batches", action="store_true",
                    help="every row full length with the same number of masked tokens: fixed T and M for every batch "
                         "(to measure CUDA graphs, --compile_mode reduce-overhead, without bucketing)")
@@ -292,7 +325,11 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     texts = load_texts(args.data, args.tokenizer, args.seq) if args.data else None
-    batches = make_batches(8, args.batch, args.seq, args.mask_prob, 0, texts, args.static_batches)
+    if args.packing and not texts:
+        p.error("--packing needs --data (documents to pack)")
+    if args.packing and args.models != "mosaic_bert":
+        p.error("--packing: only --models mosaic_bert restricts attention to each document of a row")
+    batches = make_batches(8, args.batch, args.seq, args.mask_prob, 0, texts, args.static_batches, args.packing)
     peak = matmul_peak(device)
     env = dict(torch=torch.__version__, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                matmul_peak_tflops=peak / 1e12, date=time.strftime("%Y-%m-%d"), argv=sys.argv)
@@ -311,8 +348,9 @@ def main(argv=None) -> int:
                 print(json.dumps(row), flush=True)
                 if args.out:  # after every row, so a run cut short by a timeout keeps what it measured
                     Path(args.out).write_text(json.dumps(dict(env=env, rows=rows), indent=2))
-    hdr = "| model | mode | ms/step | seq/s | real tok/s | useful TFLOP/s | MFU | peak GiB | SM MHz | W |"
-    print("\n" + hdr + "\n|" + "---|" * 10)
+    hdr = ("| model | mode | seq | packed | padding | ms/step | seq/s | real tok/s | useful TFLOP/s | MFU | peak GiB "
+           "| SM MHz | W |")
+    print("\n" + hdr + "\n|" + "---|" * 13)
 
     def label(r):
         notes = ["no host counts"] if r["model"] == "mosaic_bert" and not r.get("host_counts") else []
@@ -324,10 +362,11 @@ def main(argv=None) -> int:
 
     for r in rows:
         if "error" in r:
-            print(f"| {label(r)} | {mode_of(r)} | failed: {r['error'][:120]} |||||||| ")
+            print(f"| {label(r)} | {mode_of(r)} | {args.seq} | failed: {r['error'][:120]} |||||||||| ")
             continue
         clock = f"{r['sm_clock_mhz']:.0f} | {r['power_w']:.0f}" if "sm_clock_mhz" in r else "- | -"
-        print(f"| {label(r)} | {mode_of(r)} | {r['ms_per_step']:.1f} | "
+        print(f"| {label(r)} | {mode_of(r)} | {r['seq']} | {'yes' if r['packing'] else 'no'} | {r['padding']:.1%} | "
+              f"{r['ms_per_step']:.1f} | "
               f"{r['seq_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {r['useful_tflops']:.0f} | "
               f"{r['mfu']:.1%} | {r['peak_mem_gib']:.1f} | {clock} |")
     if "sustained_matmul_peak_tflops" in env:

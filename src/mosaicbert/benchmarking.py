@@ -22,8 +22,12 @@ __all__ = ["ClockPowerSampler", "KERNEL_CATEGORIES", "matmul_peak", "profile_ste
 def useful_flops(model_name: str, cfg, batch: dict) -> float:
     """Useful FLOPs of one training step on `batch` (`attention_mask`, `labels`) for "mosaic_bert" or "hf_bert"."""
     attn = batch["attention_mask"]
-    lengths = attn.sum(1).double()
+    lengths = attn.sum(1).double()  # [B] real tokens per row = per attended sequence
     real_tokens = float(lengths.sum())
+    if batch.get("sequence_id") is not None:  # packed rows: attention is per document
+        S = attn.shape[1]
+        docs = (batch["sequence_id"] + S * torch.arange(attn.shape[0])[:, None])[attn.bool()]
+        lengths = torch.bincount(docs.flatten()).double()
     masked = float((batch["labels"] != -100).sum())
     h, layers, inter = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size
     if model_name == "mosaic_bert":  # fused Wqkv, out dense, GeGLU (2*inter) up, down; two LayerNorms

@@ -211,6 +211,9 @@ class PretrainConfig:
     # Composer time ("2000ba", "1ep") or wall-clock training time ("60s", "5min"); the same for save_interval.
     eval_interval: str = "2000ba"
     eval_subset_num_batches: int = -1
+    # Evaluate once before the first batch (not on resume): the starting point of a run that continues from
+    # model.pretrained_checkpoint, e.g. the held-out loss of a 128-token checkpoint at 1024 tokens.
+    eval_at_start: bool = False
 
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
