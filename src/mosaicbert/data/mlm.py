@@ -43,6 +43,7 @@ __all__ = [
     "MLMStreamingDataset",
     "pad_mlm_batch",
     "build_mlm_dataloader",
+    "check_max_seq_len",
     "check_mds_split",
     "check_tokenizer_matches",
     "file_problem",
@@ -63,7 +64,7 @@ class CorruptShardError(ShardReadError):
 
 
 class DatasetMismatchError(ValueError):
-    """Pre-tokenized shards were written with a tokenizer other than the run's."""
+    """The shards do not fit the run: pre-tokenized with another tokenizer, or cut shorter than its max_seq_len."""
 
 
 _HASH_PREFERENCE = ("xxh3_64", "xxh64", "xxh3_128", "xxh128", "sha1", "md5", "sha256")
@@ -152,6 +153,24 @@ def check_tokenizer_matches(folder: str | os.PathLike, tokenizer) -> None:
             f"{ours['vocab_sha256'][:12]}...). Set tokenizer to the one the shards were made with, or re-convert "
             f"them with --tokenizer set to this run's tokenizer."
         )
+
+
+def check_max_seq_len(folder: str | os.PathLike, max_seq_len: int) -> None:
+    """A run's ``max_seq_len`` must not exceed the length the shards were converted at (recorded in
+    ``mosaicbert.json``): their samples were cut there, so a longer run would silently never see a longer sequence."""
+    info_path = Path(folder) / DATASET_INFO
+    if not info_path.is_file():
+        return  # (shards from elsewhere: nothing recorded to check against)
+    info = json.loads(info_path.read_text())
+    stored, mode = info.get("max_seq_len"), info.get("mode", "?")
+    if stored is None or int(max_seq_len) <= int(stored):
+        return
+    raise DatasetMismatchError(
+        f"data.max_seq_len={max_seq_len} is longer than the shards in {str(folder)!r}, which were converted with "
+        f"--mode {mode} --max_seq_len {stored}: their samples are at most {stored} tokens. Convert the corpus again "
+        f"with `python -m mosaicbert.data.convert --mode documents --tokenize --max_seq_len {max_seq_len}` (whole "
+        f"documents, usable by runs at any max_seq_len up to {max_seq_len}), or set data.max_seq_len <= {stored}."
+    )
 
 
 class MLMStreamingDataset(StreamingDataset):
@@ -510,7 +529,9 @@ def build_mlm_dataloader(
         if local is None:
             raise ValueError("build_mlm_dataloader needs `local` (a folder of MDS splits) or `remote`.")
         local = str(Path(local).expanduser())
-        check_tokenizer_matches(check_mds_split(local, split), tokenizer)
+        folder = check_mds_split(local, split)
+        check_tokenizer_matches(folder, tokenizer)
+        check_max_seq_len(folder, max_seq_len)
     elif local is None:
         local = _default_local_for_remote(str(remote), split)
 
