@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,20 @@ def test_packed_loader_resumes_mid_epoch(docs):
         assert x.keys() == y.keys()
         assert all(torch.equal(x[key], y[key]) if torch.is_tensor(x[key]) else x[key] == y[key] for key in x)
 
+
+def test_loaders_built_from_config_pack(docs):
+    """data.packing=true: both loaders built from the config yield packed batches; Composer counts documents."""
+    from mosaicbert.builders import build_pretrain_dataloaders
+    from mosaicbert.config import load_pretrain_config
+
+    root, tok = docs
+    yaml = Path(__file__).resolve().parents[1] / "yamls" / "quickstart.yaml"
+    cfg = load_pretrain_config(str(yaml), [f"data.local={root / 'mds'}", "data.packing=true",
+                                                         f"data.max_seq_len={MAX_LEN}", "data.num_workers=0",
+                                                         "device_eval_batch_size=16"])
+    train, evaluation = build_pretrain_dataloaders(cfg, tok, device_train_batch_size=BATCH, device="cpu")
+    for spec, size in ((train, BATCH), (evaluation, 16)):
+        batch = next(iter(spec.dataloader))
+        assert {"sequence_id", "document_counts"} <= set(batch)
+        assert spec.get_num_samples_in_batch(batch) == sum(batch["document_counts"]) == size
+        assert batch["input_ids"].shape[0] < size
