@@ -113,6 +113,7 @@ def test_scalar_for_a_section_names_the_key(tmp_path):
         (["max_train_time=5min", "scheduler.name=cosine_with_warmup"], "'max_train_time' needs"),
         (["max_train_time=soon"], "'max_train_time' = 'soon'"),
         (["data.local=null"], "'data.local' is not set"),
+        (["data.packing=true", "model.name=hf_bert"], "'data.packing' = true needs model.name=mosaic_bert: hf_bert"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):

@@ -67,7 +67,7 @@ def _ids_of(doc: list[int]) -> list[int]:
 
 @pytest.mark.parametrize(
     "mode,tokenize",
-    [("truncate", False), ("truncate", True), ("split", False), ("split", True), ("pack", True)],
+    [("truncate", False), ("truncate", True), ("split", False), ("split", True), ("pack", True), ("documents", True)],
 )
 def test_round_trip(tmp_path, toy_vocab, toy_docs, c4_files, mode, tokenize):
     tok = load_tokenizer(str(toy_vocab))
@@ -92,7 +92,7 @@ def test_round_trip(tmp_path, toy_vocab, toy_docs, c4_files, mode, tokenize):
         bodies = [x[1:-1] for x in seqs]
         if mode == "truncate":
             assert bodies == [_ids_of(d)[: MAX_LEN - 2] for d in docs]
-        elif mode == "split":
+        elif mode in ("split", "documents"):  # (the same number of chunks; documents makes them even)
             assert [t for b in bodies for t in b] == [t for d in docs for t in _ids_of(d)]
             expected = sum(-(-len(d) // (MAX_LEN - 2)) for d in docs)
             assert len(seqs) == expected
@@ -104,10 +104,77 @@ def test_round_trip(tmp_path, toy_vocab, toy_docs, c4_files, mode, tokenize):
             assert [t for b in bodies for t in b] == stream[:-1]
 
 
-def test_pack_raw_text_is_refused(tmp_path, toy_vocab, c4_files):
-    with pytest.raises(ValueError, match="--tokenize"):
+@pytest.mark.parametrize("mode", ["pack", "documents"])
+def test_raw_text_is_refused(tmp_path, toy_vocab, c4_files, mode):
+    with pytest.raises(ValueError, match=f"--mode {mode}.*--tokenize"):
         convert(out_root=tmp_path / "o", source="local", train_files=c4_files[0], val_files=c4_files[1],
-                mode="pack", tokenize=False, tokenizer=str(toy_vocab), progress=False)
+                mode=mode, tokenize=False, tokenizer=str(toy_vocab), progress=False)
+
+
+LONG = 2048
+# Around the limit (2046 body tokens fit exactly), far over it, and short.
+LONG_DOC_LENGTHS = [2046, 2047, 5000, 1, 300, 4093]
+
+
+@pytest.fixture(scope="module")
+def long_docs() -> list[list[int]]:
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, len(WORDS), size=n).tolist() for n in LONG_DOC_LENGTHS]
+
+
+def _expected_bodies(mode: str, docs: list[list[int]], sep: int, max_len: int) -> list[list[int]]:
+    """The token ids between [CLS] and [SEP] of every sample each mode should store."""
+    body = max_len - 2
+    ids = [_ids_of(d) for d in docs]
+    if mode == "truncate":
+        return [x[:body] for x in ids]
+    if mode == "split":
+        return [x[s : s + body] for x in ids for s in range(0, len(x), body)]
+    if mode == "pack":
+        stream = [t for x in ids for t in x + [sep]][:-1]
+        return [stream[s : s + body] for s in range(0, len(stream), body)]
+    out = []  # documents: the fewest chunks that fit, of lengths differing by at most one
+    for x in ids:
+        n = -(-len(x) // body)
+        sizes = [len(x) // n + (1 if i < len(x) % n else 0) for i in range(n)]
+        starts = np.cumsum([0, *sizes]).tolist()
+        out += [x[a:b] for a, b in zip(starts, starts[1:])]
+    return out
+
+
+@pytest.mark.parametrize("mode,tokenize", [("truncate", False), ("split", False), ("split", True), ("pack", True),
+                                           ("documents", True)])
+def test_round_trip_at_2048(tmp_path, toy_vocab, long_docs, mode, tokenize):
+    """Nothing assumes 128 tokens: converted at 2048, the MLM dataset at 2048 gives back exactly the stored samples."""
+    from mosaicbert.data.mlm import MLMStreamingDataset
+
+    tok = load_tokenizer(str(toy_vocab))
+    _write_c4(tmp_path / "long.json.gz", long_docs)
+    convert(out_root=tmp_path / "mds", source="local", train_files=str(tmp_path / "long.json.gz"),
+            val_files=str(tmp_path / "long.json.gz"), splits=["train"], mode=mode, tokenize=tokenize,
+            max_seq_len=LONG, tokenizer=tok, progress=False)
+    info = json.loads((tmp_path / "mds" / "train" / "mosaicbert.json").read_text())
+    assert info["mode"] == mode and info["max_seq_len"] == LONG
+    ds = MLMStreamingDataset(tokenizer=tok, max_seq_len=LONG, local=str(tmp_path / "mds"), split="train",
+                             batch_size=1, shuffle=False)
+    got = []
+    for i in range(ds.num_samples):
+        s = ds[i]
+        got.append(np.where(s["labels"] != -100, s["labels"], s["input_ids"]).tolist())  # undo the masking
+    assert all(len(x) <= LONG and x[0] == tok.cls_token_id and x[-1] == tok.sep_token_id for x in got)
+    assert [x[1:-1] for x in got] == _expected_bodies(mode, long_docs, tok.sep_token_id, LONG)
+    if mode == "documents":
+        # Whole documents up to the limit; longer ones in even chunks, each with its own [CLS]/[SEP].
+        assert [len(x) for x in got] == [2048, 1026, 1025, 1669, 1669, 1668, 3, 302, 1367, 1366, 1366]
+
+
+def test_documents_mode_from_the_cli(tmp_path, toy_vocab, c4_files):
+    rc = main(["--source", "local", "--train_files", c4_files[0], "--val_files", c4_files[1], "--tokenizer",
+               str(toy_vocab), "--out_root", str(tmp_path / "o"), "--mode", "documents", "--tokenize",
+               "--max_seq_len", "2048", "--no_progress"])
+    assert rc == 0
+    info = json.loads((tmp_path / "o" / "val" / "mosaicbert.json").read_text())
+    assert info["mode"] == "documents" and info["max_seq_len"] == 2048 and info["samples"] == info["documents"]
 
 
 def test_txt_and_jsonl_inputs(tmp_path, toy_vocab):

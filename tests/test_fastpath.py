@@ -175,7 +175,7 @@ def test_trainer_model_is_compiled_as_resolved_on_cpu(toy_mds, tmp_path, setting
     local, _ = toy_mds
     cfg = load_pretrain_config("yamls/quickstart.yaml", [
         f"data.local={local}", f"tokenizer={local.parent / 'vocab.txt'}", "model.config_overrides.vocab_size=256",
-        "device=cpu", "data.num_workers=0", f"save_folder={tmp_path}", f"compile={setting}"])
+        "data.max_seq_len=32", "device=cpu", "data.num_workers=0", f"save_folder={tmp_path}", f"compile={setting}"])
     trainer = build_pretrain_trainer(cfg)
     # Composer compiles lazily by wrapping the model's forward in torch.compile's frame hook
     assert hasattr(trainer.state.model.forward, "_torchdynamo_orig_callable") is compiled

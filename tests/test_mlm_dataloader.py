@@ -10,7 +10,7 @@ import torch
 
 from mosaicbert.data.convert import convert
 from mosaicbert.data.masking import IGNORE_INDEX
-from mosaicbert.data.mlm import CorruptShardError, build_mlm_dataloader, pad_mlm_batch
+from mosaicbert.data.mlm import CorruptShardError, DatasetMismatchError, build_mlm_dataloader, pad_mlm_batch
 from mosaicbert.data.tokenizer import load_tokenizer
 
 WORDS = [f"w{i}" for i in range(300)]
@@ -35,6 +35,23 @@ def toy(tmp_path_factory):
                 val_files=str(root / "docs.jsonl"), mode="split", tokenize=tokenize, max_seq_len=MAX_LEN,
                 tokenizer=tok, progress=False)
     return root, tok
+
+
+@pytest.fixture(scope="module")
+def docs2048(toy):
+    """`--mode documents --max_seq_len 2048` shards of documents of up to 3000 tokens; (folder, stored samples)."""
+    root, tok = toy
+    rng = np.random.default_rng(3)
+    with open(root / "long.jsonl", "w") as fh:
+        for n in (3000, 40, 2046, 700, 5, 2500, 130, 126):
+            fh.write(json.dumps({"text": " ".join(WORDS[w] for w in rng.integers(0, len(WORDS), size=n))}) + "\n")
+    convert(out_root=root / "docs2048", source="local", train_files=str(root / "long.jsonl"),
+            val_files=str(root / "long.jsonl"), mode="documents", tokenize=True, max_seq_len=2048, tokenizer=tok,
+            progress=False)
+    from streaming import StreamingDataset
+
+    raw = StreamingDataset(local=str(root / "docs2048"), split="train", batch_size=1, shuffle=False)
+    return root / "docs2048", [raw[i]["input_ids"].tolist() for i in range(raw.num_samples)]
 
 
 def _loader(local, tok, **kw):
@@ -284,3 +301,45 @@ def test_eval_metrics_ignore_the_dummy_logit_rows():
     assert values[1].keys() == values[0].keys() and len(values[0]) == 2
     for name in values[0]:
         assert values[1][name] == pytest.approx(values[0][name], rel=1e-5), name
+
+
+def _unmasked_rows(batches) -> list[list[int]]:
+    """The original (unmasked) real tokens of every row."""
+    rows = []
+    for b in batches:
+        ids = torch.where(b["labels"] != IGNORE_INDEX, b["labels"], b["input_ids"])
+        rows += [r[:n].tolist() for r, n in zip(ids, b["sequence_lengths"])]
+    return rows
+
+
+def test_documents_shards_serve_shorter_runs(toy, docs2048):
+    """One set of documents-mode shards at 2048: a run at 2048 sees each stored sample whole, a run at 128 sees each
+    truncated to 128 tokens with its [CLS] and [SEP]."""
+    _, tok = toy
+    folder, stored = docs2048
+    assert max(len(x) for x in stored) == 2048 and len(stored) == 10  # (3000 and 2500 tokens: two chunks each)
+    whole = _unmasked_rows(_batches(_loader(folder, tok, shuffle=False, max_seq_len=2048)))
+    assert whole == stored
+    short = _batches(_loader(folder, tok, shuffle=False, max_seq_len=128))
+    assert all(b["input_ids"].shape[1] <= 128 for b in short)
+    assert _unmasked_rows(short) == [x if len(x) <= 128 else x[:127] + [tok.sep_token_id] for x in stored]
+
+
+@pytest.mark.parametrize("kind", ["raw", "tok"])
+def test_run_longer_than_the_shards_is_refused(toy, kind):
+    """Split shards made at 32 tokens hold nothing longer: a run at 64 is an error naming the folder, both lengths
+    and the conversion that makes longer samples."""
+    root, tok = toy
+    with pytest.raises(DatasetMismatchError) as info:
+        _loader(root / kind, tok, max_seq_len=2 * MAX_LEN)
+    msg = str(info.value)
+    assert str(root / kind / "train") in msg and "--mode split --max_seq_len 32" in msg
+    assert "data.max_seq_len=64" in msg and "--mode documents --tokenize --max_seq_len 64" in msg
+    assert len(_loader(root / kind, tok, max_seq_len=MAX_LEN // 2).dataset) > 0  # shorter runs are fine
+
+
+def test_run_longer_than_documents_shards_is_refused(toy, docs2048):
+    """Documents-mode shards chunk documents at their stored length too: a 4096 run on 2048 shards is refused."""
+    _, tok = toy
+    with pytest.raises(DatasetMismatchError, match=r"--mode documents --max_seq_len 2048.*--max_seq_len 4096"):
+        _loader(docs2048[0], tok, max_seq_len=4096)

@@ -15,7 +15,7 @@ import torch
 from composer import Trainer
 from composer.algorithms import GradientClipping
 from composer.callbacks import LRMonitor, MemoryMonitor, RuntimeEstimator, SpeedMonitor
-from composer.core import Callback
+from composer.core import Callback, DataSpec
 from composer.loggers import FileLogger, LoggerDestination, TensorboardLogger, WandBLogger
 from composer.optim import (
     ConstantWithWarmupScheduler,
@@ -42,7 +42,7 @@ from mosaicbert.config import (
     check_keys,
     parse_seconds,
 )
-from mosaicbert.data.mlm import build_mlm_dataloader
+from mosaicbert.data.mlm import build_mlm_dataloader, num_samples_in_batch
 from mosaicbert.data.tokenizer import load_tokenizer
 from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
 from mosaicbert.resume import (
@@ -316,6 +316,38 @@ def check_resume_matches_model(cfg: PretrainConfig, model: torch.nn.Module) -> N
             raise ConfigError(str(e)) from e
 
 
+def build_pretrain_dataloaders(cfg: PretrainConfig, tokenizer, device_train_batch_size: int,
+                               device: str) -> tuple[DataSpec, DataSpec]:
+    """The train and eval MLM loaders of `cfg.data`, as Composer DataSpecs that count a batch's samples as its
+    documents (with data.packing a batch has fewer rows than samples; see num_samples_in_batch)."""
+    data = cfg.data
+    common = dict(
+        local=data.local,
+        remote=data.remote,
+        tokenizer=tokenizer,
+        max_seq_len=data.max_seq_len,
+        seed=cfg.seed,
+        num_workers=data.num_workers,
+        persistent_workers=data.persistent_workers,
+        pad_to_max_length=data.pad_to_max_length,
+        packing=data.packing,
+        pin_memory=device == "gpu",
+        prefetch_factor=data.prefetch_factor,
+        shuffle_block_size=data.shuffle_block_size,
+        num_canonical_nodes=data.num_canonical_nodes,
+    )
+    train_loader = build_mlm_dataloader(
+        split=data.train_split, mlm_probability=data.mlm_probability, device_batch_size=device_train_batch_size,
+        shuffle=data.shuffle, drop_last=True, **common,
+    )
+    eval_loader = build_mlm_dataloader(
+        split=data.eval_split, mlm_probability=data.eval_mlm_probability, device_batch_size=cfg.device_eval_batch_size,
+        shuffle=False, drop_last=False, same_masks_every_epoch=True, **common,
+    )
+    return (DataSpec(train_loader, get_num_samples_in_batch=num_samples_in_batch),
+            DataSpec(eval_loader, get_num_samples_in_batch=num_samples_in_batch))
+
+
 def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     """Everything main.py needs, from a validated PretrainConfig."""
     reproducibility.seed_all(cfg.seed)
@@ -340,29 +372,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     elif isinstance(microbatch, int):
         microbatch = min(microbatch, per_device_batch)
 
-    data = cfg.data
-    common = dict(
-        local=data.local,
-        remote=data.remote,
-        tokenizer=tokenizer,
-        max_seq_len=data.max_seq_len,
-        seed=cfg.seed,
-        num_workers=data.num_workers,
-        persistent_workers=data.persistent_workers,
-        pad_to_max_length=data.pad_to_max_length,
-        pin_memory=device == "gpu",
-        prefetch_factor=data.prefetch_factor,
-        shuffle_block_size=data.shuffle_block_size,
-        num_canonical_nodes=data.num_canonical_nodes,
-    )
-    train_loader = build_mlm_dataloader(
-        split=data.train_split, mlm_probability=data.mlm_probability, device_batch_size=per_device_batch,
-        shuffle=data.shuffle, drop_last=True, **common,
-    )
-    eval_loader = build_mlm_dataloader(
-        split=data.eval_split, mlm_probability=data.eval_mlm_probability, device_batch_size=cfg.device_eval_batch_size,
-        shuffle=False, drop_last=False, same_masks_every_epoch=True, **common,
-    )
+    train_loader, eval_loader = build_pretrain_dataloaders(cfg, tokenizer, per_device_batch, device)
 
     model = build_mlm_model(cfg.model, tokenizer)
     check_resume_matches_model(cfg, model)

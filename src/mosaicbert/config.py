@@ -103,6 +103,10 @@ class DataConfig:
     # processes (each reopening the shards) at every epoch boundary.
     persistent_workers: bool = False
     pad_to_max_length: bool = False
+    # Pack several documents (whole samples, each truncated to max_seq_len) into each row of max_seq_len tokens,
+    # with `sequence_id` saying which document each token belongs to: less padding when documents are shorter than
+    # max_seq_len (e.g. --mode documents shards at 2048). Train and eval. mosaic_bert only.
+    packing: bool = False
     prefetch_factor: int = 2
     shuffle_block_size: Optional[int] = None
     num_canonical_nodes: Optional[int] = None
@@ -434,6 +438,9 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
     if cfg.fsdp is not None and cfg.device_train_microbatch_size == "auto":
         raise ConfigError("config key 'device_train_microbatch_size' = 'auto' does not work with fsdp (Composer "
                           "cannot probe memory across shards): give a number, e.g. 64")
+    if cfg.data.packing and cfg.model.name != "mosaic_bert":
+        raise ConfigError(f"config key 'data.packing' = true needs model.name=mosaic_bert: {cfg.model.name} cannot "
+                          "restrict attention to each document of a packed row (set data.packing=false)")
     if cfg.data.local is None and cfg.data.remote is None:
         raise ConfigError("config key 'data.local' is not set: give a folder of MDS shards "
                           "(python -m mosaicbert.data.convert writes them) or builtin://python-docs")

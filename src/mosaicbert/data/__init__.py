@@ -23,6 +23,9 @@ _EXPORTS = {
     "MLMStreamingDataset": "mosaicbert.data.mlm",
     "CorruptShardError": "mosaicbert.data.mlm",
     "pad_mlm_batch": "mosaicbert.data.mlm",
+    "pack_documents": "mosaicbert.data.mlm",
+    "pack_mlm_batch": "mosaicbert.data.mlm",
+    "padding_fraction": "mosaicbert.data.mlm",
     "build_mlm_dataloader": "mosaicbert.data.mlm",
 }
 

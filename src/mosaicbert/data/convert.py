@@ -11,6 +11,11 @@ Usage::
         --train_files 'my-corpus/train/*.json.gz' --val_files 'my-corpus/validation/*.json.gz' \\
         --tokenizer bert-base-uncased --out_root ./data/local --mode split --tokenize
 
+    # Whole documents (long ones in chunks of at most 2048 tokens), for runs at any max_seq_len <= 2048
+    python -m mosaicbert.data.convert --source local \\
+        --train_files 'my-corpus/train/*.json.gz' --val_files 'my-corpus/validation/*.json.gz' \\
+        --tokenizer bert-base-uncased --out_root ./data/docs-2048 --mode documents --tokenize --max_seq_len 2048
+
     # The built-in offline corpus (Python stdlib docstrings) with its own tokenizer
     python -m mosaicbert.data.convert --source builtin --tokenizer builtin://python-docs --out_root ./data/builtin
 
@@ -27,6 +32,15 @@ Modes (``--mode``):
 * ``pack``: documents are concatenated, separated by [SEP], and cut into full-length samples
   ``[CLS] <max_seq_len - 2 tokens> [SEP]`` (no padding at all; samples may straddle documents; only the
   final sample of a split can be shorter). Needs ``--tokenize``.
+* ``documents``: one sample ``[CLS] document [SEP]`` per document, kept whole; a document of more than
+  ``max_seq_len - 2`` tokens is cut into the fewest consecutive chunks that fit, of near-equal length (no
+  short tail fragment), each ``[CLS] chunk [SEP]``. Needs ``--tokenize``. One such dataset serves runs at any
+  ``data.max_seq_len`` up to the stored one (a shorter run truncates each document), with or without
+  ``data.packing`` (several documents per row, never split). Convert at the longest context you will train
+  at, e.g. ``--max_seq_len 2048`` or ``8192``.
+
+A run whose ``data.max_seq_len`` is larger than the stored ``max_seq_len`` is refused: its samples were cut at
+the stored length, so it would never see a longer sequence.
 
 Columns (``--tokenize`` / ``--no-tokenize``, default ``--no-tokenize``):
 
@@ -85,7 +99,7 @@ __all__ = [
 
 log = logging.getLogger("mosaicbert")
 
-MODES = ("truncate", "split", "pack")
+MODES = ("truncate", "split", "pack", "documents")
 SPLITS = ("train", "val")
 _HF_SPLIT = {"train": "train", "val": "validation"}
 _JSON_SUFFIXES = (".json.gz", ".jsonl.gz", ".jsonl", ".json")
@@ -258,6 +272,9 @@ def _samples_tokenized(docs: Iterable[str], tokenizer, mode: str, max_seq_len: i
             if mode == "split":
                 for s in range(0, len(ids), body):
                     yield np.asarray([cls_id, *ids[s : s + body], sep_id], dtype=np.int32)
+            elif mode == "documents":
+                for chunk in _even_chunks(ids, body):
+                    yield np.asarray([cls_id, *chunk, sep_id], dtype=np.int32)
             else:  # pack
                 carry.extend(ids)
                 carry.append(sep_id)
@@ -269,6 +286,22 @@ def _samples_tokenized(docs: Iterable[str], tokenizer, mode: str, max_seq_len: i
             carry.pop()
         if carry:
             yield np.asarray([cls_id, *carry, sep_id], dtype=np.int32)
+
+
+def _even_chunks(ids: list[int], limit: int) -> list[list[int]]:
+    """``ids`` in the fewest consecutive chunks of at most ``limit`` tokens, their lengths differing by at most one.
+
+    Even chunks rather than full ones and a remainder: a document of limit + 2 tokens becomes two halves, not a
+    full chunk and a 2-token fragment with no context to predict from.
+    """
+    n_chunks = -(-len(ids) // limit)
+    base, extra = divmod(len(ids), n_chunks)
+    chunks, start = [], 0
+    for i in range(n_chunks):
+        end = start + base + (1 if i < extra else 0)
+        chunks.append(ids[start:end])
+        start = end
+    return chunks
 
 
 def _word_boundary_end(word_ids: list, s: int, limit: int, n: int) -> int:
@@ -426,6 +459,8 @@ def convert(
             "--mode pack cannot store raw text (packed samples straddle documents and must be exactly "
             "max_seq_len tokens); add --tokenize."
         )
+    if mode == "documents" and not tokenize:
+        raise ValueError("--mode documents stores token ids (whole documents, chunked at max_seq_len); add --tokenize.")
     if max_seq_len < 3:
         raise ValueError(f"max_seq_len must be >= 3 (room for [CLS] and [SEP]), got {max_seq_len}.")
     if limit is not None and limit < 0:

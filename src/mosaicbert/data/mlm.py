@@ -6,12 +6,15 @@
   resumed mid-epoch from a Composer checkpoint sees exactly the masks an uninterrupted run would.
   StreamingDataset itself gives every rank/worker a disjoint, deterministic partition and supports
   exact mid-epoch resumption (Composer calls ``dataset.state_dict``/``load_state_dict``).
-* :func:`pad_mlm_batch` pads a list of samples into int64 torch tensors.
+* :func:`pad_mlm_batch` pads a list of samples into int64 torch tensors, one sample per row.
+* :func:`pack_mlm_batch` packs several samples (documents) into each row instead, never splitting one, and says
+  which document each token belongs to (``sequence_id``); :func:`pack_documents` chooses the rows.
 * :func:`build_mlm_dataloader` puts them together.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -42,7 +45,12 @@ __all__ = [
     "ShardReadError",
     "MLMStreamingDataset",
     "pad_mlm_batch",
+    "pack_documents",
+    "pack_mlm_batch",
+    "padding_fraction",
+    "num_samples_in_batch",
     "build_mlm_dataloader",
+    "check_max_seq_len",
     "check_mds_split",
     "check_tokenizer_matches",
     "file_problem",
@@ -63,7 +71,7 @@ class CorruptShardError(ShardReadError):
 
 
 class DatasetMismatchError(ValueError):
-    """Pre-tokenized shards were written with a tokenizer other than the run's."""
+    """The shards do not fit the run: pre-tokenized with another tokenizer, or cut shorter than its max_seq_len."""
 
 
 _HASH_PREFERENCE = ("xxh3_64", "xxh64", "xxh3_128", "xxh128", "sha1", "md5", "sha256")
@@ -152,6 +160,24 @@ def check_tokenizer_matches(folder: str | os.PathLike, tokenizer) -> None:
             f"{ours['vocab_sha256'][:12]}...). Set tokenizer to the one the shards were made with, or re-convert "
             f"them with --tokenizer set to this run's tokenizer."
         )
+
+
+def check_max_seq_len(folder: str | os.PathLike, max_seq_len: int) -> None:
+    """A run's ``max_seq_len`` must not exceed the length the shards were converted at (recorded in
+    ``mosaicbert.json``): their samples were cut there, so a longer run would silently never see a longer sequence."""
+    info_path = Path(folder) / DATASET_INFO
+    if not info_path.is_file():
+        return  # (shards from elsewhere: nothing recorded to check against)
+    info = json.loads(info_path.read_text())
+    stored, mode = info.get("max_seq_len"), info.get("mode", "?")
+    if stored is None or int(max_seq_len) <= int(stored):
+        return
+    raise DatasetMismatchError(
+        f"data.max_seq_len={max_seq_len} is longer than the shards in {str(folder)!r}, which were converted with "
+        f"--mode {mode} --max_seq_len {stored}: their samples are at most {stored} tokens. Convert the corpus again "
+        f"with `python -m mosaicbert.data.convert --mode documents --tokenize --max_seq_len {max_seq_len}` (whole "
+        f"documents, usable by runs at any max_seq_len up to {max_seq_len}), or set data.max_seq_len <= {stored}."
+    )
 
 
 class MLMStreamingDataset(StreamingDataset):
@@ -402,35 +428,30 @@ class MLMStreamingDataset(StreamingDataset):
         }
 
 
-def pad_mlm_batch(
-    samples: Sequence[dict[str, Any]],
-    pad_token_id: int,
-    pad_to: int | None = None,
-    vocab_size: int | None = None,
-) -> dict[str, Any]:
-    """Pad MLM samples into int64 tensors of shape ``(batch, length)``, plus the per-row host counts
-    ``sequence_lengths`` (real tokens) and ``label_counts`` (labels != -100) as lists of ints.
+def _columns(sample: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The four MLM columns of one sample (missing ones as if unmasked: labels -100, attention 1, token types 0)."""
+    n = len(sample["input_ids"])
+    defaults = {"labels": IGNORE_INDEX, "attention_mask": 1, "token_type_ids": 0}
+    out = {"input_ids": np.asarray(sample["input_ids"])}
+    for key, value in defaults.items():
+        out[key] = np.asarray(sample[key]) if key in sample else np.full(n, value, dtype=np.int64)
+    return out
 
-    ``length`` is the longest sample in the batch (``pad_to=None``, default) or ``pad_to``. Padding:
-    ``input_ids`` with ``pad_token_id``, ``labels`` with -100, ``attention_mask``/``token_type_ids`` with 0.
-    When ``vocab_size`` is given, token ids are checked on the CPU (an out-of-range id would otherwise
-    surface as an opaque device-side assert in the embedding lookup on GPU).
-    """
-    if not samples:
-        raise ValueError("pad_mlm_batch got an empty batch.")
-    lengths = [len(s["input_ids"]) for s in samples]
-    length = max(lengths) if pad_to is None else int(pad_to)
-    if max(lengths) > length:
-        raise ValueError(f"A sample has {max(lengths)} tokens, more than pad_to={length}.")
-    fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0, "token_type_ids": 0}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in fill.items():
-        arr = np.full((len(samples), length), value, dtype=np.int64)
-        for i, s in enumerate(samples):
-            if key in s:
-                arr[i, : lengths[i]] = s[key]
-            elif key == "attention_mask":
-                arr[i, : lengths[i]] = 1
+
+def _pad_rows(rows: Sequence[dict[str, np.ndarray]], pad_token_id: int, length: int | None,
+              vocab_size: int | None) -> dict[str, Any]:
+    """Right-pad rows of columns (all of equal length within a row) into int64 tensors ``(rows, length)`` and add the
+    per-row host counts; ``length=None`` pads to the longest row. Shared by :func:`pad_mlm_batch` and
+    :func:`pack_mlm_batch`."""
+    lengths = [len(r["input_ids"]) for r in rows]
+    length = max(lengths) if length is None else int(length)
+    fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0, "token_type_ids": 0,
+            "sequence_id": 0}
+    out: dict[str, Any] = {}
+    for key in rows[0]:
+        arr = np.full((len(rows), length), fill[key], dtype=np.int64)
+        for i, r in enumerate(rows):
+            arr[i, : lengths[i]] = r[key]
         out[key] = torch.from_numpy(arr)
     if vocab_size is not None:
         ids, labels = out["input_ids"], out["labels"]
@@ -448,6 +469,109 @@ def pad_mlm_batch(
     out["sequence_lengths"] = out["attention_mask"].sum(dim=1).tolist()
     out["label_counts"] = (out["labels"] != IGNORE_INDEX).sum(dim=1).tolist()
     return out
+
+
+def pad_mlm_batch(
+    samples: Sequence[dict[str, Any]],
+    pad_token_id: int,
+    pad_to: int | None = None,
+    vocab_size: int | None = None,
+) -> dict[str, Any]:
+    """Pad MLM samples into int64 tensors of shape ``(batch, length)``, plus the per-row host counts
+    ``sequence_lengths`` (real tokens) and ``label_counts`` (labels != -100) as lists of ints.
+
+    ``length`` is the longest sample in the batch (``pad_to=None``, default) or ``pad_to``. Padding:
+    ``input_ids`` with ``pad_token_id``, ``labels`` with -100, ``attention_mask``/``token_type_ids`` with 0.
+    When ``vocab_size`` is given, token ids are checked on the CPU (an out-of-range id would otherwise
+    surface as an opaque device-side assert in the embedding lookup on GPU).
+    """
+    if not samples:
+        raise ValueError("pad_mlm_batch got an empty batch.")
+    longest = max(len(s["input_ids"]) for s in samples)
+    if pad_to is not None and longest > pad_to:
+        raise ValueError(f"A sample has {longest} tokens, more than pad_to={pad_to}.")
+    return _pad_rows([_columns(s) for s in samples], pad_token_id, pad_to, vocab_size)
+
+
+def pack_documents(lengths: Sequence[int], max_len: int) -> list[list[int]]:
+    """Group samples (documents) of the given lengths into rows of at most ``max_len`` tokens; returns the sample
+    indices of each row. Every sample lands in exactly one row, whole.
+
+    Best-fit decreasing: the longest sample first, each into the fullest row that still has room for it, else a
+    new row. Deterministic (ties: the earlier sample, the earlier row); inside a row the samples keep the batch's
+    order. Rows are listed in the order they were opened, i.e. by their longest sample.
+    """
+    max_len = int(max_len)
+    for i, n in enumerate(lengths):
+        if n > max_len:
+            raise ValueError(f"Sample {i} has {n} tokens, more than max_len={max_len}: it cannot be packed.")
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, row) sorted: bisect finds the fullest row with room
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        n = int(lengths[i])
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, row = free.pop(k)
+        else:
+            room, row = max_len, len(rows)
+            rows.append([])
+        rows[row].append(i)
+        bisect.insort(free, (room - n, row))
+    return [sorted(r) for r in rows]
+
+
+def pack_mlm_batch(
+    samples: Sequence[dict[str, Any]],
+    pad_token_id: int,
+    max_len: int,
+    vocab_size: int | None = None,
+    pad_to_max_length: bool = False,
+) -> dict[str, Any]:
+    """Pack MLM samples (documents, each already truncated and masked on its own) into rows of at most ``max_len``
+    tokens, several per row, never splitting one (rows chosen by :func:`pack_documents`).
+
+    Returns what :func:`pad_mlm_batch` returns, per row (``input_ids``, ``labels``, ``attention_mask``,
+    ``token_type_ids``: ``(rows, length)`` int64, right-padded; host lists ``sequence_lengths``, ``label_counts``),
+    with ``rows <= len(samples)``, plus
+
+    * ``sequence_id``: ``(rows, length)`` int64, the index of each token's document inside its row (0, 1, 2, ...
+      from left to right; 0 at padding). Attention and position (ALiBi) distances must stay within a document.
+    * ``document_counts``: host list, the number of documents in each row.
+
+    ``length`` is the longest packed row, or ``max_len`` with ``pad_to_max_length``. A row's tokens are its
+    documents' samples concatenated, in batch order.
+    """
+    if not samples:
+        raise ValueError("pack_mlm_batch got an empty batch.")
+    columns = [_columns(s) for s in samples]
+    groups = pack_documents([len(c["input_ids"]) for c in columns], max_len)
+    rows = []
+    for members in groups:
+        row = {key: np.concatenate([columns[i][key] for i in members]) for key in columns[0]}
+        # [0,0,0,1,1,2,2,2,...]: document j of the row covers its own tokens
+        row["sequence_id"] = np.repeat(np.arange(len(members)), [len(columns[i]["input_ids"]) for i in members])
+        rows.append(row)
+    out = _pad_rows(rows, pad_token_id, max_len if pad_to_max_length else None, vocab_size)
+    out["document_counts"] = [len(members) for members in groups]
+    return out
+
+
+def padding_fraction(batch: dict[str, Any]) -> float:
+    """The share of the batch's ``input_ids`` slots that are padding (``attention_mask == 0``): what packing saves."""
+    mask = batch["attention_mask"]
+    return float((mask == 0).sum()) / max(int(mask.numel()), 1)
+
+
+def num_samples_in_batch(batch: dict[str, Any]) -> int:
+    """The dataset samples in a (micro)batch: its documents when packed (``document_counts``), else its rows.
+
+    The pretraining loaders are handed to Composer in a DataSpec that counts samples with this: ``max_duration`` in
+    samples and the sample count that a checkpoint hands to ``StreamingDataset.state_dict`` for mid-epoch resumption
+    must count documents, not packed rows, or a resumed run would repeat documents.
+    """
+    if "document_counts" in batch:
+        return int(sum(batch["document_counts"]))
+    return int(batch["input_ids"].shape[0])
 
 
 def _default_local_for_remote(remote: str, split: str) -> str:
@@ -475,9 +599,15 @@ def build_mlm_dataloader(
     shuffle_block_size: int | None = None,
     num_canonical_nodes: int | None = None,
     same_masks_every_epoch: bool = False,
+    packing: bool = False,
     **streaming_kwargs: Any,
 ) -> DataLoader:
     """A DataLoader of padded MLM batches (dict of int64 tensors) over MDS data.
+
+    ``packing``: collate with :func:`pack_mlm_batch` (several documents per row, with ``sequence_id`` and
+    ``document_counts``) instead of :func:`pad_mlm_batch` (one sample per row). Each batch still holds
+    ``device_batch_size`` samples (dataset order, masks and resumption are unchanged), in fewer rows; count its
+    samples with :func:`num_samples_in_batch`.
 
     ``local``: a folder containing ``<split>/index.json`` (output of ``python -m mosaicbert.data.convert``),
     or ``builtin://python-docs`` (the built-in offline corpus, materialized once in the cache), or None
@@ -510,7 +640,9 @@ def build_mlm_dataloader(
         if local is None:
             raise ValueError("build_mlm_dataloader needs `local` (a folder of MDS splits) or `remote`.")
         local = str(Path(local).expanduser())
-        check_tokenizer_matches(check_mds_split(local, split), tokenizer)
+        folder = check_mds_split(local, split)
+        check_tokenizer_matches(folder, tokenizer)
+        check_max_seq_len(folder, max_seq_len)
     elif local is None:
         local = _default_local_for_remote(str(remote), split)
 
@@ -540,10 +672,16 @@ def build_mlm_dataloader(
     except (json.JSONDecodeError, KeyError) as e:
         raise CorruptShardError(f"Unreadable MDS index in {os.path.join(local, split)!r} ({type(e).__name__}: {e}); re-run the conversion.") from e
 
-    collate = functools.partial(
-        pad_mlm_batch, pad_token_id=int(tokenizer.pad_token_id),
-        pad_to=max_seq_len if pad_to_max_length else None, vocab_size=len(tokenizer),
-    )
+    if packing:
+        collate = functools.partial(
+            pack_mlm_batch, pad_token_id=int(tokenizer.pad_token_id), max_len=max_seq_len, vocab_size=len(tokenizer),
+            pad_to_max_length=pad_to_max_length,
+        )
+    else:
+        collate = functools.partial(
+            pad_mlm_batch, pad_token_id=int(tokenizer.pad_token_id),
+            pad_to=max_seq_len if pad_to_max_length else None, vocab_size=len(tokenizer),
+        )
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     loader_kwargs: dict[str, Any] = {}
