@@ -173,3 +173,42 @@ def test_packed_rows_equal_one_document_per_row_gpu_bf16(backend):
     assert abs(loss_p.item() - loss_s.item()) < 2e-2 * max(1.0, abs(loss_s.item()))
     for name, g in grads_s.items():
         assert ((grads_p[name] - g).norm() / g.norm().clamp_min(1e-6)).item() < 5e-2, name
+
+
+@pytest.mark.slow
+def test_long_context_continuation_from_128_token_checkpoint(tmp_path):
+    """The long-context recipe end to end on CPU: documents shards, a 128-token run, then yamls/base-1024.yaml (at 512
+    here, packed) from its checkpoint, evaluated before its first batch; the held-out loss at 512 falls."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("MOSAICBERT_CACHE", str(root / ".cache" / "mosaicbert"))
+    tiny = ["precision=fp32", "device=cpu", "data.num_workers=0", "tokenizer=builtin://python-docs",
+            "model.config_overrides={vocab_size: 8192, hidden_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
+            "intermediate_size: 512}", "eval_subset_num_batches=2", "loggers.console_log_interval=5ba"]
+
+    def run(*cmd):
+        proc = subprocess.run([sys.executable, *cmd], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    docs = tmp_path / "docs"
+    run("-m", "mosaicbert.data.convert", "--source", "builtin", "--tokenizer", "builtin://python-docs",
+        "--out_root", str(docs), "--mode", "documents", "--tokenize", "--max_seq_len", "512")
+    short = tmp_path / "short"
+    run("main.py", "yamls/quickstart.yaml", f"data.local={docs}", "data.max_seq_len=128", f"save_folder={short}",
+        "max_duration=30ba", "save_interval=30ba", "eval_interval=30ba", *tiny)
+    long = tmp_path / "long"
+    run("main.py", "yamls/base-1024.yaml", f"data.local={docs}", "data.max_seq_len=512", f"save_folder={long}",
+        f"model.pretrained_checkpoint={short}/latest-rank0.pt", "global_train_batch_size=16",
+        "device_train_microbatch_size=8", "device_eval_batch_size=16", "optimizer.lr=2e-3", "max_duration=20ba",
+        "eval_interval=20ba", "save_interval=20ba", *tiny)
+    evals = [json.loads(line) for line in (long / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["batch"], r["eval/LanguageCrossEntropy"]) for r in evals if "eval/LanguageCrossEntropy" in r]
+    assert [b for b, _ in evals] == [0, 20], evals
+    assert evals[1][1] < evals[0][1], evals
