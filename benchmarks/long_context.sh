@@ -2,7 +2,8 @@
 # Long sequences on one GPU: throughput at 512 and 2048 tokens, padded and packed, and a 1024-token continuation of
 # a 128-token checkpoint (yamls/base-1024.yaml).
 #   throughput  benchmarks/throughput.py on the documents (compiled, bf16): MosaicBERT-base at 512 (64 rows) and
-#               2048 (16 rows), one document per row and packed; Hugging Face BERT-base at 512 (it has 512 positions)
+#               2048 (16 rows), one document per row and packed, and at 1024 packed (64 rows, base-1024.yaml's
+#               microbatch); Hugging Face BERT-base at 512 (it has 512 positions)
 #   pretrain    `composer main.py yamls/base.yaml` at 128 tokens on DATA128 (default DATA, where each document is
 #               truncated to 128 tokens; a split-mode set uses all the text), PRETRAIN_BATCHES batches of 256 at
 #               lr 2e-4: the starting checkpoint
@@ -53,6 +54,7 @@ for step in "${STEPS[@]}"; do
     throughput)
       bench tput-512 512 "$ROWS512" mosaic_bert,hf_bert
       bench tput-512-packed 512 "$ROWS512" mosaic_bert --packing
+      bench tput-1024-packed 1024 "$ROWS512" mosaic_bert --packing  # yamls/base-1024.yaml's microbatch
       bench tput-2048 2048 "$ROWS2048" mosaic_bert
       bench tput-2048-packed 2048 "$ROWS2048" mosaic_bert --packing
       ;;
