@@ -350,6 +350,51 @@ def test_auto_backend_on_cuda_prefers_triton_where_it_applies(monkeypatch):
     assert resolve_backend("auto", cuda, torch.bfloat16, head_dim=64).name == "sdpa"
 
 
+def test_auto_takes_the_first_fitting_backend_of_the_preference_order(monkeypatch):
+    from mosaicbert.model import attention
+
+    monkeypatch.setattr(attention, "HAS_FLASH_ATTN", True)  # both fast kernels "installed", on a Hopper
+    monkeypatch.setattr(attention, "HAS_TRITON", True)
+    monkeypatch.setattr(attention, "cuda_capability", lambda dev: (9, 0))
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16
+    for order in [("flash_attn", "triton", "sdpa", "torch"), ("triton", "flash_attn", "sdpa", "torch"),
+                  ("sdpa", "triton", "torch")]:
+        monkeypatch.setattr(attention, "AUTO_PREFERENCE", order)
+        assert resolve_backend("auto", cuda, bf16, head_dim=64).name == order[0]
+    # with triton first, what it does not fit falls to the next backend that does
+    monkeypatch.setattr(attention, "AUTO_PREFERENCE", ("triton", "flash_attn", "sdpa", "torch"))
+    assert resolve_backend("auto", cuda, bf16, head_dim=64, attention_dropout=0.1).name == "flash_attn"
+    assert resolve_backend("auto", cuda, bf16, head_dim=48).name == "flash_attn"
+    assert resolve_backend("auto", cuda, bf16, head_dim=512).name == "sdpa"  # beyond flash-attn's 256
+    assert resolve_backend("auto", cuda, torch.float32, head_dim=64).name == "sdpa"
+    monkeypatch.setattr(attention, "cuda_capability", lambda dev: (7, 5))  # pre-Ampere: neither fast kernel
+    assert resolve_backend("auto", cuda, bf16, head_dim=64).name == "sdpa"
+    assert resolve_backend("auto", torch.device("cpu"), bf16, head_dim=64).name == "torch"
+    # a new backend is one entry in the registry and one place in the order; its checks are honoured
+    fake = attention.AttentionBackend("fake", attention.torch_attention, installed=lambda: True,
+                                      usable=lambda dev, dt: dev.type == "cuda",
+                                      fits=lambda head_dim, p: head_dim == 64 and p == 0.0)
+    monkeypatch.setitem(attention.ATTENTION_BACKENDS, "fake", fake)
+    monkeypatch.setattr(attention, "AUTO_PREFERENCE", ("fake", "sdpa", "torch"))
+    assert resolve_backend("auto", cuda, bf16, head_dim=64).name == "fake"
+    assert resolve_backend("auto", cuda, bf16, head_dim=128).name == "sdpa"
+    assert resolve_backend("auto", cuda, bf16, head_dim=64, attention_dropout=0.1).name == "sdpa"
+    assert resolve_backend("auto", torch.device("cpu"), bf16, head_dim=64).name == "torch"
+    monkeypatch.setattr(attention, "AUTO_PREFERENCE", ("fake",))  # nothing fits: a clear error, not a None
+    with pytest.raises(ValueError, match="no backend"):
+        resolve_backend("auto", torch.device("cpu"), bf16, head_dim=64)
+
+
+def test_auto_preference_order_is_well_formed():
+    from mosaicbert.model.attention import AUTO_PREFERENCE
+
+    assert len(set(AUTO_PREFERENCE)) == len(AUTO_PREFERENCE)
+    assert set(AUTO_PREFERENCE) <= set(ATTENTION_BACKENDS)
+    last = ATTENTION_BACKENDS[AUTO_PREFERENCE[-1]]  # the fallback runs anything, so "auto" always resolves
+    assert last.installed() and last.usable(torch.device("cpu"), torch.float32) and last.fits(None, 0.5)
+    assert last.fits(96, 0.1)
+
+
 @pytest.mark.parametrize("low_precision", [True, False])
 def test_low_precision_layernorm(low_precision):
     cfg = tiny_config(low_precision_layernorm=low_precision)

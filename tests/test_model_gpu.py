@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
-from mosaicbert.model.attention import ATTENTION_BACKENDS, resolve_backend
+from mosaicbert.model.attention import (
+    ATTENTION_BACKENDS,
+    AUTO_PREFERENCE,
+    AlibiCache,
+    AttentionContext,
+    alibi_slopes,
+    resolve_backend,
+)
+from mosaicbert.model.padding import get_unpad_info
 
 pytestmark = [
     pytest.mark.gpu,
@@ -14,6 +22,8 @@ pytestmark = [
 ]
 
 GPU_BACKENDS = [name for name in ("sdpa", "flex", "flash_attn", "triton") if ATTENTION_BACKENDS[name].installed()]
+needs_flash_attn = pytest.mark.skipif(not ATTENTION_BACKENDS["flash_attn"].installed(),
+                                      reason="flash-attn >= 2.4 is not installed")
 
 
 def _setup(seed=0, alibi_starting_size=64, seqlen=96):
@@ -76,9 +86,145 @@ def test_sdpa_matches_torch_reference_fp32():
 
 
 def test_auto_picks_a_gpu_backend():
-    fast = "flash_attn" if ATTENTION_BACKENDS["flash_attn"].installed() else "triton"
-    assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16, head_dim=64).name == fast
+    # the first installed of the fast kernels, in AUTO_PREFERENCE's order
+    fast = [n for n in AUTO_PREFERENCE if n in ("flash_attn", "triton") and ATTENTION_BACKENDS[n].installed()]
+    assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16, head_dim=64).name == (fast or ["sdpa"])[0]
     assert resolve_backend("auto", torch.device("cuda"), torch.float32, head_dim=64).name == "sdpa"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# flash-attn: the kernel against fp32 references, on the packed tokens of right-padded rows
+
+FLASH_LENGTHS = [200, 1, 17, 195, 64, 130]  # mixed, longer than the ALiBi cache's starting size (64)
+
+
+def _packed(head_dim, dtype, heads=12, seed=0):
+    """qkv [T, 3, H, D] (requires grad) for rows of FLASH_LENGTHS, the batch's AttentionContext, cu_seqlens."""
+    torch.manual_seed(seed)
+    S = max(FLASH_LENGTHS)
+    mask = (torch.arange(S)[None] < torch.tensor(FLASH_LENGTHS)[:, None]).cuda()
+    ctx = AttentionContext(get_unpad_info(mask), mask, AlibiCache(heads, 64), heads)
+    qkv = (torch.randn(int(mask.sum()), 3, heads, head_dim, device="cuda") * 2).to(dtype).requires_grad_(True)
+    cu = [0, *torch.tensor(FLASH_LENGTHS).cumsum(0).tolist()]
+    return qkv, ctx, cu
+
+
+def _per_sequence_reference(qkv, cu, slopes, keep=None, p=0.0):
+    """fp32 attention of each sequence alone: softmax(q.k / sqrt(D) - slope_h |i - j|), times keep / (1 - p) when
+    a dropout keep mask [B, H, >=L, >=L] is given, @ v."""
+    D = qkv.shape[-1]
+    outs = []
+    for b in range(len(cu) - 1):
+        q, k, v = qkv[cu[b]:cu[b + 1]].float().unbind(1)  # [L, H, D]
+        pos = torch.arange(q.shape[0], device=q.device)
+        scores = torch.einsum("ihd,jhd->hij", q, k) / D ** 0.5 - slopes[:, None, None] * (pos[:, None] - pos).abs()
+        probs = scores.softmax(-1)
+        if keep is not None:
+            L = q.shape[0]
+            probs = probs * keep[b, :, :L, :L] / (1 - p)
+        outs.append(torch.einsum("hij,jhd->ihd", probs, v))
+    return torch.cat(outs)
+
+
+@needs_flash_attn
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_flash_attn_matches_fp32_torch_reference(head_dim, dtype):
+    """Outputs and input gradients of the flash_attn backend against the torch backend run in fp32 on the same
+    inputs: 12 heads (ALiBi slopes of a non-power of two), sequences up to 200 > the ALiBi cache's 64."""
+    qkv, ctx, cu = _packed(head_dim, dtype)
+    g = torch.randn(qkv.shape[0], 12, head_dim, device="cuda").to(dtype)
+    out = ATTENTION_BACKENDS["flash_attn"].attend(qkv, ctx, 0.0)
+    (dqkv,) = torch.autograd.grad(out, qkv, g)
+    qkv32 = qkv.detach().float().requires_grad_(True)
+    ref = ATTENTION_BACKENDS["torch"].attend(qkv32, ctx, 0.0)
+    (dref,) = torch.autograd.grad(ref, qkv32, g.float())
+    # the test sees ALiBi: without the slopes the reference is far off
+    no_alibi = _per_sequence_reference(qkv.detach(), cu, torch.zeros(12, device="cuda"))
+    print(head_dim, dtype, "out", _rel(out.float(), ref), "dqkv", _rel(dqkv.float(), dref),
+          "alibi's effect", _rel(no_alibi, ref))
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert _rel(no_alibi, ref) > 0.1
+    assert _rel(out.float(), ref) < 2e-2
+    assert _rel(dqkv.float(), dref) < 2e-2
+    for part in range(3):  # q, k and v gradients each (a little more room: each is smaller than their sum)
+        assert _rel(dqkv[:, part].float(), dref[:, part]) < 3e-2, part
+
+
+@needs_flash_attn
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_flash_attn_dropout_matches_reference_with_its_mask(head_dim):
+    """Attention dropout p=0.2: flash-attn returns the mask it drew (S_dmask, dropped entries negative). The output
+    and input gradients equal the fp32 reference applying that mask with the 1/(1-p) rescale, about a fraction p
+    is dropped, and the backend's own call (no mask returned) draws the same mask from the same RNG state."""
+    from mosaicbert.model.attention import flash_attn_varlen_qkvpacked_func
+
+    p = 0.2
+    qkv, ctx, cu = _packed(head_dim, torch.bfloat16, seed=1)
+    slopes = torch.tensor(alibi_slopes(12), device="cuda")
+    g = torch.randn(qkv.shape[0], 12, head_dim, device="cuda").bfloat16()
+    torch.cuda.manual_seed(123)
+    out, _, s_dmask = flash_attn_varlen_qkvpacked_func(qkv, ctx.info.cu_seqlens, max(FLASH_LENGTHS), dropout_p=p,
+                                                       causal=False, alibi_slopes=slopes, return_attn_probs=True)
+    (dqkv,) = torch.autograd.grad(out, qkv, g)
+    keep = ~torch.signbit(s_dmask)  # [B, H, S_rounded, S_rounded]; the sign bit marks a dropped entry, even a 0
+    real = sum(12 * L * L for L in FLASH_LENGTHS)
+    dropped = sum(int((~keep[b, :, :L, :L]).sum()) for b, L in enumerate(FLASH_LENGTHS))
+    qkv32 = qkv.detach().float().requires_grad_(True)
+    ref = _per_sequence_reference(qkv32, cu, slopes, keep, p)
+    (dref,) = torch.autograd.grad(ref, qkv32, g.float())
+    torch.cuda.manual_seed(123)
+    with torch.no_grad():
+        backend_out = ATTENTION_BACKENDS["flash_attn"].attend(qkv, ctx, p)
+    no_dropout = _per_sequence_reference(qkv.detach(), cu, slopes)
+    print(head_dim, "dropped", dropped / real, "out", _rel(out.float(), ref), "dqkv", _rel(dqkv.float(), dref),
+          "backend vs returned-mask call", _rel(backend_out.float(), out.float()),
+          "dropout's effect", _rel(no_dropout, ref))
+    assert abs(dropped / real - p) < 0.01
+    assert _rel(no_dropout, ref) > 0.1  # the mask matters: a kernel ignoring dropout fails the next check
+    assert _rel(out.float(), ref) < 2e-2
+    assert _rel(dqkv.float(), dref) < 2e-2
+    assert _rel(backend_out.float(), out.float()) < 1e-3
+
+
+@needs_flash_attn
+def test_flash_attn_dropout_is_unbiased():
+    """E[dropout output] = the no-dropout output (a second check that needs no mask from the kernel)."""
+    qkv, ctx, cu = _packed(64, torch.bfloat16, seed=2)
+    attend = ATTENTION_BACKENDS["flash_attn"].attend
+    with torch.no_grad():
+        clean = attend(qkv, ctx, 0.0).float()
+        mean = sum(attend(qkv, ctx, 0.5).float() for _ in range(1600)) / 1600
+    # sampling error a few %; forgetting the 1/(1-p) rescale would give ~50%
+    print("mean of 1600 dropout draws vs no dropout", _rel(mean, clean))
+    assert _rel(mean, clean) < 0.1
+
+
+@needs_flash_attn
+def test_flash_attn_attention_dropout_in_the_model():
+    """attention_probs_dropout_prob > 0 with the flash_attn backend: in training two forwards differ, in eval the
+    output is deterministic and equals the torch reference backend's (no dropout in eval)."""
+    torch.manual_seed(3)
+    cfg = MosaicBertConfig(vocab_size=1024, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=512, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.3,
+                           attention_backend="flash_attn")
+    model = MosaicBertForMaskedLM(cfg).cuda()
+    lengths = torch.tensor([40, 7, 33])
+    mask = (torch.arange(40)[None] < lengths[:, None]).long().cuda()
+    ids = torch.randint(1, cfg.vocab_size, (3, 40), device="cuda") * mask
+
+    def hidden():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model.bert(ids, attention_mask=mask).last_hidden_state.float()[mask.bool()]
+
+    model.train()
+    a, b = hidden(), hidden()
+    assert _rel(a, b) > 1e-2
+    model.eval()
+    c, d = hidden(), hidden()
+    torch.testing.assert_close(c, d)
+    model.config.attention_backend = "torch"
+    assert _rel(c, hidden()) < 2e-2
 
 
 def test_out_of_range_ids_on_gpu():
@@ -101,17 +247,21 @@ def test_low_precision_layernorm_runs_in_bf16():
         assert ln(x).dtype == torch.float32
 
 
-@pytest.mark.skipif(not ATTENTION_BACKENDS["triton"].installed(), reason="triton is not installed")
-def test_triton_backend_under_inductor_matches_eager():
-    """The triton backend's kernels run inside torch.library custom ops, opaque to inductor: a compiled training
-    step (forward + backward, bf16 autocast) over batches of changing T and max_seqlen matches eager."""
+@pytest.mark.parametrize("backend", [
+    pytest.param("triton", marks=pytest.mark.skipif(not ATTENTION_BACKENDS["triton"].installed(),
+                                                    reason="triton is not installed")),
+    pytest.param("flash_attn", marks=needs_flash_attn),
+])
+def test_varlen_backend_under_inductor_matches_eager(backend):
+    """The varlen kernels (ours, flash-attn's) run inside torch.library custom ops, opaque to inductor: a compiled
+    training step (forward + backward, bf16 autocast) over batches of changing T and max_seqlen matches eager."""
     import copy
 
     import torch._dynamo
 
     torch._dynamo.reset()
     model, ids, mask, labels = _setup(seed=2)
-    model.config.attention_backend = "triton"
+    model.config.attention_backend = backend
     compiled_model = copy.deepcopy(model)
     compiled = torch.compile(compiled_model)  # inductor
 

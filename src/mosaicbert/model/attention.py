@@ -15,9 +15,11 @@ holds one sequence per document: its tokens attend to their own document only, a
   "torch"       reference: padded matmul -> + bias -> softmax in fp32 -> matmul (runs anywhere)
   "triton"      our own varlen ALiBi kernel (triton_attention.py), no padding at all (CUDA; fp16/bf16 for "auto")
 
-"auto" picks flash_attn if installed, else triton (CUDA, fp16/bf16, supported head dim, no attention dropout),
-else sdpa on CUDA, else torch. On an H200 triton makes a compiled MosaicBERT-base training step 5% faster than
-sdpa, 7% at seq 512 (benchmarks/attention_backends.py times the backends; measurements: benchmarks/README.md).
+"auto" picks the first backend of `AUTO_PREFERENCE` (fastest first) that is installed and fits the inputs:
+flash_attn (CUDA on Ampere or newer, fp16/bf16, head dim <= 256), triton (CUDA on Ampere or newer, fp16/bf16,
+supported head dim, no attention dropout), sdpa (CUDA), torch (anywhere). On an H200 triton makes a compiled
+MosaicBERT-base training step 5% faster than sdpa, 7% at seq 512 (benchmarks/attention_backends.py times the
+backends; measurements: benchmarks/README.md).
 
 The registry `ATTENTION_BACKENDS` is a plain dict so new kernels are a function plus one entry.
 
@@ -265,9 +267,13 @@ def flex_attention_backend(qkv: torch.Tensor, ctx: AttentionContext, dropout_p: 
 
 def cuda_capability(device: torch.device) -> tuple[int, int]:
     """(major, minor) of a CUDA device. "auto" uses the triton kernel from Ampere (8.0) on: it is only measured
-    on Hopper, and older GPUs lack bf16 tensor cores."""
+    on Hopper, and older GPUs lack bf16 tensor cores. flash-attn 2 needs Ampere too."""
     props = torch.cuda.get_device_properties(device)  # torch.compile constant-folds this call (no graph break)
     return props.major, props.minor
+
+
+def _any_shape(head_dim: int | None, attention_dropout: float) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -275,7 +281,9 @@ class AttentionBackend:
     name: str
     attend: Callable[[torch.Tensor, AttentionContext, float], torch.Tensor]
     installed: Callable[[], bool]  # can it be imported at all?
-    usable: Callable[[torch.device, torch.dtype], bool]  # can "auto" pick it for these inputs?
+    usable: Callable[[torch.device, torch.dtype], bool]  # can "auto" pick it for inputs on this device and dtype?
+    # ... and for this head dim (None: unknown) and attention dropout (the probability that will be applied)?
+    fits: Callable[[int | None, float], bool] = _any_shape
     needs_alibi_matrix: bool = False  # reads the [H, S, S] bias (padded backends); others use the slopes only
 
 
@@ -284,20 +292,31 @@ def _cuda_16bit(dev: torch.device, dt: torch.dtype) -> bool:
 
 
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
+    # flash-attn 2 runs on Ampere or newer, head dims up to 256 (pip's build; a build restricted to fewer head dims
+    # refuses the others with a RuntimeError naming them)
     "flash_attn": AttentionBackend("flash_attn", flash_attention, installed=lambda: HAS_FLASH_ATTN,
-                                   usable=lambda dev, dt: HAS_FLASH_ATTN and _cuda_16bit(dev, dt)),
-    "sdpa": AttentionBackend("sdpa", sdpa_attention, installed=lambda: True, usable=lambda dev, dt: True,
-                             needs_alibi_matrix=True),
+                                   usable=lambda dev, dt: HAS_FLASH_ATTN and _cuda_16bit(dev, dt)
+                                   and cuda_capability(dev) >= (8, 0),
+                                   fits=lambda head_dim, p: head_dim is None or head_dim <= 256),
+    # on CPU "auto" prefers the torch reference (fp32 softmax) to sdpa's math path
+    "sdpa": AttentionBackend("sdpa", sdpa_attention, installed=lambda: True,
+                             usable=lambda dev, dt: dev.type == "cuda", needs_alibi_matrix=True),
     "flex": AttentionBackend("flex", flex_attention_backend, installed=lambda: HAS_FLEX_ATTN,
                              usable=lambda dev, dt: HAS_FLEX_ATTN and dev.type == "cuda"),
     "torch": AttentionBackend("torch", torch_attention, installed=lambda: True, usable=lambda dev, dt: True,
                               needs_alibi_matrix=True),
-    # "auto" also checks the head dim and attention dropout (resolve_backend): the kernel has no dropout
     "triton": AttentionBackend("triton", triton_attention, installed=lambda: HAS_TRITON,
                                usable=lambda dev, dt: HAS_TRITON and _cuda_16bit(dev, dt)
-                               and cuda_capability(dev) >= (8, 0)),
+                               and cuda_capability(dev) >= (8, 0),
+                               # the kernel has no attention dropout
+                               fits=lambda head_dim, p: head_dim in SUPPORTED_HEAD_DIMS and p == 0.0),
 }
 VALID_BACKENDS = ("auto", *ATTENTION_BACKENDS)
+
+# The order in which "auto" tries the backends, fastest first: it picks the first one installed, usable on the
+# inputs' device and dtype, and fitting their head dim and attention dropout. "torch" runs anything, so "auto" always
+# resolves; "flex" runs only when named.
+AUTO_PREFERENCE: tuple[str, ...] = ("flash_attn", "triton", "sdpa", "torch")
 
 _logged: set[str] = set()
 
@@ -310,34 +329,30 @@ def check_backend_name(name: str) -> None:
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, head_dim: int | None = None,
                     attention_dropout: float = 0.0) -> AttentionBackend:
     """Map the configured name (possibly "auto") to a backend for inputs on `device` computed in `dtype`.
-    head_dim / attention_dropout (the dropout that will be applied) let "auto" rule out the triton kernel."""
+    head_dim / attention_dropout (the dropout that will be applied) let "auto" rule out backends that do not
+    support them (`AttentionBackend.fits`)."""
     check_backend_name(name)
     if name == "auto":
-        triton_fits = head_dim in SUPPORTED_HEAD_DIMS and attention_dropout == 0.0
-        if ATTENTION_BACKENDS["flash_attn"].usable(device, dtype):
-            chosen = "flash_attn"
-        elif triton_fits and ATTENTION_BACKENDS["triton"].usable(device, dtype):
-            chosen = "triton"
-        elif device.type == "cuda":
-            chosen = "sdpa"
-        else:
-            chosen = "torch"
-    else:
-        chosen = name
-        backend = ATTENTION_BACKENDS[chosen]
-        if not backend.installed():
-            raise ValueError(f"attention_backend={name!r} requested but it is not available (not installed)")
-        if chosen == "flash_attn" and not backend.usable(device, dtype):
-            raise ValueError(
-                f"attention_backend='flash_attn' needs CUDA fp16/bf16 inputs, got device={device} dtype={dtype} "
-                "(run under torch.autocast or use attention_backend='auto')"
-            )
-        if chosen == "triton" and device.type != "cuda" and not TRITON_INTERPRET:
-            raise ValueError(
-                f"attention_backend='triton' needs CUDA, got device={device} "
-                "(on CPU it runs only under the Triton interpreter, TRITON_INTERPRET=1)"
-            )
-    return ATTENTION_BACKENDS[chosen]
+        for chosen in AUTO_PREFERENCE:
+            backend = ATTENTION_BACKENDS[chosen]
+            if backend.installed() and backend.usable(device, dtype) and backend.fits(head_dim, attention_dropout):
+                return backend
+        raise ValueError(f"attention_backend='auto': no backend of {AUTO_PREFERENCE} fits device={device} "
+                         f"dtype={dtype} head_dim={head_dim} attention_dropout={attention_dropout}")
+    backend = ATTENTION_BACKENDS[name]
+    if not backend.installed():
+        raise ValueError(f"attention_backend={name!r} requested but it is not available (not installed)")
+    if name == "flash_attn" and not backend.usable(device, dtype):
+        raise ValueError(
+            f"attention_backend='flash_attn' needs CUDA fp16/bf16 inputs on an Ampere or newer GPU, got "
+            f"device={device} dtype={dtype} (run under torch.autocast or use attention_backend='auto')"
+        )
+    if name == "triton" and device.type != "cuda" and not TRITON_INTERPRET:
+        raise ValueError(
+            f"attention_backend='triton' needs CUDA, got device={device} "
+            "(on CPU it runs only under the Triton interpreter, TRITON_INTERPRET=1)"
+        )
+    return backend
 
 
 def log_backend_choice(configured: str, chosen: str, device: torch.device, dtype: torch.dtype,
@@ -346,7 +361,8 @@ def log_backend_choice(configured: str, chosen: str, device: torch.device, dtype
     code: a logging call inside a compiled region is a graph break (the model calls it from its eager prepare step).
 
     With attention dropout (attention_probs_dropout_prob > 0, in training) also say so, and name the backend that
-    would run without it when that differs: the triton kernel has no dropout, so "auto" falls back to sdpa."""
+    would run without it when that differs: the triton kernel has no dropout, so "auto" takes the next backend
+    of AUTO_PREFERENCE that fits."""
     key = f"{configured}->{chosen}@{device.type}:{attention_dropout}"
     if key in _logged:
         return
