@@ -39,8 +39,8 @@ print("device:", torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", 
 EOF
 
 if want tests; then
-  stage "tests: pytest -m gpu tests/test_model_gpu.py -> $OUT/gpu_tests.log"
-  logged "$OUT/gpu_tests.log" "$PY" -m pytest -m gpu tests/test_model_gpu.py -q -rs -p no:cacheprovider
+  stage "tests: pytest -m gpu (every GPU test) -> $OUT/gpu_tests.log"
+  logged "$OUT/gpu_tests.log" "$PY" -m pytest -m gpu tests -q -rs -p no:cacheprovider
   rc=$?
   stage "tests: exit $rc | $(grep -E '(passed|failed|skipped|error)' "$OUT/gpu_tests.log" | tail -n 1)"
 fi
