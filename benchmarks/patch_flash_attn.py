@@ -162,6 +162,15 @@ def patch_flash_api(text: str) -> str:
                         "CAUSAL_SWITCH(params.is_causal, Is_causal, [&] {", "flash_api.cpp", count=2)
 
 
+def mark_head_dims(text: str, head_dims: list[int]) -> str:
+    """The package says which head dims it has kernels for: MosaicBERT's "auto" then picks flash-attn only for
+    those (an unbuilt head dim can crash the process instead of raising)."""
+    if "KERNEL_HEAD_DIMS" in text:
+        raise PatchError("flash_attn/__init__.py: KERNEL_HEAD_DIMS is already set (patched twice?)")
+    return (text.rstrip("\n") + "\n\n# this build has kernels for these head dims only (benchmarks/patch_flash_attn.py)"
+            f"\nKERNEL_HEAD_DIMS = {tuple(head_dims)}\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path, help="the extracted source distribution (the folder holding setup.py)")
@@ -175,7 +184,8 @@ def main(argv=None) -> int:
     if not set(head_dims) <= set(UPSTREAM_HEAD_DIMS):
         p.error(f"--head-dims must be among {list(UPSTREAM_HEAD_DIMS)}, got {head_dims}")
     paths = {name: args.src / name for name in
-             ("setup.py", "csrc/flash_attn/src/static_switch.h", "csrc/flash_attn/flash_api.cpp")}
+             ("setup.py", "csrc/flash_attn/src/static_switch.h", "csrc/flash_attn/flash_api.cpp",
+              "flash_attn/__init__.py")}
     try:
         texts = {name: path.read_text() for name, path in paths.items()}
         new = dict(texts)
@@ -185,6 +195,7 @@ def main(argv=None) -> int:
             new["csrc/flash_attn/src/static_switch.h"] = patch_static_switch(
                 texts["csrc/flash_attn/src/static_switch.h"], head_dims)
             new["csrc/flash_attn/flash_api.cpp"] = patch_flash_api(texts["csrc/flash_attn/flash_api.cpp"])
+            new["flash_attn/__init__.py"] = mark_head_dims(texts["flash_attn/__init__.py"], head_dims)
     except (PatchError, OSError) as e:
         print(f"patch_flash_attn: {e}", file=sys.stderr)
         return 1

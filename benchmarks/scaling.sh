@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Data-parallel scaling of the pretraining recipe on one machine with 2 GPUs. Time with a cold compile cache:
-# single+ddp+knobs about 7 minutes, large about 8 (each step has a time limit: at most 10 minutes per group).
+# single+ddp+knobs about 6 minutes, large about 10 (each step has a time limit: at most 10 minutes per group).
 #   single  (a) `composer -n 1 main.py yamls/base.yaml` on GPU 0, in parallel with
 #           (b) benchmarks/throughput.py --data on the same rows on GPU 1 (the single-GPU step benchmark), then the
 #               same step with a dense last layer (sparse_last_layer=false: the sparse last layer's speedup)
 #   ddp     (c) `composer -n 2 main.py yamls/base.yaml`
-#   knobs   (d) (c) with ddp.optimize_ddp=false (one compiled graph instead of one per gradient bucket), then
-#           (c) with data.persistent_workers=true (no new worker processes at each pass over the data)
+#   knobs   (d) (c) with ddp.optimize_ddp=true (one compiled graph per gradient bucket, so that each bucket's
+#           all-reduce can overlap the backward; the default false compiles one graph)
 #   large   (e) `composer -n 2 main.py yamls/large.yaml`, DDP and then fsdp FULL_SHARD, with peak memory; the FSDP
 #           run saves, restarts with autoresume for a few more batches, and its checkpoint is exported and loaded
 # Every run changes only data, tokenizer, duration, checkpointing and logging; samples/s is Composer's speed
@@ -39,7 +39,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKEN
 
 # Lengths in batches of 4096 samples (base on one H200: ~1.2 batches/s compiled, two: ~2.2, so 70 batches on one GPU
 # are ~60 s and 70 on two pass one epoch boundary of the 167k-row set of three of the six corpus files; large ~3x slower).
-BASE1_BATCHES=70 BASE2_BATCHES=70 LARGE_BATCHES=24 LARGE_MORE=4 BENCH_STEPS=60
+BASE1_BATCHES=70 BASE2_BATCHES=70 LARGE_BATCHES=16 LARGE_MORE=4 BENCH_STEPS=60
 BASE=yamls/base.yaml LARGE=yamls/large.yaml
 TIME_SCALE=${TIME_SCALE:-1}  # the time limits below are for the GPUs
 TINY=()
@@ -96,17 +96,16 @@ for step in "${STEPS[@]}"; do
       train base-2gpu 160 2 29612 "$BASE" "$BASE2_BATCHES"
       ;;
     knobs)
-      train base-2gpu-no-optimize-ddp 120 2 29613 "$BASE" "$BASE2_BATCHES" ddp.optimize_ddp=false
-      train base-2gpu-persistent-workers 110 2 29614 "$BASE" "$BASE2_BATCHES" data.persistent_workers=true
+      train base-2gpu-optimize-ddp 160 2 29613 "$BASE" "$BASE2_BATCHES" ddp.optimize_ddp=true
       ;;
     large)
-      train large-2gpu-ddp 170 2 29615 "$LARGE" "$LARGE_BATCHES" callbacks.memory_monitor=true
+      train large-2gpu-ddp 240 2 29615 "$LARGE" "$LARGE_BATCHES" callbacks.memory_monitor=true
       fsdp=("fsdp={sharding_strategy: FULL_SHARD}" callbacks.memory_monitor=true)
-      train large-2gpu-fsdp 200 2 29616 "$LARGE" "$LARGE_BATCHES" "${fsdp[@]}"
+      train large-2gpu-fsdp 240 2 29616 "$LARGE" "$LARGE_BATCHES" "${fsdp[@]}"
       # autoresume: the same folder, a longer max_duration; it must continue from the saved batch (uncompiled:
       # this checks the checkpoint, not the speed)
       more=$((LARGE_BATCHES + LARGE_MORE))
-      run large-2gpu-fsdp-resume 120 "$PYTHON" -m composer.cli.launcher -n 2 --master_port 29617 main.py "$LARGE" \
+      run large-2gpu-fsdp-resume 150 "$PYTHON" -m composer.cli.launcher -n 2 --master_port 29617 main.py "$LARGE" \
         data.local="$DATA" tokenizer="$TOK" run_name=large-2gpu-fsdp max_duration="${more}ba" \
         eval_interval=100000ba eval_subset_num_batches=1 save_folder="$OUT/ckpt-large-2gpu-fsdp" \
         save_interval="${more}ba" save_num_checkpoints_to_keep=1 autoresume=true compile=false "${TINY[@]}" "${fsdp[@]}"

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -127,61 +126,6 @@ def test_fsdp_section_becomes_fsdp2_with_full_checkpoints():
         build_fsdp({"sharding_strategy": "FULL_SHARD", "reshard_after_forward": False})
 
 
-# ---- dataloader workers -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def toy_mds(tmp_path_factory):
-    from mosaicbert.data.convert import convert
-    from mosaicbert.data.tokenizer import load_tokenizer
-
-    root = tmp_path_factory.mktemp("fastpath")
-    words = [f"w{i}" for i in range(200)]
-    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    rng = np.random.default_rng(0)
-    docs = [" ".join(rng.choice(words, size=int(rng.integers(5, 40)))) for _ in range(40)]
-    (root / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    tok = load_tokenizer(str(root / "vocab.txt"))
-    convert(out_root=root / "mds", source="local", train_files=str(root / "docs.jsonl"),
-            val_files=str(root / "docs.jsonl"), mode="split", tokenize=True, max_seq_len=32, tokenizer=tok,
-            progress=False)
-    return root / "mds", tok
-
-
-def test_persistent_workers_give_the_same_batches_every_epoch(toy_mds):
-    """Workers kept alive across the epoch boundary still see the new epoch (new masks, same order)."""
-    from mosaicbert.data.mlm import build_mlm_dataloader
-
-    local, tok = toy_mds
-
-    def two_epochs(persistent: bool):
-        loader = build_mlm_dataloader(local=str(local), remote=None, split="train", tokenizer=tok, max_seq_len=32,
-                                      mlm_probability=0.3, device_batch_size=8, shuffle=True, seed=5, num_workers=1,
-                                      drop_last=True, persistent_workers=persistent)
-        assert loader.persistent_workers is persistent
-        return [[b["labels"] for b in loader] for _ in range(2)]
-
-    plain, kept = two_epochs(False), two_epochs(True)
-    for epoch_plain, epoch_kept in zip(plain, kept):
-        assert len(epoch_plain) == len(epoch_kept) > 1
-        assert all(torch.equal(a, b) for a, b in zip(epoch_plain, epoch_kept))
-    assert not all(torch.equal(a, b) for a, b in zip(*kept)), "epoch 1 repeated epoch 0's masks"
-
-
-@pytest.mark.parametrize("setting, compiled", [("true", True), ("auto", False), ("false", False)])
-def test_trainer_model_is_compiled_as_resolved_on_cpu(toy_mds, tmp_path, setting, compiled):
-    from mosaicbert.builders import build_pretrain_trainer
-
-    local, _ = toy_mds
-    cfg = load_pretrain_config("yamls/quickstart.yaml", [
-        f"data.local={local}", f"tokenizer={local.parent / 'vocab.txt'}", "model.config_overrides.vocab_size=256",
-        "data.max_seq_len=32", "device=cpu", "data.num_workers=0", f"save_folder={tmp_path}", f"compile={setting}"])
-    trainer = build_pretrain_trainer(cfg)
-    # Composer compiles lazily by wrapping the model's forward in torch.compile's frame hook
-    assert hasattr(trainer.state.model.forward, "_torchdynamo_orig_callable") is compiled
-    trainer.close()
-
-
 # ---- two processes (gloo) -----------------------------------------------------------------------------------
 
 DDP_SCRIPT = r"""
@@ -200,7 +144,6 @@ facts = {
     "sync_strategy": str(trainer._ddp_sync_strategy.value),
     "optimize_ddp": torch._dynamo.config.optimize_ddp,
     "num_workers": loader.num_workers,
-    "persistent_workers": loader.persistent_workers,
 }
 trainer.fit()
 facts["batches"] = int(trainer.state.timestamp.batch)
@@ -215,12 +158,12 @@ def test_ddp_and_worker_settings_reach_the_trainer(tmp_path):
     script.write_text(DDP_SCRIPT)
     _run([COMPOSER, "-n", "2", "--master_port", "29541", str(script), str(tmp_path), *TINY, "max_duration=2ba",
           "eval_interval=2ba", "save_folder=null", "autoresume=false", "loggers.metrics_jsonl=false",
-          "ddp.optimize_ddp=false", "ddp.sync_strategy=multi_auto_sync",
-          "data.num_workers=1", "data.persistent_workers=true"])
+          "ddp.optimize_ddp=true", "ddp.sync_strategy=multi_auto_sync",
+          "data.num_workers=1"])
     for rank in (0, 1):
         facts = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert facts == {"ddp": True, "sync_strategy": "multi_auto_sync", "optimize_ddp": False, "num_workers": 1,
-                         "persistent_workers": True, "batches": 2}
+        assert facts == {"ddp": True, "sync_strategy": "multi_auto_sync", "optimize_ddp": True, "num_workers": 1,
+                         "batches": 2}
 
 
 GRAPHS_SCRIPT = r"""

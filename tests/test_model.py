@@ -746,3 +746,15 @@ def test_encoder_masked_tokens_mask(sparse):
                                out.last_hidden_state)
     with pytest.raises(ValueError, match="pass masked_tokens_mask"):
         model(ids, attention_mask=mask, masked_tokens_mask=masked, prepared=prepared)
+
+
+def test_flash_attn_head_dims_of_a_restricted_build(monkeypatch):
+    """A flash-attn build that names its head dims (benchmarks/build_flash_attn.sh) is picked only for those."""
+    from mosaicbert.model import attention
+
+    monkeypatch.setattr(attention, "FLASH_HEAD_DIMS", None)  # pip's build: every head dim up to 256
+    assert attention.flash_fits(64) and attention.flash_fits(256) and not attention.flash_fits(320)
+    monkeypatch.setattr(attention, "FLASH_HEAD_DIMS", (64, 128))
+    assert attention.flash_fits(64) and attention.flash_fits(128) and attention.flash_fits(None)
+    assert not attention.flash_fits(32) and not attention.flash_fits(256)
+    assert not attention.ATTENTION_BACKENDS["flash_attn"].fits(96, 0.0)

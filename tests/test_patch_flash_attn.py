@@ -28,6 +28,8 @@ def kernel_files():
 def make_tree(root: Path) -> Path:
     src = root / "flash_attn-2.8.3"
     (src / "csrc/flash_attn/src").mkdir(parents=True)
+    (src / "flash_attn").mkdir()
+    (src / "flash_attn/__init__.py").write_text('__version__ = "2.8.3"\n')
     for name in kernel_files():
         (src / "csrc/flash_attn/src" / name).write_text("// kernel\n")
     sources = "".join(f'                "csrc/flash_attn/src/{n}",\n' for n in kernel_files())
@@ -74,6 +76,9 @@ def test_restricted_build_keeps_only_the_noncausal_kernels_of_the_head_dims(tmp_
     api = (src / "csrc/flash_attn/flash_api.cpp").read_text()
     assert api.count("CAUSAL_SWITCH(params.is_causal, Is_causal") == 2 and "BOOL_SWITCH" not in api
     assert "12 kernel files" in capsys.readouterr().out
+    package = {}
+    exec((src / "flash_attn/__init__.py").read_text(), package)  # what `import flash_attn` then says
+    assert package["KERNEL_HEAD_DIMS"] == (64, 128) and package["__version__"] == "2.8.3"
 
 
 def test_all_kernels_only_makes_the_build_offline(tmp_path):

@@ -328,7 +328,6 @@ def build_pretrain_dataloaders(cfg: PretrainConfig, tokenizer, device_train_batc
         max_seq_len=data.max_seq_len,
         seed=cfg.seed,
         num_workers=data.num_workers,
-        persistent_workers=data.persistent_workers,
         pad_to_max_length=data.pad_to_max_length,
         packing=data.packing,
         pin_memory=device == "gpu",

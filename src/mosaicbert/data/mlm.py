@@ -595,7 +595,6 @@ def build_mlm_dataloader(
     pad_to_max_length: bool = False,
     pin_memory: bool = False,
     prefetch_factor: int | None = 2,
-    persistent_workers: bool = False,
     shuffle_block_size: int | None = None,
     num_canonical_nodes: int | None = None,
     same_masks_every_epoch: bool = False,
@@ -687,7 +686,6 @@ def build_mlm_dataloader(
     loader_kwargs: dict[str, Any] = {}
     if num_workers > 0:
         loader_kwargs["prefetch_factor"] = prefetch_factor
-        loader_kwargs["persistent_workers"] = persistent_workers
     return DataLoader(
         dataset,
         batch_size=device_batch_size,

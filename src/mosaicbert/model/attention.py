@@ -48,9 +48,19 @@ try:
 
     _FLASH_VERSION = tuple(int(x) for x in flash_attn.__version__.split(".")[:2] if x.isdigit())
     HAS_FLASH_ATTN = _FLASH_VERSION >= (2, 4)  # alibi_slopes appeared in 2.4
+    # a build restricted to some head dims (benchmarks/build_flash_attn.sh) names them; pip's build has every one
+    FLASH_HEAD_DIMS = getattr(flash_attn, "KERNEL_HEAD_DIMS", None)
 except ImportError:
     flash_attn_varlen_qkvpacked_func = None
     HAS_FLASH_ATTN = False
+    FLASH_HEAD_DIMS = None
+
+
+def flash_fits(head_dim: int | None, dropout_p: float = 0.0) -> bool:
+    """flash-attn 2 has kernels for head dims up to 256, or only for those a restricted build names."""
+    if head_dim is None:
+        return True
+    return head_dim in FLASH_HEAD_DIMS if FLASH_HEAD_DIMS is not None else head_dim <= 256
 
 try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -292,12 +302,11 @@ def _cuda_16bit(dev: torch.device, dt: torch.dtype) -> bool:
 
 
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
-    # flash-attn 2 runs on Ampere or newer, head dims up to 256 (pip's build; a build restricted to fewer head dims
-    # refuses the others with a RuntimeError naming them)
+    # flash-attn 2 runs on Ampere or newer, head dims up to 256 (pip's build) or those of a restricted build
     "flash_attn": AttentionBackend("flash_attn", flash_attention, installed=lambda: HAS_FLASH_ATTN,
                                    usable=lambda dev, dt: HAS_FLASH_ATTN and _cuda_16bit(dev, dt)
                                    and cuda_capability(dev) >= (8, 0),
-                                   fits=lambda head_dim, p: head_dim is None or head_dim <= 256),
+                                   fits=flash_fits),
     # on CPU "auto" prefers the torch reference (fp32 softmax) to sdpa's math path
     "sdpa": AttentionBackend("sdpa", sdpa_attention, installed=lambda: True,
                              usable=lambda dev, dt: dev.type == "cuda", needs_alibi_matrix=True),
@@ -347,6 +356,10 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, head_di
             f"attention_backend='flash_attn' needs CUDA fp16/bf16 inputs on an Ampere or newer GPU, got "
             f"device={device} dtype={dtype} (run under torch.autocast or use attention_backend='auto')"
         )
+    if name == "flash_attn" and not flash_fits(head_dim):
+        raise ValueError(f"attention_backend='flash_attn': this flash-attn build has kernels for head dims "
+                         f"{list(FLASH_HEAD_DIMS)} only, the model's is {head_dim} (rebuild it with that head dim, or "
+                         "use attention_backend='auto')")
     if name == "triton" and device.type != "cuda" and not TRITON_INTERPRET:
         raise ValueError(
             f"attention_backend='triton' needs CUDA, got device={device} "
