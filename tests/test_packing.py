@@ -246,3 +246,23 @@ def test_loaders_built_from_config_pack(docs):
         assert {"sequence_id", "document_counts"} <= set(batch)
         assert spec.get_num_samples_in_batch(batch) == sum(batch["document_counts"]) == size
         assert batch["input_ids"].shape[0] < size
+
+
+def test_split_mlm_batch_keeps_rows_and_host_lists_together():
+    """Microbatches cut every tensor and per-row list at the same rows; a batch within one microbatch stays whole
+    (and without Composer's warning for batches shorter than the microbatch size)."""
+    import warnings
+
+    import torch
+
+    from mosaicbert.data.mlm import split_mlm_batch
+
+    batch = {"input_ids": torch.arange(10).view(5, 2), "sequence_lengths": [2, 2, 1, 2, 2],
+             "document_counts": [1, 2, 1, 1, 3]}
+    micro = split_mlm_batch(batch, 2)
+    assert [m["input_ids"].shape[0] for m in micro] == [2, 2, 1]
+    assert [m["document_counts"] for m in micro] == [[1, 2], [1, 1], [3]]
+    assert torch.equal(torch.cat([m["input_ids"] for m in micro]), batch["input_ids"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert split_mlm_batch(batch, 8) == [batch]

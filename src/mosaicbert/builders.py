@@ -42,7 +42,7 @@ from mosaicbert.config import (
     check_keys,
     parse_seconds,
 )
-from mosaicbert.data.mlm import build_mlm_dataloader, num_samples_in_batch
+from mosaicbert.data.mlm import build_mlm_dataloader, num_samples_in_batch, split_mlm_batch
 from mosaicbert.data.tokenizer import load_tokenizer
 from mosaicbert.model import MosaicBertConfig, MosaicBertForMaskedLM
 from mosaicbert.resume import (
@@ -343,8 +343,8 @@ def build_pretrain_dataloaders(cfg: PretrainConfig, tokenizer, device_train_batc
         split=data.eval_split, mlm_probability=data.eval_mlm_probability, device_batch_size=cfg.device_eval_batch_size,
         shuffle=False, drop_last=False, same_masks_every_epoch=True, **common,
     )
-    return (DataSpec(train_loader, get_num_samples_in_batch=num_samples_in_batch),
-            DataSpec(eval_loader, get_num_samples_in_batch=num_samples_in_batch))
+    return (DataSpec(train_loader, get_num_samples_in_batch=num_samples_in_batch, split_batch=split_mlm_batch),
+            DataSpec(eval_loader, get_num_samples_in_batch=num_samples_in_batch, split_batch=split_mlm_batch))
 
 
 def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:

@@ -49,6 +49,7 @@ __all__ = [
     "pack_mlm_batch",
     "padding_fraction",
     "num_samples_in_batch",
+    "split_mlm_batch",
     "build_mlm_dataloader",
     "check_max_seq_len",
     "check_mds_split",
@@ -572,6 +573,18 @@ def num_samples_in_batch(batch: dict[str, Any]) -> int:
     if "document_counts" in batch:
         return int(sum(batch["document_counts"]))
     return int(batch["input_ids"].shape[0])
+
+
+def split_mlm_batch(batch: dict[str, Any], microbatch_size: int) -> list[dict[str, Any]]:
+    """Composer's microbatches of an MLM batch: every tensor and per-row list cut into runs of `microbatch_size` rows.
+
+    Composer's own split warns on every batch shorter than the microbatch size, which packed batches (fewer rows than
+    documents) always are at evaluation; such a batch is simply one microbatch.
+    """
+    rows = int(batch["input_ids"].shape[0])
+    if rows <= microbatch_size:
+        return [batch]
+    return [{k: v[i:i + microbatch_size] for k, v in batch.items()} for i in range(0, rows, microbatch_size)]
 
 
 def _default_local_for_remote(remote: str, split: str) -> str:
