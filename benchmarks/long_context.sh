@@ -34,14 +34,7 @@ if [ "$DRY_RUN" = 1 ]; then
         intermediate_size: 128}" data.num_workers=1 eval_subset_num_batches=2)
 fi
 
-run() {  # run NAME SECONDS CMD...: output into $OUT/NAME.log, exit status into $OUT/NAME.rc; failures are recorded
-  local name=$1 secs=$(($2 * TIME_SCALE)); shift 2
-  echo "$(date -u +%T) $name (at most ${secs}s): $*"
-  local rc=0
-  timeout -k 15 "$secs" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
-  echo "$rc" > "$OUT/$name.rc"
-  [ "$rc" = 0 ] || { echo "$(date -u +%T) $name failed (exit $rc), the end of $OUT/$name.log:"; tail -5 "$OUT/$name.log"; }
-}
+source benchmarks/run_step.sh  # run NAME SECONDS CMD...
 
 bench() {  # bench NAME SEQ ROWS MODELS [--packing]
   local name=$1 seq=$2 rows=$3 models=$4; shift 4

@@ -52,19 +52,7 @@ if [ "$DRY_RUN" = 1 ]; then
         intermediate_size: 128}" data.num_workers=1)
 fi
 
-# run NAME SECONDS CMD...: CMD under a time limit, output into $OUT/NAME.log, exit status into $OUT/NAME.rc;
-# a failing run is recorded and the script goes on.
-run() {
-  local name=$1 secs=$(($2 * TIME_SCALE)); shift 2
-  echo "$(date -u +%T) $name (at most ${secs}s): $*"
-  local rc=0
-  timeout -k 15 "$secs" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
-  echo "$rc" > "$OUT/$name.rc"
-  if [ "$rc" != 0 ]; then
-    echo "$(date -u +%T) $name failed (exit $rc; 124: time limit), the end of $OUT/$name.log:"
-    tail -5 "$OUT/$name.log"
-  fi
-}
+source benchmarks/run_step.sh  # run NAME SECONDS CMD...
 
 # train NAME SECONDS GPUS PORT CONFIG BATCHES [OVERRIDES...]: main.py through the composer launcher
 train() {
