@@ -385,6 +385,24 @@ def test_auto_takes_the_first_fitting_backend_of_the_preference_order(monkeypatc
         resolve_backend("auto", torch.device("cpu"), bf16, head_dim=64)
 
 
+def test_shipped_order_takes_triton_then_flash_attn_for_dropout(monkeypatch):
+    # the measured order (benchmarks/README.md, flash-attn): triton trains faster than flash_attn on an H200, and
+    # flash_attn runs what the triton kernel does not (attention dropout, other head dims)
+    from mosaicbert.model import attention
+
+    monkeypatch.setattr(attention, "HAS_FLASH_ATTN", True)
+    monkeypatch.setattr(attention, "HAS_TRITON", True)
+    monkeypatch.setattr(attention, "cuda_capability", lambda dev: (9, 0))
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16
+    assert resolve_backend("auto", cuda, bf16, head_dim=64).name == "triton"
+    assert resolve_backend("auto", cuda, torch.float16, head_dim=128).name == "triton"
+    assert resolve_backend("auto", cuda, bf16, head_dim=64, attention_dropout=0.1).name == "flash_attn"
+    assert resolve_backend("auto", cuda, bf16, head_dim=48).name == "flash_attn"
+    monkeypatch.setattr(attention, "FLASH_HEAD_DIMS", (64, 128))  # a restricted build: other head dims go to sdpa
+    assert resolve_backend("auto", cuda, bf16, head_dim=48).name == "sdpa"
+    assert resolve_backend("auto", cuda, bf16, head_dim=64, attention_dropout=0.1).name == "flash_attn"
+
+
 def test_auto_preference_order_is_well_formed():
     from mosaicbert.model.attention import AUTO_PREFERENCE
 
