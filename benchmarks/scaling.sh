@@ -38,7 +38,7 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 # Lengths in batches of 4096 samples (base on one H200: ~1.2 batches/s compiled, two: ~2.2, so 70 batches on one GPU
-# are ~60 s and 70 on two pass one epoch boundary of the 167k-row set of three of the six corpus files; large ~3x slower).
+# are ~60 s and 70 on two pass one epoch boundary of the 167k-row set of three of the six corpus files; large on two: ~0.8 batches/s).
 BASE1_BATCHES=70 BASE2_BATCHES=70 LARGE_BATCHES=16 LARGE_MORE=4 BENCH_STEPS=60
 BASE=yamls/base.yaml LARGE=yamls/large.yaml
 TIME_SCALE=${TIME_SCALE:-1}  # the time limits below are for the GPUs
