@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from streaming import StreamingDataset
+from toy_corpus import SPECIALS, WORDS, write_vocab  # tests/toy_corpus.py
 
 from mosaicbert.data.builtin_corpus import atomic_build
 from mosaicbert.data.convert import convert, main
 from mosaicbert.data.tokenizer import load_tokenizer
 
-WORDS = [f"w{i}" for i in range(300)]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MAX_LEN = 16
 
 
@@ -24,8 +23,7 @@ MAX_LEN = 16
 def toy_vocab(tmp_path_factory) -> Path:
     """A WordPiece vocab where every word ``w<i>`` is exactly one token (id i + 5)."""
     path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(SPECIALS + WORDS) + "\n")
-    return path
+    return write_vocab(path)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from toy_corpus import WORDS, write_documents, write_vocab  # tests/toy_corpus.py
 
 from mosaicbert.data.convert import convert
 from mosaicbert.data.convert import main as convert_main
@@ -35,8 +36,6 @@ from mosaicbert.runlock import RunLock, RunLockedError
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-WORDS = [f"w{i}" for i in range(300)]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MAX_LEN = 32
 
 
@@ -52,13 +51,8 @@ def _env() -> dict:
 def toy(tmp_path_factory):
     """A 305-token WordPiece vocab (each word one token), 150 documents, and that vocab's tokenizer."""
     root = tmp_path_factory.mktemp("faults")
-    (root / "vocab.txt").write_text("\n".join(SPECIALS + WORDS) + "\n")
-    rng = np.random.default_rng(0)
-    with open(root / "docs.jsonl", "w") as fh:
-        for _ in range(150):
-            words = rng.integers(0, len(WORDS), size=int(rng.integers(5, 60)))
-            fh.write(json.dumps({"text": " ".join(WORDS[w] for w in words)}) + "\n")
-    return root, load_tokenizer(str(root / "vocab.txt"))
+    write_documents(root / "docs.jsonl", num_docs=150, min_words=5, max_words=60)
+    return root, load_tokenizer(str(write_vocab(root / "vocab.txt")))
 
 
 def _convert(toy, out: Path, compression=None, tokenizer=None, splits=("train",)) -> Path:
@@ -249,7 +243,7 @@ def test_damaged_shard_downloaded_from_a_remote_is_caught(tmp_path, toy, compres
 def test_shards_of_another_tokenizer_are_refused(tmp_path, toy):
     other = tmp_path / "other" / "vocab.txt"
     other.parent.mkdir()
-    other.write_text("\n".join(SPECIALS + WORDS[::-1]) + "\n")  # same size: every id fits the model's vocabulary
+    write_vocab(other, WORDS[::-1])  # same size: every id fits the model's vocabulary
     out = _convert(toy, tmp_path / "mds", tokenizer=str(other))
     with pytest.raises(DatasetMismatchError, match=rf"tokenized with tokenizer '{other}' .* but this run uses "
                                                    rf"tokenizer '{toy[0] / 'vocab.txt'}'"):

@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from toy_corpus import WORDS, write_documents, write_vocab  # tests/toy_corpus.py
 
 from mosaicbert.data.convert import convert
 from mosaicbert.data.masking import IGNORE_INDEX
 from mosaicbert.data.mlm import CorruptShardError, DatasetMismatchError, build_mlm_dataloader, pad_mlm_batch
 from mosaicbert.data.tokenizer import load_tokenizer
 
-WORDS = [f"w{i}" for i in range(300)]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MAX_LEN = 32
 BATCH = 8
 
@@ -22,14 +21,8 @@ BATCH = 8
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlm")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + WORDS) + "\n")
-    rng = np.random.default_rng(0)
-    with open(root / "docs.jsonl", "w") as fh:
-        for _ in range(60):
-            words = rng.integers(0, len(WORDS), size=int(rng.integers(5, 80)))
-            fh.write(json.dumps({"text": " ".join(WORDS[w] for w in words)}) + "\n")
-    tok = load_tokenizer(str(vocab))
+    tok = load_tokenizer(str(write_vocab(root / "vocab.txt")))
+    write_documents(root / "docs.jsonl", num_docs=60, min_words=5, max_words=80)
     for name, tokenize in (("raw", False), ("tok", True)):
         convert(out_root=root / name, source="local", train_files=str(root / "docs.jsonl"),
                 val_files=str(root / "docs.jsonl"), mode="split", tokenize=tokenize, max_seq_len=MAX_LEN,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from toy_corpus import write_documents, write_vocab  # tests/toy_corpus.py
 
 from mosaicbert.data.convert import convert
 from mosaicbert.data.masking import IGNORE_INDEX
@@ -21,8 +21,6 @@ from mosaicbert.data.mlm import (
 )
 from mosaicbert.data.tokenizer import load_tokenizer
 
-WORDS = [f"w{i}" for i in range(300)]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MAX_LEN = 64
 BATCH = 8
 
@@ -158,13 +156,8 @@ def test_composer_counts_documents_and_splits_rows():
 def docs(tmp_path_factory):
     """Documents-mode shards of 80 documents of 3-60 tokens (plus [CLS]/[SEP]) at MAX_LEN, and the tokenizer."""
     root = tmp_path_factory.mktemp("packing")
-    (root / "vocab.txt").write_text("\n".join(SPECIALS + WORDS) + "\n")
-    rng = np.random.default_rng(0)
-    with open(root / "docs.jsonl", "w") as fh:
-        for _ in range(80):
-            words = rng.integers(0, len(WORDS), size=int(rng.integers(3, 60)))
-            fh.write(json.dumps({"text": " ".join(WORDS[w] for w in words)}) + "\n")
-    tok = load_tokenizer(str(root / "vocab.txt"))
+    tok = load_tokenizer(str(write_vocab(root / "vocab.txt")))
+    write_documents(root / "docs.jsonl", num_docs=80, min_words=3, max_words=60)
     convert(out_root=root / "mds", source="local", train_files=str(root / "docs.jsonl"),
             val_files=str(root / "docs.jsonl"), mode="documents", tokenize=True, max_seq_len=MAX_LEN, tokenizer=tok,
             progress=False)
