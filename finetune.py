@@ -13,7 +13,7 @@ training finished, 2 on a config or data error.
 
 import sys
 
-from mosaicbert.cli import run_script
+from mosaicbert.core.cli import run_script
 from mosaicbert.finetune.config import load_finetune_config
 
 

@@ -12,7 +12,7 @@ config error. Run it with python, not with the composer launcher: it starts its 
 
 import sys
 
-from mosaicbert.cli import run_script
+from mosaicbert.core.cli import run_script
 from mosaicbert.glue.config import load_glue_config
 
 

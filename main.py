@@ -3,8 +3,8 @@
     composer main.py yamls/base.yaml [key=value ...]          # all GPUs of this machine
     composer -n 2 main.py yamls/quickstart.yaml               # two processes (gloo on CPU, NCCL on GPUs)
 
-The YAML file and overrides are validated against mosaicbert.config.PretrainConfig; builders in
-mosaicbert.builders turn it into a composer.Trainer.
+The YAML file and overrides are validated against mosaicbert.pretrain.config.PretrainConfig;
+mosaicbert.pretrain.trainer turns it into a composer.Trainer.
 """
 
 import contextlib
@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 
-from mosaicbert.cli import run_script
-from mosaicbert.config import ConfigError, load_pretrain_config
-from mosaicbert.runlock import RunLock, RunLockedError, exit_with_parent
+from mosaicbert.core.cli import run_script
+from mosaicbert.core.config import ConfigError
+from mosaicbert.pretrain.config import load_pretrain_config
+from mosaicbert.pretrain.runlock import RunLock, RunLockedError, exit_with_parent
 
 log = logging.getLogger("mosaicbert")
 
@@ -28,9 +29,9 @@ def load_config(yaml_path: str, overrides: list[str]):
 
 def pretrain(cfg) -> int:
     # heavy imports after the config is known to be good
-    from mosaicbert.builders import build_pretrain_trainer, run_folder
-    from mosaicbert.data.mlm import DatasetMismatchError, ShardReadError
-    from mosaicbert.resume import disk_full_message
+    from mosaicbert.pretrain.mlm import DatasetMismatchError, ShardReadError
+    from mosaicbert.pretrain.resume import disk_full_message
+    from mosaicbert.pretrain.trainer import build_pretrain_trainer, run_folder
 
     folder = run_folder(cfg)
     trainer = None
@@ -66,7 +67,7 @@ def pretrain(cfg) -> int:
 
 def finished(trainer, cfg) -> str:
     """'' when the (resumed) run still has training to do, else where it stopped."""
-    from mosaicbert.config import parse_seconds
+    from mosaicbert.core.config import parse_seconds
 
     state = trainer.state
     max_duration, budget_s = state.max_duration, parse_seconds(cfg.max_train_time)

@@ -10,7 +10,7 @@
 #   continue    `composer main.py yamls/base-1024.yaml` from that checkpoint for CONTINUE_BATCHES batches, evaluated at
 #               1024 tokens before the first batch (eval_at_start) and every EVAL_EVERY
 # usage: DATA=<documents shards> TOK=<tokenizer folder> OUT=long_out bash benchmarks/long_context.sh [STEP ...]
-#   DATA: `python -m mosaicbert.data.convert --mode documents --max_seq_len 2048 --tokenize` output (train/, val/)
+#   DATA: `python -m mosaicbert.pretrain.convert --mode documents --max_seq_len 2048 --tokenize` output (train/, val/)
 #   DRY_RUN=1: the same steps with a tiny model on CPU, to check the script itself
 set -euo pipefail
 {

@@ -17,7 +17,7 @@ PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$out/vocab"
 cp "$vocab/vocab.txt" "$out/vocab/"
 if [ -n "$glue" ]; then rm -rf "$out/glue" && cp -r "$glue" "$out/glue"; fi
-"$PY" -m mosaicbert.data.convert --source local --mode split --tokenize --max_seq_len 128 \
+"$PY" -m mosaicbert.pretrain.convert --source local --mode split --tokenize --max_seq_len 128 \
   --train_files "$text/train/${TRAIN_GLOB:-*.json.gz}" --val_files "$text/validation/*.json.gz" \
   --tokenizer "$out/vocab" --out_root "$out/tok-mds" --overwrite --no_progress
 du -sh "$out"

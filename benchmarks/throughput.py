@@ -43,7 +43,7 @@ VOCAB = 30528
 def packed_rows(texts: list[list[int]], batch: int, seq: int, start: int):
     """`batch` rows that each pack whole documents (texts from `start` on, first fit) -> (ids [batch, seq],
     sequence_id [batch, seq], lengths [batch], documents per row, index of the next unused document)."""
-    from mosaicbert.data.mlm import pack_documents
+    from mosaicbert.pretrain.mlm import pack_documents
 
     window = [texts[(start + i) % len(texts)] for i in range(4 * batch)]  # enough short documents to fill the rows
     rows = pack_documents([len(t) for t in window], seq)[:batch]
@@ -105,9 +105,9 @@ def make_batches(n: int, batch: int, seq: int, mask_prob: float, seed: int, text
 
 
 def load_texts(path: str, vocab: str, seq: int, limit: int = 20000) -> list[list[int]]:
-    """Real token rows: from an MDS folder written by mosaicbert.data.convert (its train/ split; raw text or token
+    """Real token rows: from an MDS folder written by mosaicbert.pretrain.convert (its train/ split; raw text or token
     ids), or from C4-format *.json.gz files (one row per document, truncated)."""
-    from mosaicbert.data.tokenizer import load_tokenizer
+    from mosaicbert.core.tokenizer import load_tokenizer
 
     tok = load_tokenizer(vocab)
     root = Path(path)

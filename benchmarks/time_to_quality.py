@@ -334,7 +334,7 @@ def main(argv=None) -> int:
     p.add_argument("extra", nargs="*", help="more key=value overrides for main.py / glue.py")
     args = p.parse_intermixed_args(argv)
     if args.step == "train" and not args.data:
-        p.error("train needs --data (an MDS folder written by python -m mosaicbert.data.convert)")
+        p.error("train needs --data (an MDS folder written by python -m mosaicbert.pretrain.convert)")
     return {"train": train, "pick": pick, "glue": glue, "report": report}[args.step](args)
 
 

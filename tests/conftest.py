@@ -31,7 +31,7 @@ def bert_vocab_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def bert_tokenizer(bert_vocab_dir: Path):
     """The bert-base-uncased tokenizer loaded offline from ../shared/data (or skip)."""
-    from mosaicbert.data.tokenizer import load_tokenizer
+    from mosaicbert.core.tokenizer import load_tokenizer
 
     return load_tokenizer(str(bert_vocab_dir))
 

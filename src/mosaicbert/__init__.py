@@ -1,6 +1,6 @@
 """MosaicBERT: a BERT encoder with the published MosaicML changes (see mosaicbert.model).
 
-The model classes load lazily, so tools that only need the config or data code (`python -m mosaicbert.data.convert`,
+The model classes load lazily, so tools that only need the config or data code (`python -m mosaicbert.pretrain.convert`,
 config errors in main.py/glue.py) start without importing torch and transformers.
 """
 

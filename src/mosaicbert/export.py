@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from mosaicbert.checkpoint import load_weights, read_composer_checkpoint
+from mosaicbert.core.checkpoint import load_weights, read_composer_checkpoint
 
 
 def export(checkpoint: str, out_dir: str) -> str:

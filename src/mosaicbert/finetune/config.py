@@ -1,4 +1,4 @@
-"""Finetuning configuration schema (finetune.py), validated by mosaicbert.config.load_config.
+"""Finetuning configuration schema (finetune.py), validated by mosaicbert.core.config.load_config.
 
 One run finetunes one model on one task of the user's own data: local CSV / TSV / JSON Lines / CoNLL / SQuAD
 JSON files, or a Hugging Face hub dataset. Column names are set under `data.columns`; each task type reads
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Dict, List, Optional, Sequence
 
-from mosaicbert.config import (
+from mosaicbert.core.config import (
     NON_NEGATIVE,
     POSITIVE,
     POSITIVE_FINITE,

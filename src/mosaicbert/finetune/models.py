@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from mosaicbert.composer_models import SequenceClassificationModel
-from mosaicbert.config import ConfigError, ModelConfig
+from mosaicbert.core.config import ConfigError, ModelConfig
+from mosaicbert.core.models import SequenceClassificationModel
 from mosaicbert.finetune.tasks import best_spans, model_class
 
 log = logging.getLogger("mosaicbert.finetune")
@@ -32,7 +32,7 @@ def source_config(source: Optional[str]) -> Optional[Dict[str, Any]]:
     Composer checkpoint of main.py); None for random init or when it has none."""
     if not source:
         return None
-    from mosaicbert.checkpoint import looks_like_hub_id, read_composer_checkpoint
+    from mosaicbert.core.checkpoint import looks_like_hub_id, read_composer_checkpoint
 
     path = os.path.expanduser(source)
     if os.path.isdir(path):
@@ -59,7 +59,7 @@ def source_config(source: Optional[str]) -> Optional[Dict[str, Any]]:
 def task_model_config(model_cfg: ModelConfig, tokenizer, **extra: Any):
     """The task model's config: the start checkpoint's config, then model.config_overrides (except the encoder's
     shape: with a checkpoint its own shape wins, so that its weights load), then `extra` (num_labels, labels)."""
-    from mosaicbert.builders import build_hf_config
+    from mosaicbert.core.trainer import build_hf_config
 
     base = source_config(model_cfg.pretrained_checkpoint) or {}
     model_type = base.get("model_type")
@@ -91,7 +91,7 @@ def task_model_config(model_cfg: ModelConfig, tokenizer, **extra: Any):
 def build_task_model(model_cfg: ModelConfig, task: str, tokenizer, labels: Optional[List[str]]):
     """(model, start-weights report). Labels name the classes (classification) or tags (token classification)
     in config.id2label, so the exported model predicts names."""
-    from mosaicbert.checkpoint import load_weights
+    from mosaicbert.core.checkpoint import load_weights
 
     if task == "regression":
         extra: Dict[str, Any] = {"num_labels": 1}

@@ -14,31 +14,171 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from composer import Callback, Evaluator, Logger, State
+from composer import Callback, Evaluator, Logger, State, Trainer
 from composer.utils import dist, reproducibility
+from torch.utils.data import DataLoader, Dataset
 
-from mosaicbert.config import ConfigError
+from mosaicbert.core.callbacks import FiniteLossCheck
+from mosaicbert.core.config import ConfigError, ModelConfig, OptimizerConfig, SchedulerConfig
+from mosaicbert.core.runs import progress, run_folder
+from mosaicbert.core.tokenizer import load_tokenizer
+from mosaicbert.core.trainer import build_optimizer, build_scheduler, resolve_device
 from mosaicbert.finetune.config import FinetuneConfig, main_metric
 from mosaicbert.finetune.data import Rows, read_file, read_hub
 from mosaicbert.finetune.metrics import TASK_METRICS, build_metrics
 from mosaicbert.finetune.models import build_task_model, wrap
-from mosaicbert.finetune.tasks import build_collator, infer_labels, prepare
-from mosaicbert.glue.data import build_loader
-from mosaicbert.glue.train import fit_and_evaluate
+from mosaicbert.finetune.tasks import Prepared, build_collator, infer_labels, prepare
 
 log = logging.getLogger("mosaicbert.finetune")
 EVAL_LABEL = "eval"
 
 
-def run_folder(cfg: FinetuneConfig) -> str:
-    return cfg.save_folder or os.path.join("runs", "finetune", cfg.run_name or "finetune")
+# ---------------------------------------------------------------------------------------------------------------
+# The task runner (finetune.py and every GLUE job)
+# ---------------------------------------------------------------------------------------------------------------
+
+_TOKENIZERS: Dict[str, Any] = {}
 
 
-def _progress(msg: str) -> None:
-    if dist.get_global_rank() == 0:
-        print(msg, flush=True)
+def load_task_tokenizer(tokenizer: Optional[str], pretrained_checkpoint: Optional[str]):
+    """`tokenizer`, or (tokenizer: null) the one saved with the start checkpoint; loaded once per process."""
+    name = tokenizer or pretrained_checkpoint
+    key = "tokenizer" if tokenizer else "model.pretrained_checkpoint (tokenizer: null)"
+    if name not in _TOKENIZERS:
+        try:
+            if tokenizer is None and os.path.isfile(os.path.expanduser(str(name))):
+                raise ValueError("a Composer checkpoint file holds no tokenizer folder: set tokenizer= to the one "
+                                 "used for pretraining")
+            _TOKENIZERS[name] = load_tokenizer(name)
+        except Exception as e:
+            raise ConfigError(f"config key '{key}' = {name!r}: cannot load a tokenizer from it: {e}") from e
+    return _TOKENIZERS[name]
+
+
+@dataclass
+class TaskModel:
+    """A task model ready to train: the Hugging Face-style model, its Composer wrapper, its metrics."""
+
+    model: Any
+    composer_model: Any
+    metric_classes: Dict[str, str]  # friendly metric name -> Composer's metric key (the class name)
+    init_report: Dict[str, Any]
+
+
+def build_task(task: str, model_cfg: ModelConfig, tokenizer, labels: Optional[List[str]], metric_names: Sequence[str],
+               *, seed: int, num_labels: Optional[int] = None, qa_eval: Optional[Prepared] = None,
+               max_answer_length: int = 30) -> TaskModel:
+    """The task model from model_cfg.pretrained_checkpoint (None: random init), its metrics and Composer wrapper.
+
+    labels: class names (classification) or tags (token classification); None for the other task types.
+    num_labels: for the metrics, when there are no labels (multiple choice: the number of choices)."""
+    reproducibility.seed_all(seed)  # the new head's init depends on the seed
+    model, report = build_task_model(model_cfg, task, tokenizer, labels)
+    num_labels = len(labels) if labels else (num_labels or model.config.num_labels)
+    qa = (qa_eval.contexts, qa_eval.answers) if qa_eval is not None else ([], [])
+    metrics = build_metrics(task, list(metric_names), num_labels, labels or (), qa)
+    composer_model = wrap(task, model, tokenizer, list(metrics.values()), max_answer_length)
+    return TaskModel(model, composer_model, {name: type(m).__name__ for name, m in metrics.items()}, report)
+
+
+@dataclass
+class TrainSettings:
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig
+    max_duration: str
+    batch_size: int  # global
+    eval_batch_size: int  # per rank
+    device: str
+    precision: str  # on GPU; CPU trains in fp32
+    microbatch: Any  # None (or "auto" on CPU): the whole per-rank batch
+    seed: int
+    run_name: Optional[str] = None
+    eval_interval: str = "1dur"
+    num_workers: int = 0
+    progress_bar: bool = False
+    console_log_interval: Optional[str] = None  # console metrics every interval (without a progress bar)
+    eval_before_fit: bool = False
+    save_folder: Optional[str] = None  # keep the final weights (weights-only Composer checkpoint) here
+
+
+def build_loader(dataset: Dataset, collate_fn, batch_size: int, *, train: bool, seed: int, num_workers: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
+    """Training loaders are shuffled by a seeded DistributedSampler (Composer's dist.get_sampler: one shard per
+    rank, reshuffled each epoch; `batch_size` is global); eval loaders are not shuffled (`batch_size` per rank)."""
+    world = dist.get_world_size()
+    sampler = dist.get_sampler(dataset, shuffle=train, drop_last=False, seed=seed)
+    return DataLoader(dataset, batch_size=max(1, batch_size // world) if train else batch_size, sampler=sampler,
+                      collate_fn=collate_fn, num_workers=num_workers, pin_memory=pin_memory, drop_last=False)
+
+
+def fit_and_evaluate(task: str, tm: TaskModel, tokenizer, train: Prepared, evals: Dict[str, Prepared],
+                     s: TrainSettings, callbacks: Sequence[Callback] = ()
+                     ) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
+    """Train with a Composer Trainer and evaluate every eval set (before training when `eval_before_fit`, at
+    `eval_interval`, and at the end).
+
+    Returns {eval label: {friendly metric name: value}} of the final evaluation, and the path of the final
+    weights-only checkpoint when `s.save_folder` is set (else None).
+    """
+    collate = build_collator(task, tokenizer)
+    loader_kw = dict(seed=s.seed, num_workers=s.num_workers, pin_memory=s.device == "gpu")
+    evaluators = [Evaluator(label=label, metric_names=list(tm.metric_classes.values()),
+                            dataloader=build_loader(data.dataset, collate, s.eval_batch_size, train=False,
+                                                    **loader_kw))
+                  for label, data in evals.items()]
+    microbatch = None if s.microbatch == "auto" and s.device == "cpu" else s.microbatch  # auto needs a GPU
+    save_kw: Dict[str, Any] = {}
+    if s.save_folder:
+        save_kw = dict(save_folder=s.save_folder, save_interval="1dur", save_weights_only=True, save_overwrite=True,
+                       save_num_checkpoints_to_keep=1, save_filename="final-rank{rank}.pt")
+    log_kw: Dict[str, Any] = {"log_to_console": s.console_log_interval is not None and not s.progress_bar}
+    if log_kw["log_to_console"]:
+        log_kw["console_log_interval"] = s.console_log_interval
+    trainer = Trainer(
+        run_name=s.run_name,
+        model=tm.composer_model,
+        train_dataloader=build_loader(train.dataset, collate, s.batch_size, train=True, **loader_kw),
+        eval_dataloader=evaluators,
+        eval_interval=s.eval_interval,
+        max_duration=s.max_duration,
+        optimizers=build_optimizer(s.optimizer, tm.composer_model),
+        schedulers=build_scheduler(s.scheduler),
+        callbacks=[FiniteLossCheck(), *callbacks],
+        device=s.device,
+        precision=s.precision if s.device == "gpu" else "fp32",
+        device_train_microbatch_size=microbatch,
+        seed=s.seed,
+        progress_bar=s.progress_bar,
+        loggers=[],
+        **log_kw,
+        **save_kw,
+    )
+    try:
+        if s.eval_before_fit:
+            trainer.eval()
+        trainer.fit()
+        metrics = {label: {name: float(by_class[cls].compute()) for name, cls in tm.metric_classes.items()}
+                   for label, by_class in trainer.state.eval_metrics.items()}
+    finally:
+        trainer.close()
+    checkpoint = None
+    if s.save_folder:
+        checkpoint = os.path.join(s.save_folder, "final-rank0.pt")
+        if not os.path.isfile(checkpoint):
+            raise RuntimeError(f"the final checkpoint {checkpoint} was not written")
+    return metrics, checkpoint
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# finetune.py: one task from the user's files or a hub dataset, keeping the best evaluation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def finetune_folder(cfg: FinetuneConfig) -> str:
+    return run_folder(cfg.save_folder, cfg.run_name, "finetune")
 
 
 def load_rows(cfg: FinetuneConfig, split: str) -> Rows:
@@ -74,8 +214,8 @@ class KeepBest(Callback):
         self.history.append(entry)
         improved = self.best is None or values[self.main] > self.best["metrics"][self.main]
         shown = " ".join(f"{k}={v:.4f}" for k, v in values.items())
-        _progress(f"[eval] batch {entry['batch']}: {shown}" + (f" (best {self.main}: saved to {self.folder})"
-                                                                 if improved else ""))
+        progress(f"[eval] batch {entry['batch']}: {shown}" + (f" (best {self.main}: saved to {self.folder})"
+                                                                if improved else ""))
         if improved:
             self.best = entry
             if dist.get_global_rank() == 0:
@@ -93,59 +233,32 @@ def _prepare_data(cfg: FinetuneConfig, tokenizer):
         log.info("labels (%d): %s", len(labels), labels)
     train = prepare(cfg.task, train_rows, tokenizer, cfg.data, labels, train=True)
     evals = prepare(cfg.task, eval_rows, tokenizer, cfg.data, labels, train=False)
-    _progress(f"data: {train.num_examples} training examples ({len(train.dataset)} model inputs) from "
-              f"{train_rows.source}; {evals.num_examples} eval examples ({len(evals.dataset)}) from {eval_rows.source}")
+    progress(f"data: {train.num_examples} training examples ({len(train.dataset)} model inputs) from "
+             f"{train_rows.source}; {evals.num_examples} eval examples ({len(evals.dataset)}) from {eval_rows.source}")
     return train, evals, labels
-
-
-def load_finetune_tokenizer(cfg: FinetuneConfig):
-    """`tokenizer`, or (tokenizer: null) the one saved with model.pretrained_checkpoint."""
-    from mosaicbert.data.tokenizer import load_tokenizer
-
-    name = cfg.tokenizer or cfg.model.pretrained_checkpoint
-    key = "tokenizer" if cfg.tokenizer else "model.pretrained_checkpoint (tokenizer: null)"
-    try:
-        if cfg.tokenizer is None and os.path.isfile(os.path.expanduser(str(name))):
-            raise ValueError("a Composer checkpoint file holds no tokenizer folder: set tokenizer= to the one used "
-                             "for pretraining")
-        return load_tokenizer(name)
-    except Exception as e:
-        raise ConfigError(f"config key '{key}' = {name!r}: cannot load a tokenizer from it: {e}") from e
 
 
 def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     """Finetune; returns the results dict also written to results.json."""
-    from mosaicbert.builders import resolve_device
-
     logging.getLogger("composer").setLevel(logging.WARNING)
     t0 = time.time()
     device = resolve_device(cfg.device)
-    tokenizer = load_finetune_tokenizer(cfg)
+    tokenizer = load_task_tokenizer(cfg.tokenizer, cfg.model.pretrained_checkpoint)
     train, evals, labels = _prepare_data(cfg, tokenizer)
-    collate = build_collator(cfg.task, tokenizer)
-    num_labels = len(labels) if labels else len(cfg.data.columns.choices)
-
-    reproducibility.seed_all(cfg.seed)  # the new head's init depends on the seed
-    model, report = build_task_model(cfg.model, cfg.task, tokenizer, labels)
     names = list(cfg.metrics or TASK_METRICS[cfg.task])
-    metrics = build_metrics(cfg.task, names, num_labels, labels or (), (evals.contexts, evals.answers))
-    metric_classes = {name: type(m).__name__ for name, m in metrics.items()}
-    composer_model = wrap(cfg.task, model, tokenizer, list(metrics.values()), cfg.data.max_answer_length)
-
-    loader_kw = dict(seed=cfg.seed, num_workers=cfg.data.num_workers, pin_memory=device == "gpu")
-    folder = run_folder(cfg)
+    tm = build_task(cfg.task, cfg.model, tokenizer, labels, names, seed=cfg.seed,
+                    num_labels=len(cfg.data.columns.choices) or None, qa_eval=evals,
+                    max_answer_length=cfg.data.max_answer_length)
+    folder = finetune_folder(cfg)
     best_folder = os.path.join(folder, "best_model")
-    keep_best = KeepBest(model, tokenizer, best_folder, metric_classes, main_metric(cfg))
-    evaluator = Evaluator(label=EVAL_LABEL, metric_names=list(metric_classes.values()),
-                          dataloader=build_loader(evals.dataset, collate, cfg.eval_batch_size, train=False,
-                                                  **loader_kw))
-    fit_and_evaluate(
-        composer_model, build_loader(train.dataset, collate, cfg.batch_size, train=True, **loader_kw), [evaluator],
-        optimizer=cfg.optimizer, scheduler=cfg.scheduler, max_duration=cfg.max_duration, device=device,
-        precision=cfg.precision, microbatch=cfg.device_train_microbatch_size, seed=cfg.seed, run_name=cfg.run_name,
-        eval_interval=cfg.eval_interval, progress_bar=cfg.progress_bar, console_log_interval=cfg.console_log_interval,
-        callbacks=[keep_best], eval_before_fit=cfg.eval_before_training,
-    )
+    keep_best = KeepBest(tm.model, tokenizer, best_folder, tm.metric_classes, main_metric(cfg))
+    settings = TrainSettings(
+        optimizer=cfg.optimizer, scheduler=cfg.scheduler, max_duration=cfg.max_duration, batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size, device=device, precision=cfg.precision,
+        microbatch=cfg.device_train_microbatch_size, seed=cfg.seed, run_name=cfg.run_name,
+        eval_interval=cfg.eval_interval, num_workers=cfg.data.num_workers, progress_bar=cfg.progress_bar,
+        console_log_interval=cfg.console_log_interval, eval_before_fit=cfg.eval_before_training)
+    fit_and_evaluate(cfg.task, tm, tokenizer, train, {EVAL_LABEL: evals}, settings, callbacks=[keep_best])
     results = {
         "run_name": cfg.run_name,
         "task": cfg.task,
@@ -155,7 +268,7 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         "best": keep_best.best,
         "evaluations": keep_best.history,
         "best_model": best_folder,
-        "init_report": report,
+        "init_report": tm.init_report,
         "train_examples": train.num_examples,
         "eval_examples": evals.num_examples,
         "duration_s": time.time() - t0,
@@ -168,6 +281,6 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     best = keep_best.best
     if best is not None:
         shown = " ".join(f"{k}={v:.4f}" for k, v in best["metrics"].items())
-        _progress(f"best {results['main_metric']} at batch {best['batch']}: {shown}\n"
-                  f"wrote {best_folder} (Hugging Face model + tokenizer) and {os.path.join(folder, 'results.json')}")
+        progress(f"best {results['main_metric']} at batch {best['batch']}: {shown}\n"
+                 f"wrote {best_folder} (Hugging Face model + tokenizer) and {os.path.join(folder, 'results.json')}")
     return results

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.utils.data import Dataset
 
-from mosaicbert.config import ConfigError
+from mosaicbert.core.config import ConfigError
 from mosaicbert.finetune.data import FinetuneDataError, Rows
-from mosaicbert.glue.data import Collator, TokenizedDataset
 
 log = logging.getLogger("mosaicbert.finetune")
 
@@ -113,6 +113,19 @@ def _label_id(rows: Rows, i: int, value: str, label_ids: Dict[str, int], column:
 # ---------------------------------------------------------------------------------------------------------------
 # Features
 # ---------------------------------------------------------------------------------------------------------------
+
+
+class TokenizedDataset(Dataset):
+    """Model inputs as plain dicts of Python lists, one per row."""
+
+    def __init__(self, features: List[dict]):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.features[i]
 
 
 @dataclass
@@ -282,7 +295,10 @@ def _pad(rows: Sequence[Sequence[Any]], length: int, value: Any) -> List[List[An
 class PaddingCollator:
     """Pads the sequence keys of a batch (`pad_values`: key -> pad value) to the longest row, rounded up to a
     multiple of 8, and builds attention_mask from input_ids; other keys become tensors as they are. Multiple
-    choice rows ([C] sequences per example) pad to [B, C, S]."""
+    choice rows ([C] sequences per example) pad to [B, C, S].
+
+    Flat rows also send each row's real length as a list of ints (`sequence_lengths`), which spares MosaicBERT's
+    forward its host sync (see the MLM collator)."""
 
     def __init__(self, pad_values: Dict[str, Any]):
         self.pad_values = pad_values
@@ -303,12 +319,12 @@ class PaddingCollator:
         mask = [_pad([[1] * len(s) for s in (f["input_ids"] if nested else [f["input_ids"]])], length, 0)
                 for f in features]
         batch["attention_mask"] = torch.tensor(mask if nested else [m[0] for m in mask])
+        if not nested:
+            batch["sequence_lengths"] = [len(s) for s in seqs]
         return batch
 
 
-def build_collator(task: str, tokenizer):
-    if task in ("classification", "regression"):
-        return Collator(tokenizer.pad_token_id, regression=task == "regression")  # the GLUE collator
+def build_collator(task: str, tokenizer) -> PaddingCollator:
     pads: Dict[str, Any] = {"input_ids": tokenizer.pad_token_id, "token_type_ids": 0}
     if task == "token_classification":
         pads["labels"] = -100

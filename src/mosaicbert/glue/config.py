@@ -1,4 +1,4 @@
-"""GLUE finetuning configuration schema (glue.py), validated by mosaicbert.config.load_config.
+"""GLUE finetuning configuration schema (glue.py), validated by mosaicbert.core.config.load_config.
 
 Defaults are the published MosaicBERT GLUE recipe: DecoupledAdamW (betas 0.9/0.98, eps 1e-6), max length 256,
 linear warmup over 6% of training then linear decay to 0, per-task lr / weight decay / epochs / batch size / seeds.
@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, List, Optional, Sequence
 
-from mosaicbert.config import (
+from mosaicbert.core.config import (
     NON_NEGATIVE,
     POSITIVE,
     POSITIVE_FINITE,

@@ -12,11 +12,11 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-
+from mosaicbert.finetune.config import ColumnsConfig, FinetuneDataConfig
+from mosaicbert.finetune.data import Rows
+from mosaicbert.finetune.tasks import Prepared, prepare
 from mosaicbert.glue.tasks import GlueTask
 
 log = logging.getLogger("mosaicbert.glue")
@@ -146,59 +146,8 @@ def read_split(task: GlueTask, split: str, data_dir: Optional[str], hub_dataset:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tokenization and loaders
+# Finetuning inputs
 # ---------------------------------------------------------------------------------------------------------------
-
-
-class TokenizedDataset(Dataset):
-    def __init__(self, features: List[dict]):
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.features[i]
-
-
-def tokenize(examples: Examples, tokenizer, max_seq_len: int, regression: bool) -> TokenizedDataset:
-    columns = [list(c) for c in zip(*examples.texts)]
-    enc = tokenizer(*columns[:2], truncation=True, max_length=max_seq_len, return_token_type_ids=True,
-                    return_attention_mask=False)
-    features = []
-    for i, label in enumerate(examples.labels):
-        features.append({
-            "input_ids": enc["input_ids"][i],
-            "token_type_ids": enc["token_type_ids"][i],
-            "labels": float(label) if regression else int(label),
-        })
-    return TokenizedDataset(features)
-
-
-class Collator:
-    """Pads a batch to its longest sequence (rounded up to a multiple of 8). Also sends each row's real length as a
-    list of ints (`sequence_lengths`), which spares MosaicBERT's forward its host sync (see the MLM collator)."""
-
-    def __init__(self, pad_token_id: int, regression: bool):
-        self.pad_token_id = pad_token_id
-        self.regression = regression
-
-    def __call__(self, features: Sequence[dict]) -> Dict[str, Any]:
-        length = max(len(f["input_ids"]) for f in features)
-        length = (length + 7) // 8 * 8
-        n = len(features)
-        input_ids = torch.full((n, length), self.pad_token_id, dtype=torch.long)
-        token_type_ids = torch.zeros((n, length), dtype=torch.long)
-        attention_mask = torch.zeros((n, length), dtype=torch.long)
-        for i, f in enumerate(features):
-            k = len(f["input_ids"])
-            input_ids[i, :k] = torch.tensor(f["input_ids"])
-            token_type_ids[i, :k] = torch.tensor(f["token_type_ids"])
-            attention_mask[i, :k] = 1
-        labels = torch.tensor([f["labels"] for f in features],
-                              dtype=torch.float32 if self.regression else torch.long)
-        return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
-                "labels": labels, "sequence_lengths": [len(f["input_ids"]) for f in features]}
 
 
 def subsample(examples: Examples, n: Optional[int], randomly: bool, seed: int = 0) -> Examples:
@@ -208,44 +157,39 @@ def subsample(examples: Examples, n: Optional[int], randomly: bool, seed: int = 
     return Examples([examples.texts[i] for i in idx], [examples.labels[i] for i in idx], examples.source)
 
 
-# Tokenized datasets are cached per process: sequential runs tokenize each task once, not once per seed.
-_CACHE: Dict[tuple, TokenizedDataset] = {}
+def task_labels(task: GlueTask) -> Optional[List[str]]:
+    """The class names of a classification task (None for regression): its label names, else "0", "1", ..."""
+    if task.is_regression:
+        return None
+    return list(task.label_names or [str(i) for i in range(task.num_labels)])
 
 
-def load_tokenized(task: GlueTask, split: str, tokenizer, max_seq_len: int, *, data_dir: Optional[str],
-                   hub_dataset: str, max_samples: Optional[int] = None, skip_malformed: bool = False
-                   ) -> TokenizedDataset:
+def as_rows(examples: Examples, task: GlueTask) -> Rows:
+    """GLUE examples as finetuning rows (columns text, text_pair, label) for finetune's `prepare`."""
+    names = task_labels(task)
+    records = []
+    for texts, label in zip(examples.texts, examples.labels):
+        record = {"text": texts[0], "label": label if names is None else names[int(label)]}
+        if len(texts) > 1:
+            record["text_pair"] = texts[1]
+        records.append(record)
+    where = [f"{examples.source} example {i + 1}" for i in range(len(records))]
+    return Rows(records, where, examples.source)
+
+
+# Prepared datasets are cached per process: sequential runs tokenize each task once, not once per seed.
+_CACHE: Dict[tuple, Prepared] = {}
+
+
+def load_prepared(task: GlueTask, split: str, tokenizer, max_seq_len: int, *, data_dir: Optional[str],
+                  hub_dataset: str, max_samples: Optional[int] = None, skip_malformed: bool = False) -> Prepared:
+    """One split of a task, read and tokenized by finetune's classification / regression task type."""
     key = (task.name, split, id(tokenizer), max_seq_len, data_dir, hub_dataset, max_samples, skip_malformed)
     if key not in _CACHE:
         examples = read_split(task, split, data_dir, hub_dataset, skip_malformed)
         # Training: a fixed random subset (same for every seed); eval: the first rows.
         examples = subsample(examples, max_samples, randomly=split == "train")
-        _CACHE[key] = tokenize(examples, tokenizer, max_seq_len, task.is_regression)
+        data_cfg = FinetuneDataConfig(columns=ColumnsConfig(text_pair="text_pair" if len(examples.texts[0]) > 1
+                                                            else None), max_seq_len=max_seq_len)
+        _CACHE[key] = prepare(task.kind, as_rows(examples, task), tokenizer, data_cfg, task_labels(task), train=True)
     return _CACHE[key]
-
-
-
-def build_dataloader(dataset: TokenizedDataset, tokenizer, batch_size: int, *, train: bool, seed: int,
-                     regression: bool, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A GLUE loader: build_loader with the sentence (pair) Collator."""
-    return build_loader(dataset, Collator(tokenizer.pad_token_id, regression), batch_size, train=train, seed=seed,
-                        num_workers=num_workers, pin_memory=pin_memory)
-
-
-def build_loader(dataset: Dataset, collate_fn, batch_size: int, *, train: bool, seed: int, num_workers: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
-    """Training loaders are shuffled by a seeded DistributedSampler (Composer's dist.get_sampler: one shard per
-    rank, reshuffled each epoch; `batch_size` is global); eval loaders are not shuffled (`batch_size` per rank)."""
-    from composer.utils import dist
-
-    world = dist.get_world_size()
-    sampler = dist.get_sampler(dataset, shuffle=train, drop_last=False, seed=seed)
-    return DataLoader(
-        dataset,
-        batch_size=max(1, batch_size // world) if train else batch_size,
-        sampler=sampler,
-        collate_fn=collate_fn,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        drop_last=False,
-    )

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from mosaicbert.core.runs import progress, run_folder
 from mosaicbert.glue.config import GlueConfig, TaskConfig
 from mosaicbert.glue.tasks import TASK_NAMES, TASKS
 
@@ -50,19 +50,8 @@ class JobResult:
     error: Optional[str] = None
 
 
-def setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Composer logs a dozen INFO lines per Trainer; keep the per-job start/end lines readable.
-    logging.getLogger("composer").setLevel(logging.WARNING)
-
-
-def progress(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def run_folder(cfg: GlueConfig) -> str:
-    return cfg.save_folder or os.path.join("runs", "glue", cfg.run_name or "glue")
+def glue_folder(cfg: GlueConfig) -> str:
+    return run_folder(cfg.save_folder, cfg.run_name, "glue")
 
 
 def task_duration(cfg: GlueConfig, tcfg: TaskConfig) -> str:

@@ -14,8 +14,9 @@ import multiprocessing
 import os
 from typing import Callable, Dict, List, Optional
 
+from mosaicbert.core.runs import progress, setup_logging
 from mosaicbert.glue.config import GlueConfig
-from mosaicbert.glue.plan import Job, JobResult, progress, resolve_mnli_start, setup_logging
+from mosaicbert.glue.plan import Job, JobResult, resolve_mnli_start
 from mosaicbert.glue.train import run_job
 
 log = logging.getLogger("mosaicbert.glue")
@@ -51,7 +52,7 @@ def visible_gpu_ids(n: int) -> List[str]:
 def _num_parallel(cfg: GlueConfig) -> tuple[int, List[Optional[str]]]:
     import torch
 
-    from mosaicbert.builders import resolve_device
+    from mosaicbert.core.trainer import resolve_device
 
     device = resolve_device(cfg.device)
     if device == "gpu":

@@ -16,7 +16,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from mosaicbert.glue.config import GlueConfig
-from mosaicbert.glue.plan import JobResult, run_folder
+from mosaicbert.glue.plan import JobResult, glue_folder
 from mosaicbert.glue.tasks import TASK_NAMES, TASKS
 
 SCORE_RULE = (
@@ -89,7 +89,7 @@ def results_markdown(summary: Dict[str, Any]) -> str:
 
 
 def write_results(cfg: GlueConfig, summary: Dict[str, Any]) -> tuple[str, str]:
-    folder = run_folder(cfg)
+    folder = glue_folder(cfg)
     os.makedirs(folder, exist_ok=True)
     json_path, md_path = os.path.join(folder, "results.json"), os.path.join(folder, "results.md")
     with open(json_path, "w") as f:

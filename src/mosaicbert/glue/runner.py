@@ -1,7 +1,7 @@
 """GLUE finetuning entry (glue.py): plan the jobs, run them, write results.json / results.md.
 
     plan.py    jobs (task x seed, MNLI first), durations, MNLI-start
-    train.py   one job: classifier, start weights, data loaders, Composer Trainer, metrics
+    train.py   one job: a task spec for finetune's runner (model, start weights, data, Trainer, metrics)
     pool.py    one job per GPU in a spawn process pool (or sequential on CPU)
     report.py  per-task means, GLUE average and its rule, results.json / results.md
 """
@@ -12,25 +12,24 @@ import os
 import sys
 from typing import Any, Callable, Dict
 
+from mosaicbert.core.runs import progress, setup_logging
+from mosaicbert.finetune.runner import load_task_tokenizer
 from mosaicbert.glue.config import GlueConfig
-from mosaicbert.glue.plan import Job, JobResult, plan_jobs, progress, setup_logging
+from mosaicbert.glue.plan import Job, JobResult, plan_jobs
 from mosaicbert.glue.pool import run_jobs
 from mosaicbert.glue.report import results_markdown, summarize, write_results
 from mosaicbert.glue.tasks import TASK_NAMES
-from mosaicbert.glue.train import get_tokenizer, run_job
+from mosaicbert.glue.train import run_job
 
 
 def preflight(cfg: GlueConfig) -> None:
     """Fail before any job on problems every job would hit: model config, tokenizer, start checkpoint."""
-    from mosaicbert.builders import build_hf_config
-    from mosaicbert.checkpoint import resolve_source
-    from mosaicbert.config import ConfigError
+    from mosaicbert.core.checkpoint import resolve_source
+    from mosaicbert.core.config import ConfigError
+    from mosaicbert.core.trainer import build_hf_config
 
     build_hf_config(cfg.model, num_labels=2)
-    try:
-        get_tokenizer(cfg.tokenizer)
-    except Exception as e:
-        raise ConfigError(f"config key 'tokenizer' = {cfg.tokenizer!r}: cannot load it: {e}") from e
+    load_task_tokenizer(cfg.tokenizer, cfg.model.pretrained_checkpoint)
     for key, path in (("model.pretrained_checkpoint", cfg.model.pretrained_checkpoint),
                       ("mnli_checkpoint", cfg.mnli_checkpoint)):
         if not path:
@@ -51,7 +50,8 @@ def run_glue(cfg: GlueConfig, job_fn: Callable[[GlueConfig, Job], JobResult] = r
     preflight(cfg)
     jobs, skipped = plan_jobs(cfg)
     names = ", ".join(sorted({j.task for j in jobs}, key=TASK_NAMES.index)) or "no task"
-    progress(f"GLUE {cfg.run_name}: {len(jobs)} job(s) for {names}" + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+    skipped_note = f"; skipped {', '.join(skipped)}" if skipped else ""
+    progress(f"GLUE {cfg.run_name}: {len(jobs)} job(s) for {names}{skipped_note}")
     job_results = run_jobs(cfg, jobs, job_fn)
     summary = summarize(cfg, job_results, skipped)
     json_path, md_path = write_results(cfg, summary)

@@ -12,31 +12,13 @@ from typing import Dict, Optional, Tuple, Union
 
 Column = Union[str, int]  # header name, or index for files without a header
 
-METRIC_NAMES = ("accuracy", "f1", "matthews", "pearson", "spearman")
-
-
-def build_metric(name: str, num_labels: int):
-    """A torchmetrics metric by friendly name (Composer keys eval metrics by the metric's class name)."""
-    import torchmetrics
-    from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy
-
-    factories = {
-        "accuracy": lambda: MulticlassAccuracy(num_classes=num_labels, average="micro"),
-        "f1": lambda: BinaryF1Score(),
-        "matthews": lambda: MatthewsCorrCoef(task="binary"),
-        "pearson": lambda: torchmetrics.PearsonCorrCoef(),
-        "spearman": lambda: torchmetrics.SpearmanCorrCoef(),
-    }
-    return factories[name]()
-
-
 @dataclass(frozen=True)
 class GlueTask:
     name: str  # canonical lower-case key used in configs and results
     folder: str  # folder name in the GLUE TSV layout
     hub_config: str  # config name in nyu-mll/glue
     num_labels: int  # 1 = regression
-    metrics: Tuple[str, ...]  # METRIC_NAMES
+    metrics: Tuple[str, ...]  # names of finetune.metrics.TASK_METRICS[kind]
     # TSV layout
     header: bool
     text_columns: Tuple[Column, ...]
@@ -50,6 +32,11 @@ class GlueTask:
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
+
+    @property
+    def kind(self) -> str:
+        """The finetuning task type that trains it."""
+        return "regression" if self.is_regression else "classification"
 
     def metric_keys(self) -> list[str]:
         """Names of the metrics in results: `accuracy`, or `<eval>_<metric>` when the task has several evals."""

@@ -17,10 +17,8 @@ holds one sequence per document: its tokens attend to their own document only, a
 
 "auto" picks the first backend of `AUTO_PREFERENCE` (fastest first) that is installed and fits the inputs:
 triton (CUDA on Ampere or newer, fp16/bf16, supported head dim, no attention dropout), flash_attn (CUDA on Ampere
-or newer, fp16/bf16, head dim <= 256, with attention dropout), sdpa (CUDA), torch (anywhere). Measured on an H200
-(benchmarks/flash_attn_gpu.sh; benchmarks/README.md): one layer's forward + backward takes 0.35 ms with triton,
-0.46 with flash_attn and 1.53 with sdpa at 256 x 128 (0.86 / 0.92 / 2.03 at 64 x 512; a tie at 16 x 2048), and a
-compiled MosaicBERT-base training step runs 5,321 samples/s with triton, 5,186 with flash_attn, 4,903 with sdpa.
+or newer, fp16/bf16, head dim <= 256, with attention dropout), sdpa (CUDA), torch (anywhere). The order is the
+measured one (benchmarks/flash_attn_gpu.sh; the numbers are in benchmarks/README.md).
 
 The registry `ATTENTION_BACKENDS` is a plain dict so new kernels are a function plus one entry.
 
@@ -38,6 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from .padding import UnpadInfo, max_seqlen_bound, pad_rows, unpad_rows
+from .triton_attention import (  # triton guarded there
+    HAS_TRITON,
+    SUPPORTED_HEAD_DIMS,
+    TRITON_INTERPRET,
+    triton_attention,
+)
 
 logger = logging.getLogger("mosaicbert")
 
@@ -70,13 +74,6 @@ try:
 except ImportError:
     create_block_mask = flex_attention = None
     HAS_FLEX_ATTN = False
-
-from .triton_attention import (  # triton import guarded there
-    HAS_TRITON,
-    SUPPORTED_HEAD_DIMS,
-    TRITON_INTERPRET,
-    triton_attention,
-)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ class MosaicBertConfig(_BaseConfig):
             )
         check_backend_name(attention_backend)
         if dropout_kernel not in DROPOUT_KERNEL_NAMES:
-            raise ValueError(f"dropout_kernel={dropout_kernel!r} is not valid; choose one of {list(DROPOUT_KERNEL_NAMES)}")
+            raise ValueError(f"dropout_kernel={dropout_kernel!r} is not valid; "
+                             f"choose one of {list(DROPOUT_KERNEL_NAMES)}")
         if isinstance(packed_length_multiple, bool) or not isinstance(packed_length_multiple, int) \
                 or packed_length_multiple < 0:
             raise ValueError(f"packed_length_multiple must be an int >= 0 (0 = off), got {packed_length_multiple!r}")

@@ -26,16 +26,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import (BaseModelOutputWithPooling, MaskedLMOutput, MultipleChoiceModelOutput,
-                                           QuestionAnsweringModelOutput, SequenceClassifierOutput,
-                                           TokenClassifierOutput)
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
-from .attention import (AlibiCache, AttentionBackend, AttentionContext, check_backend_name, log_backend_choice,
-                        resolve_backend)
+from .attention import (
+    AlibiCache,
+    AttentionBackend,
+    AttentionContext,
+    check_backend_name,
+    log_backend_choice,
+    resolve_backend,
+)
 from .configuration_mosaic_bert import MosaicBertConfig
 from .layers import MosaicBertEmbeddings, MosaicBertLayer, make_layernorm
-from .padding import (RowSelection, UnpadInfo, document_starts, extend_positions, get_unpad_info, pad_rows,
-                      positions_of_true, select_rows, unpad_rows)
+from .padding import (
+    RowSelection,
+    UnpadInfo,
+    document_starts,
+    extend_positions,
+    get_unpad_info,
+    pad_rows,
+    positions_of_true,
+    select_rows,
+    unpad_rows,
+)
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as _init

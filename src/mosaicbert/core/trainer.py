@@ -1,0 +1,159 @@
+"""The pieces every command's Composer Trainer is built from: model config, optimizer, scheduler, loggers, device,
+compilation and interval rules."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from typing import Any, Optional
+
+import torch
+from composer.loggers import FileLogger, LoggerDestination, TensorboardLogger, WandBLogger
+from composer.optim import (
+    ConstantWithWarmupScheduler,
+    CosineAnnealingWithWarmupScheduler,
+    DecoupledAdamW,
+    LinearWithWarmupScheduler,
+)
+from composer.utils import dist
+
+from mosaicbert.core.callbacks import WallClockLinearSchedule, every_seconds
+from mosaicbert.core.config import (
+    ConfigError,
+    LoggersConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    check_keys,
+    parse_seconds,
+)
+from mosaicbert.model import MosaicBertConfig
+
+log = logging.getLogger("mosaicbert")
+
+
+def build_hf_config(model_cfg: ModelConfig, **extra: Any):
+    """MosaicBertConfig or transformers.BertConfig from the config's overrides (unknown fields are errors)."""
+    from transformers import BertConfig
+
+    if model_cfg.name == "mosaic_bert":
+        config_cls, defaults = MosaicBertConfig, {}
+    elif model_cfg.name == "hf_bert":
+        # The baseline: transformers' BERT, padded to the same 30528 vocab, with BERT's attention dropout.
+        config_cls, defaults = BertConfig, {"vocab_size": 30528, "attention_probs_dropout_prob": 0.1}
+    else:
+        raise ConfigError(f"config key 'model.name' = {model_cfg.name!r} is not one of ['mosaic_bert', 'hf_bert']")
+    check_keys(model_cfg.config_overrides, list(config_cls().to_dict()), "model.config_overrides")
+    try:
+        return config_cls(**{**defaults, **dict(model_cfg.config_overrides), **extra})
+    except ValueError as e:
+        raise ConfigError(f"model.config_overrides: {e}") from e
+
+
+class FusedDecoupledAdamW(torch.optim.AdamW):
+    """Composer's DecoupledAdamW update rule on torch's fused AdamW kernel.
+
+    DecoupledAdamW decays weights by (lr_t / lr_0) * weight_decay; torch's AdamW by lr_t * weight_decay'. With
+    weight_decay' = weight_decay / lr_0 the updates are the same (tested), but one fused kernel replaces
+    DecoupledAdamW's per-parameter Python loop, which also synchronises with the GPU for every parameter.
+    """
+
+    def __init__(self, params, lr: float, betas, eps: float, weight_decay: float):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay / lr, fused=True)
+
+
+def build_optimizer(cfg: OptimizerConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "decoupled_adamw":
+        return FusedDecoupledAdamW(model.parameters(), **kwargs) if cfg.fused else DecoupledAdamW(
+            model.parameters(), **kwargs)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), **kwargs)
+    raise ConfigError(f"config key 'optimizer.name' = {cfg.name!r} is not one of ['decoupled_adamw', 'adamw']")
+
+
+def build_scheduler(cfg: SchedulerConfig, max_train_time: Optional[str] = None):
+    budget_s = parse_seconds(max_train_time)
+    if budget_s is not None:  # the schedule runs over the wall-clock budget (validated: linear, t_warmup in dur)
+        return WallClockLinearSchedule(budget_s, float(cfg.t_warmup.removesuffix("dur")), cfg.alpha_f)
+    if cfg.name == "linear_decay_with_warmup":
+        return LinearWithWarmupScheduler(t_warmup=cfg.t_warmup, alpha_f=cfg.alpha_f)
+    if cfg.name == "constant_with_warmup":
+        return ConstantWithWarmupScheduler(t_warmup=cfg.t_warmup)
+    if cfg.name == "cosine_with_warmup":
+        return CosineAnnealingWithWarmupScheduler(t_warmup=cfg.t_warmup, alpha_f=cfg.alpha_f)
+    raise ConfigError(f"config key 'scheduler.name' = {cfg.name!r} is not a known scheduler")
+
+
+def build_loggers(cfg: LoggersConfig) -> list[LoggerDestination]:
+    destinations: list[LoggerDestination] = []
+    if cfg.wandb is not None:
+        destinations.append(WandBLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, tags=cfg.wandb.tags))
+    if cfg.tensorboard is not None:
+        destinations.append(TensorboardLogger(log_dir=cfg.tensorboard.log_dir, flush_interval=50))
+    if cfg.file is not None:
+        destinations.append(FileLogger(filename=cfg.file.filename))
+    return destinations
+
+
+def resolve_compile(compile: Any, compile_mode: Optional[str], device: str) -> Optional[dict]:
+    """Composer's compile_config for `compile` (true | false | auto) on `device`; None runs the model eagerly.
+
+    auto compiles on GPUs and runs eagerly on CPU, where compiling costs more than a short CPU run gains; true
+    compiles on any device. When compiling cannot work, auto says so once and runs eagerly, true stops.
+    """
+    if compile is False:
+        return None
+    if compile == "auto" and device != "gpu":
+        _log_once("compile: auto runs uncompiled on %s (set compile=true to compile there anyway)", device)
+        return None
+    missing = _missing_compiler(device)
+    if missing and compile == "auto":
+        _log_once("compile: auto runs uncompiled: %s", missing)
+        return None
+    if missing:
+        raise ConfigError(f"config key 'compile' = true, but {missing}: install it or set compile=false")
+    return {"mode": compile_mode} if compile_mode else {}
+
+
+def _missing_compiler(device: str) -> Optional[str]:
+    """Why torch.compile's default backend (Inductor) cannot generate code on `device`, or None if it can."""
+    if device == "gpu":
+        if importlib.util.find_spec("triton") is None:
+            return "Inductor needs Triton for GPU kernels and this torch has no triton package"
+        return None
+    compiler = os.environ.get("CXX") or "g++"
+    if shutil.which(compiler) is None:
+        return f"Inductor needs a C++ compiler for CPU code and {compiler!r} is not on PATH (set CXX)"
+    return None
+
+
+def _log_once(msg: str, *args: Any) -> None:
+    if dist.get_global_rank() == 0:
+        log.warning(msg, *args)
+
+
+def time_or_composer_interval(interval: str):
+    """'60s'/'5min' -> a wall-clock interval callable; Composer time strings ('2000ba') pass through."""
+    seconds = parse_seconds(interval)
+    return every_seconds(seconds) if seconds is not None else interval
+
+
+def device_batch_size(global_batch_size: int) -> int:
+    world = dist.get_world_size()
+    if global_batch_size % world != 0:
+        raise ConfigError(
+            f"config key 'global_train_batch_size' = {global_batch_size} is not divisible by the number of "
+            f"processes ({world}): pick a multiple of {world}"
+        )
+    return global_batch_size // world
+
+
+def resolve_device(device: Optional[str]) -> str:
+    if device is None:
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' = 'gpu' but no CUDA GPU is visible: set device=cpu")
+    return device

@@ -1,0 +1,711 @@
+"""Streaming MLM dataset, collator and dataloader for MosaicBERT pretraining.
+
+* :class:`MLMStreamingDataset` reads MDS shards written by :mod:`mosaicbert.pretrain.convert` (raw ``text``
+  or pre-tokenized ``input_ids``), tokenizes raw text on the fly and masks each sample with a generator
+  seeded from ``(seed, epoch, sample_index)`` (see :mod:`mosaicbert.pretrain.masking` for why), so a run
+  resumed mid-epoch from a Composer checkpoint sees exactly the masks an uninterrupted run would.
+  StreamingDataset itself gives every rank/worker a disjoint, deterministic partition and supports
+  exact mid-epoch resumption (Composer calls ``dataset.state_dict``/``load_state_dict``).
+* :func:`pad_mlm_batch` pads a list of samples into int64 torch tensors, one sample per row.
+* :func:`pack_mlm_batch` packs several samples (documents) into each row instead, never splitting one, and says
+  which document each token belongs to (``sequence_id``); :func:`pack_documents` chooses the rows.
+* :func:`build_mlm_dataloader` puts them together.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from streaming import StreamingDataset
+from streaming.base.dataset import _ShardState
+from torch.utils.data import DataLoader
+
+from mosaicbert.core.builtin_corpus import BUILTIN_PREFIX, BUILTIN_URI, cache_root
+from mosaicbert.pretrain.convert import DATASET_INFO, remove_stale_temporaries, temporary_name, tokenizer_identity
+from mosaicbert.pretrain.masking import IGNORE_INDEX, mask_tokens, sample_rng
+
+log = logging.getLogger("mosaicbert")
+
+__all__ = [
+    "CorruptShardError",
+    "DatasetMismatchError",
+    "ShardReadError",
+    "MLMStreamingDataset",
+    "pad_mlm_batch",
+    "pack_documents",
+    "pack_mlm_batch",
+    "padding_fraction",
+    "num_samples_in_batch",
+    "split_mlm_batch",
+    "build_mlm_dataloader",
+    "check_max_seq_len",
+    "check_mds_split",
+    "check_tokenizer_matches",
+    "file_problem",
+]
+
+_CONVERT_HINT = (
+    "Create it with `python -m mosaicbert.pretrain.convert --out_root <folder> ...` (e.g. --source local "
+    "--train_files '<glob>' --val_files '<glob>', or --source builtin), or use local=builtin://python-docs."
+)
+
+
+class ShardReadError(RuntimeError):
+    """Reading a shard failed although its files match index.json (sizes and hashes): the data is fine."""
+
+
+class CorruptShardError(ShardReadError):
+    """A shard file is missing, truncated or damaged: its size or hash differs from index.json."""
+
+
+class DatasetMismatchError(ValueError):
+    """The shards do not fit the run: pre-tokenized with another tokenizer, or cut shorter than its max_seq_len."""
+
+
+_HASH_PREFERENCE = ("xxh3_64", "xxh64", "xxh3_128", "xxh128", "sha1", "md5", "sha256")
+
+
+def file_problem(path: str, nbytes: int, hashes: dict[str, str] | None, check_hash: bool = True) -> str | None:
+    """None when the shard file `path` has the size (and, with `check_hash`, a hash) index.json records for it,
+    else what is wrong with it."""
+    from streaming.base.hashing import get_hash
+
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return "is missing"
+    if size != nbytes:
+        return f"has {size} bytes but index.json says {nbytes} ({'truncated' if size < nbytes else 'damaged'})"
+    if check_hash and hashes:
+        algo = next((a for a in _HASH_PREFERENCE if a in hashes), next(iter(hashes)))
+        with open(path, "rb") as f:
+            if get_hash(algo, f.read()) != hashes[algo]:
+                return f"does not match its {algo} hash in index.json (its bytes were overwritten or damaged)"
+    return None
+
+
+def _reconvert(what: str) -> str:
+    return f"{what} The split must be made again: re-run `python -m mosaicbert.pretrain.convert` (or download it again)."
+
+
+def check_mds_split(local: str | os.PathLike, split: str | None) -> Path:
+    """Check that ``<local>/<split>`` is an MDS dataset folder; return it. Raises FileNotFoundError otherwise."""
+    root = Path(local).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"Data folder {str(root)!r} does not exist. {_CONVERT_HINT}")
+    folder = root / split if split else root
+    if not folder.is_dir():
+        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise FileNotFoundError(
+            f"Split folder {str(folder)!r} does not exist (subfolders of {str(root)!r}: {have}). {_CONVERT_HINT}"
+        )
+    index = folder / "index.json"
+    if not index.is_file():
+        what = "is empty" if not any(folder.iterdir()) else "has no index.json (an interrupted conversion?)"
+        raise FileNotFoundError(f"MDS split folder {str(folder)!r} {what}. {_CONVERT_HINT}")
+    try:
+        obj = json.loads(index.read_text())
+        shards = obj["shards"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptShardError(f"MDS index {str(index)!r} is unreadable ({type(e).__name__}: {e}); re-run the conversion.") from e
+    if not shards:
+        raise FileNotFoundError(f"MDS index {str(index)!r} lists no shards (empty dataset). {_CONVERT_HINT}")
+    # Sizes before training (cheap; hashes are checked as each shard is first read). A shard needs its raw
+    # (decompressed) file or its compressed one intact; a bad raw copy next to a good zstd file is re-made.
+    for shard in shards:
+        raw, zipped = shard.get("raw_data") or {}, shard.get("zip_data") or {}
+        problems = []
+        for info in (raw, zipped):
+            if info:
+                problem = file_problem(str(folder / info["basename"]), int(info["bytes"]), None, check_hash=False)
+                if problem is None:
+                    break
+                problems.append(f"{folder / info['basename']} {problem}")
+        else:
+            raise CorruptShardError(_reconvert(f"MDS shard files of {str(folder)!r} are damaged: {'; '.join(problems)}."))
+    return folder
+
+
+def check_tokenizer_matches(folder: str | os.PathLike, tokenizer) -> None:
+    """Pre-tokenized shards must come from the run's tokenizer: ids of another tokenizer that fit the vocabulary
+    would train silently on garbage. The converter records its tokenizer in ``mosaicbert.json``."""
+    folder = Path(folder)
+    columns = json.loads((folder / "index.json").read_text())["shards"][0].get("column_names", [])
+    if "input_ids" not in columns:
+        return  # raw text is tokenized by the run's own tokenizer
+    info_path = folder / DATASET_INFO
+    if not info_path.is_file():
+        log.warning("%s has pre-tokenized shards but no %s: cannot check that they were tokenized with this run's "
+                    "tokenizer (re-convert them to record it)", folder, DATASET_INFO)
+        return
+    stored = json.loads(info_path.read_text()).get("tokenizer", {})
+    ours = tokenizer_identity(tokenizer)
+    if stored.get("vocab_sha256") != ours["vocab_sha256"]:
+        raise DatasetMismatchError(
+            f"the shards in {str(folder)!r} were tokenized with tokenizer {stored.get('name')!r} "
+            f"({stored.get('vocab_size')} tokens, vocabulary sha256 {str(stored.get('vocab_sha256'))[:12]}...) but this "
+            f"run uses tokenizer {ours['name']!r} ({ours['vocab_size']} tokens, vocabulary sha256 "
+            f"{ours['vocab_sha256'][:12]}...). Set tokenizer to the one the shards were made with, or re-convert "
+            f"them with --tokenizer set to this run's tokenizer."
+        )
+
+
+def check_max_seq_len(folder: str | os.PathLike, max_seq_len: int) -> None:
+    """A run's ``max_seq_len`` must not exceed the length the shards were converted at (recorded in
+    ``mosaicbert.json``): their samples were cut there, so a longer run would silently never see a longer sequence."""
+    info_path = Path(folder) / DATASET_INFO
+    if not info_path.is_file():
+        return  # (shards from elsewhere: nothing recorded to check against)
+    info = json.loads(info_path.read_text())
+    stored, mode = info.get("max_seq_len"), info.get("mode", "?")
+    if stored is None or int(max_seq_len) <= int(stored):
+        return
+    raise DatasetMismatchError(
+        f"data.max_seq_len={max_seq_len} is longer than the shards in {str(folder)!r}, which were converted with "
+        f"--mode {mode} --max_seq_len {stored}: their samples are at most {stored} tokens. Convert the corpus again "
+        f"with `python -m mosaicbert.pretrain.convert --mode documents --tokenize --max_seq_len {max_seq_len}` (whole "
+        f"documents, usable by runs at any max_seq_len up to {max_seq_len}), or set data.max_seq_len <= {stored}."
+    )
+
+
+class MLMStreamingDataset(StreamingDataset):
+    """A :class:`streaming.StreamingDataset` of MDS samples turned into masked-LM examples.
+
+    Each sample is a dict of unpadded int64 numpy arrays ``input_ids`` (with [CLS] ... [SEP], masked),
+    ``labels`` (original ids at masked positions, -100 elsewhere), ``attention_mask`` (ones) and
+    ``token_type_ids`` (zeros).
+
+    The mask of sample ``idx`` is a pure function of ``(mask_seed, epoch, idx)``. ``epoch`` is the epoch
+    being iterated (captured in :meth:`_resume_incr_epoch`, which StreamingDataset calls at the start of
+    every ``__iter__`` in every worker, also when resuming from a checkpoint); outside iteration
+    (direct ``dataset[idx]``) the most recently started epoch is used, 0 before any iteration.
+
+    Args:
+        tokenizer: a fast tokenizer with [PAD]/[CLS]/[SEP]/[MASK].
+        max_seq_len: samples are truncated to this many tokens (including [CLS]/[SEP]).
+        mlm_probability: probability of selecting each non-special token.
+        mask_seed: seed for the masks; defaults to ``shuffle_seed``.
+        **kwargs: passed to :class:`streaming.StreamingDataset` (``local``, ``remote``, ``split``,
+            ``shuffle``, ``shuffle_seed``, ``batch_size``, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer,
+        max_seq_len: int,
+        mlm_probability: float = 0.3,
+        mask_seed: int | None = None,
+        same_masks_every_epoch: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        # Eval sets: the same masks at every evaluation, so successive eval losses compare like for like.
+        self.same_masks_every_epoch = bool(same_masks_every_epoch)
+        if max_seq_len < 3:
+            raise ValueError(f"max_seq_len must be >= 3, got {max_seq_len}")
+        for attr in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
+            if getattr(tokenizer, attr, None) is None:
+                raise ValueError(f"Tokenizer lacks {attr.replace('_id', '')}; BERT MLM needs [PAD], [CLS], [SEP], [MASK].")
+        self.tokenizer = tokenizer
+        self.max_seq_len = int(max_seq_len)
+        self.mlm_probability = float(mlm_probability)
+        self.mask_seed = int(self.shuffle_seed if mask_seed is None else mask_seed)
+        self.vocab_size = len(tokenizer)
+        self.special_ids = sorted({int(i) for i in tokenizer.all_special_ids} | {int(tokenizer.pad_token_id)})
+        self.pad_token_id = int(tokenizer.pad_token_id)
+        self.cls_token_id = int(tokenizer.cls_token_id)
+        self.sep_token_id = int(tokenizer.sep_token_id)
+        self.mask_token_id = int(tokenizer.mask_token_id)
+        self._mlm_epoch = 0
+        self._mlm_shard_error: ShardReadError | None = None
+        self._mlm_verified: set[int] = set()  # shards whose local files matched index.json in this process
+
+    # ---- epoch tracking -------------------------------------------------------------------------
+    def _resume_incr_epoch(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        epoch, sample_in_epoch = super()._resume_incr_epoch(*args, **kwargs)
+        self._mlm_epoch = int(epoch)
+        return epoch, sample_in_epoch
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch whose masks ``__getitem__`` produces (see class docstring)."""
+        return self._mlm_epoch
+
+    # ---- shard integrity and errors -------------------------------------------------------------------
+    def _shard_paths(self, shard_id: int) -> list[tuple[str, Any, str | None, Any]]:
+        """[(raw path, raw info, zip path or None, zip info)] of a shard's files in the local folder."""
+        stream = self.streams[self.stream_per_shard[shard_id]]
+        base = os.path.join(stream.local, stream.split or "")
+        return [(os.path.join(base, raw.basename), raw, os.path.join(base, z.basename) if z else None, z)
+                for raw, z in self.shards[shard_id].file_pairs]
+
+    def _shard_files(self, shard_id: int) -> str:
+        try:
+            return " / ".join(p for raw, _, zipped, _ in self._shard_paths(shard_id) for p in (raw, zipped) if p)
+        except Exception:  # pragma: no cover - best effort description
+            return f"shard #{shard_id}"
+
+    def _decompress(self, zip_path: str, zip_info: Any, raw_path: str, raw_info: Any, compression: str) -> None:
+        """Decompress next to the zstd file, atomically: a private temporary file renamed into place. Any number of
+        processes may do this at once on one folder (the last rename wins, with the same bytes); streaming's own
+        in-place decompression shares one `.tmp` name between them and fails."""
+        from streaming.base.compression import decompress
+        from streaming.base.hashing import get_hash
+
+        problem = file_problem(zip_path, zip_info.bytes, zip_info.hashes)
+        if problem is not None:
+            raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} {problem}."))
+        with open(zip_path, "rb") as f:
+            data = decompress(compression, f.read())
+        algo = next((a for a in _HASH_PREFERENCE if a in (raw_info.hashes or {})), None)
+        if len(data) != raw_info.bytes or (algo and get_hash(algo, data) != raw_info.hashes[algo]):
+            raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} decompresses to data that does not match "
+                                               f"index.json."))
+        remove_stale_temporaries(os.path.dirname(raw_path), os.path.basename(raw_path) + ".tmp-")
+        tmp = temporary_name(raw_path + ".tmp-")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, raw_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def _verify_shard(self, shard_id: int, repair: bool = True) -> None:
+        """Check the shard's local files against index.json (size, hash) before they are read, once per process.
+
+        A damaged decompressed copy next to an intact zstd file is re-made (with `repair`); a shard whose own files
+        are bad raises CorruptShardError naming the file. Shards of a remote are left to streaming until it has
+        downloaded (and decompressed) them, then checked like local ones (see prepare_shard)."""
+        if shard_id in self._mlm_verified:
+            return
+        stream = self.streams[self.stream_per_shard[shard_id]]
+        remote = stream.remote not in (None, "", stream.local)
+        local = True
+        for raw_path, raw_info, zip_path, zip_info in self._shard_paths(shard_id):
+            zip_ok = zip_path is not None and os.path.isfile(zip_path)
+            if os.path.isfile(raw_path):
+                problem = file_problem(raw_path, raw_info.bytes, raw_info.hashes)
+                if problem is None:
+                    continue
+                if not (zip_ok and repair and not remote):
+                    raise CorruptShardError(_reconvert(f"MDS shard file {raw_path} {problem}."))
+                log.warning("%s %s; decompressing it again from %s", raw_path, problem, zip_path)
+            elif not zip_ok:
+                local = False  # not downloaded yet: streaming downloads it
+                continue
+            elif remote or not repair:
+                problem = file_problem(zip_path, zip_info.bytes, zip_info.hashes)
+                if problem == "is missing":  # (streaming removed a downloaded zstd file once decompressed)
+                    local = False
+                elif problem is not None:
+                    raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} {problem}."))
+                local = local and not remote  # streaming decompresses downloaded shards itself
+                continue
+            self._decompress(zip_path, zip_info, raw_path, raw_info, self.shards[shard_id].compression)
+        if local:
+            self._mlm_verified.add(shard_id)
+
+    def _read_failed(self, shard_id: int, err: BaseException) -> ShardReadError:
+        """Blame the shard only when its files are actually bad; otherwise say the data is intact."""
+        self._mlm_verified.discard(shard_id)
+        try:
+            self._verify_shard(shard_id, repair=False)
+        except CorruptShardError as bad:
+            return CorruptShardError(f"{bad} (reading it failed with {type(err).__name__}: {err})")
+        except OSError as unreadable:  # cannot even read the files to check them
+            return ShardReadError(f"reading MDS shard {self._shard_files(shard_id)} failed ({type(err).__name__}: "
+                                  f"{err}) and checking its files failed too ({unreadable}). Check the disk and the "
+                                  "folder's permissions before deleting anything.")
+        return ShardReadError(
+            f"reading MDS shard {self._shard_files(shard_id)} failed ({type(err).__name__}: {err}), but its files "
+            "match index.json (sizes and hashes): the data is intact, do not delete it. Check the disk, free "
+            "memory/shared memory, and that no other program is modifying the folder, then retry."
+        )
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        try:
+            self._verify_shard(shard_id)
+            super().prepare_shard(shard_id, blocking)
+            self._verify_shard(shard_id)  # just downloaded from a remote: checked before its first sample is read
+        except Exception as e:
+            if isinstance(e, FileNotFoundError) and self.streams[self.stream_per_shard[shard_id]].remote not in (None, ""):
+                raise  # a remote download problem: streaming's own message is the useful one
+            err = e if isinstance(e, ShardReadError) else self._read_failed(shard_id, e)
+            # streaming left the shard in PREPARING state; a thread blocked in prepare_shard(blocking=True)
+            # would wait for it forever. Put it back so that waiters retry (and hit this same error).
+            try:
+                self._shard_states[shard_id] = _ShardState.REMOTE
+            except Exception:  # pragma: no cover
+                pass
+            # This may run in streaming's background download thread, whose exceptions only stop the
+            # iteration; remember it so that __iter__/__getitem__ can raise it in the caller.
+            self._mlm_shard_error = err
+            if threading.current_thread() is not threading.main_thread():
+                # A background thread that raises never reports its exit, and streaming's __iter__ then waits for
+                # it forever. Stop the threads the way streaming does after a crash, without raising here.
+                event = getattr(self, "_event", None)
+                if event is not None:
+                    event.set()
+                return
+            if err is e:
+                raise
+            raise err from e
+
+    def _read(self, idx: int, retry: int = 7) -> dict[str, Any]:
+        if self._mlm_shard_error is not None:
+            raise self._mlm_shard_error
+        shard_id, _ = self.spanner[idx]
+        try:
+            self._verify_shard(shard_id)  # (once per shard and process)
+            return super().get_item(idx, retry)
+        except ShardReadError:
+            raise
+        except RuntimeError as e:
+            if self._mlm_shard_error is not None:
+                raise self._mlm_shard_error from e
+            raise self._read_failed(shard_id, e) from e
+        except Exception as e:  # decoding garbage: struct.error, UnicodeDecodeError, ValueError, zstd errors ...
+            raise self._read_failed(shard_id, e) from e
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._mlm_shard_error = None
+        yield from super().__iter__()
+        if self._mlm_shard_error is not None:
+            raise self._mlm_shard_error
+
+    # ---- samples ------------------------------------------------------------------------------------
+    def tokenize_sample(self, raw: dict[str, Any]) -> np.ndarray:
+        """The unmasked token ids (int64, with [CLS]/[SEP], <= max_seq_len) of a raw MDS sample."""
+        if "input_ids" in raw:
+            ids = np.asarray(raw["input_ids"], dtype=np.int64).reshape(-1)
+            if len(ids) > self.max_seq_len:
+                ids = np.concatenate([ids[: self.max_seq_len - 1], [self.sep_token_id]]).astype(np.int64)
+            return ids
+        if "text" in raw:
+            enc = self.tokenizer(
+                raw["text"], add_special_tokens=True, truncation=True, max_length=self.max_seq_len,
+                return_attention_mask=False, return_token_type_ids=False, verbose=False,
+            )
+            return np.asarray(enc["input_ids"], dtype=np.int64)
+        raise KeyError(f"MDS sample has neither 'text' nor 'input_ids' (columns: {sorted(raw)}); was it written by mosaicbert.pretrain.convert?")
+
+    def __getitem__(self, idx: Any) -> Any:
+        if not isinstance(idx, (int, np.integer)):
+            return super().__getitem__(idx)  # slices / arrays: Array.__getitem__ -> get_item per index
+        return self.get_item(int(idx))
+
+    def get_item(self, sample_id: int, retry: int = 7) -> dict[str, np.ndarray]:
+        if sample_id < 0:
+            sample_id += self.num_samples
+        if not 0 <= sample_id < self.num_samples:
+            raise IndexError(f"Sample index {sample_id} out of range [0, {self.num_samples}).")
+        ids = self.tokenize_sample(self._read(sample_id, retry))
+        epoch = 0 if self.same_masks_every_epoch else max(self._mlm_epoch, 0)
+        rng = sample_rng(self.mask_seed, epoch, sample_id)
+        masked, labels = mask_tokens(
+            ids, self.special_ids, self.vocab_size, self.mlm_probability, rng, self.mask_token_id,
+            pad_token_id=self.pad_token_id,
+        )
+        return {
+            "input_ids": masked.astype(np.int64),
+            "labels": labels,
+            "attention_mask": np.ones(len(ids), dtype=np.int64),
+            "token_type_ids": np.zeros(len(ids), dtype=np.int64),
+        }
+
+
+def _columns(sample: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The four MLM columns of one sample (missing ones as if unmasked: labels -100, attention 1, token types 0)."""
+    n = len(sample["input_ids"])
+    defaults = {"labels": IGNORE_INDEX, "attention_mask": 1, "token_type_ids": 0}
+    out = {"input_ids": np.asarray(sample["input_ids"])}
+    for key, value in defaults.items():
+        out[key] = np.asarray(sample[key]) if key in sample else np.full(n, value, dtype=np.int64)
+    return out
+
+
+def _pad_rows(rows: Sequence[dict[str, np.ndarray]], pad_token_id: int, length: int | None,
+              vocab_size: int | None) -> dict[str, Any]:
+    """Right-pad rows of columns (all of equal length within a row) into int64 tensors ``(rows, length)`` and add the
+    per-row host counts; ``length=None`` pads to the longest row. Shared by :func:`pad_mlm_batch` and
+    :func:`pack_mlm_batch`."""
+    lengths = [len(r["input_ids"]) for r in rows]
+    length = max(lengths) if length is None else int(length)
+    fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0, "token_type_ids": 0,
+            "sequence_id": 0}
+    out: dict[str, Any] = {}
+    for key in rows[0]:
+        arr = np.full((len(rows), length), fill[key], dtype=np.int64)
+        for i, r in enumerate(rows):
+            arr[i, : lengths[i]] = r[key]
+        out[key] = torch.from_numpy(arr)
+    if vocab_size is not None:
+        ids, labels = out["input_ids"], out["labels"]
+        bad = (ids < 0) | (ids >= vocab_size)
+        if bool(bad.any()):
+            raise ValueError(
+                f"Token id {int(ids[bad][0])} in input_ids is outside the vocabulary [0, {vocab_size}): the data was "
+                "tokenized with a different (larger) tokenizer than the model's. Re-convert or fix --tokenizer/vocab_size."
+            )
+        bad = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab_size)
+        if bool(bad.any()):
+            raise ValueError(f"Label {int(labels[bad][0])} is outside the vocabulary [0, {vocab_size}) and is not -100.")
+    # per-row counts on the host (lists, so Composer splits them into microbatches with the tensors): with them
+    # the model learns the number of real and of labelled tokens without waiting for the GPU
+    out["sequence_lengths"] = out["attention_mask"].sum(dim=1).tolist()
+    out["label_counts"] = (out["labels"] != IGNORE_INDEX).sum(dim=1).tolist()
+    return out
+
+
+def pad_mlm_batch(
+    samples: Sequence[dict[str, Any]],
+    pad_token_id: int,
+    pad_to: int | None = None,
+    vocab_size: int | None = None,
+) -> dict[str, Any]:
+    """Pad MLM samples into int64 tensors of shape ``(batch, length)``, plus the per-row host counts
+    ``sequence_lengths`` (real tokens) and ``label_counts`` (labels != -100) as lists of ints.
+
+    ``length`` is the longest sample in the batch (``pad_to=None``, default) or ``pad_to``. Padding:
+    ``input_ids`` with ``pad_token_id``, ``labels`` with -100, ``attention_mask``/``token_type_ids`` with 0.
+    When ``vocab_size`` is given, token ids are checked on the CPU (an out-of-range id would otherwise
+    surface as an opaque device-side assert in the embedding lookup on GPU).
+    """
+    if not samples:
+        raise ValueError("pad_mlm_batch got an empty batch.")
+    longest = max(len(s["input_ids"]) for s in samples)
+    if pad_to is not None and longest > pad_to:
+        raise ValueError(f"A sample has {longest} tokens, more than pad_to={pad_to}.")
+    return _pad_rows([_columns(s) for s in samples], pad_token_id, pad_to, vocab_size)
+
+
+def pack_documents(lengths: Sequence[int], max_len: int) -> list[list[int]]:
+    """Group samples (documents) of the given lengths into rows of at most ``max_len`` tokens; returns the sample
+    indices of each row. Every sample lands in exactly one row, whole.
+
+    Best-fit decreasing: the longest sample first, each into the fullest row that still has room for it, else a
+    new row. Deterministic (ties: the earlier sample, the earlier row); inside a row the samples keep the batch's
+    order. Rows are listed in the order they were opened, i.e. by their longest sample.
+    """
+    max_len = int(max_len)
+    for i, n in enumerate(lengths):
+        if n > max_len:
+            raise ValueError(f"Sample {i} has {n} tokens, more than max_len={max_len}: it cannot be packed.")
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, row) sorted: bisect finds the fullest row with room
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        n = int(lengths[i])
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, row = free.pop(k)
+        else:
+            room, row = max_len, len(rows)
+            rows.append([])
+        rows[row].append(i)
+        bisect.insort(free, (room - n, row))
+    return [sorted(r) for r in rows]
+
+
+def pack_mlm_batch(
+    samples: Sequence[dict[str, Any]],
+    pad_token_id: int,
+    max_len: int,
+    vocab_size: int | None = None,
+    pad_to_max_length: bool = False,
+) -> dict[str, Any]:
+    """Pack MLM samples (documents, each already truncated and masked on its own) into rows of at most ``max_len``
+    tokens, several per row, never splitting one (rows chosen by :func:`pack_documents`).
+
+    Returns what :func:`pad_mlm_batch` returns, per row (``input_ids``, ``labels``, ``attention_mask``,
+    ``token_type_ids``: ``(rows, length)`` int64, right-padded; host lists ``sequence_lengths``, ``label_counts``),
+    with ``rows <= len(samples)``, plus
+
+    * ``sequence_id``: ``(rows, length)`` int64, the index of each token's document inside its row (0, 1, 2, ...
+      from left to right; 0 at padding). Attention and position (ALiBi) distances must stay within a document.
+    * ``document_counts``: host list, the number of documents in each row.
+
+    ``length`` is the longest packed row, or ``max_len`` with ``pad_to_max_length``. A row's tokens are its
+    documents' samples concatenated, in batch order.
+    """
+    if not samples:
+        raise ValueError("pack_mlm_batch got an empty batch.")
+    columns = [_columns(s) for s in samples]
+    groups = pack_documents([len(c["input_ids"]) for c in columns], max_len)
+    rows = []
+    for members in groups:
+        row = {key: np.concatenate([columns[i][key] for i in members]) for key in columns[0]}
+        # [0,0,0,1,1,2,2,2,...]: document j of the row covers its own tokens
+        row["sequence_id"] = np.repeat(np.arange(len(members)), [len(columns[i]["input_ids"]) for i in members])
+        rows.append(row)
+    out = _pad_rows(rows, pad_token_id, max_len if pad_to_max_length else None, vocab_size)
+    out["document_counts"] = [len(members) for members in groups]
+    return out
+
+
+def padding_fraction(batch: dict[str, Any]) -> float:
+    """The share of the batch's ``input_ids`` slots that are padding (``attention_mask == 0``): what packing saves."""
+    mask = batch["attention_mask"]
+    return float((mask == 0).sum()) / max(int(mask.numel()), 1)
+
+
+def num_samples_in_batch(batch: dict[str, Any]) -> int:
+    """The dataset samples in a (micro)batch: its documents when packed (``document_counts``), else its rows.
+
+    The pretraining loaders are handed to Composer in a DataSpec that counts samples with this: ``max_duration`` in
+    samples and the sample count that a checkpoint hands to ``StreamingDataset.state_dict`` for mid-epoch resumption
+    must count documents, not packed rows, or a resumed run would repeat documents.
+    """
+    if "document_counts" in batch:
+        return int(sum(batch["document_counts"]))
+    return int(batch["input_ids"].shape[0])
+
+
+def split_mlm_batch(batch: dict[str, Any], microbatch_size: int) -> list[dict[str, Any]]:
+    """Composer's microbatches of an MLM batch: every tensor and per-row list cut into runs of `microbatch_size` rows.
+
+    Composer's own split warns on every batch shorter than the microbatch size, which packed batches (fewer rows than
+    documents) always are at evaluation; such a batch is simply one microbatch.
+    """
+    rows = int(batch["input_ids"].shape[0])
+    if rows <= microbatch_size:
+        return [batch]
+    return [{k: v[i:i + microbatch_size] for k, v in batch.items()} for i in range(0, rows, microbatch_size)]
+
+
+def _default_local_for_remote(remote: str, split: str) -> str:
+    key = hashlib.sha1(f"{remote}|{split}".encode()).hexdigest()[:16]
+    return str(cache_root() / "streaming" / key)
+
+
+def build_mlm_dataloader(
+    *,
+    local: str | None,
+    remote: str | None,
+    split: str,
+    tokenizer,
+    max_seq_len: int,
+    mlm_probability: float,
+    device_batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int,
+    drop_last: bool,
+    pad_to_max_length: bool = False,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = 2,
+    shuffle_block_size: int | None = None,
+    num_canonical_nodes: int | None = None,
+    same_masks_every_epoch: bool = False,
+    packing: bool = False,
+    **streaming_kwargs: Any,
+) -> DataLoader:
+    """A DataLoader of padded MLM batches (dict of int64 tensors) over MDS data.
+
+    ``packing``: collate with :func:`pack_mlm_batch` (several documents per row, with ``sequence_id`` and
+    ``document_counts``) instead of :func:`pad_mlm_batch` (one sample per row). Each batch still holds
+    ``device_batch_size`` samples (dataset order, masks and resumption are unchanged), in fewer rows; count its
+    samples with :func:`num_samples_in_batch`.
+
+    ``local``: a folder containing ``<split>/index.json`` (output of ``python -m mosaicbert.pretrain.convert``),
+    or ``builtin://python-docs`` (the built-in offline corpus, materialized once in the cache), or None
+    when ``remote`` is given (then a cache folder under ``$MOSAICBERT_CACHE/streaming`` is used).
+    ``remote``: ``s3://``, ``gs://``, ``https://`` ... (streaming downloads shards into ``local``).
+    ``tokenizer``: a loaded tokenizer or a name/path for :func:`mosaicbert.core.tokenizer.load_tokenizer`.
+    ``seed``: the shuffle seed and the mask seed. The DataLoader gets its own seeded ``torch.Generator``
+    so building and iterating it never consumes the global torch RNG.
+    Extra keyword arguments go to :class:`streaming.StreamingDataset` (e.g. ``predownload``,
+    ``cache_limit``, ``epoch_size``, ``shuffle_algo``).
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from mosaicbert.core.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(str(tokenizer))
+
+    for name, value in (("local", local), ("remote", remote)):
+        if value is not None and str(value).startswith(BUILTIN_PREFIX):
+            if str(value) != BUILTIN_URI:
+                raise FileNotFoundError(f"Unknown built-in dataset {value!r}; the only one is {BUILTIN_URI}.")
+            from mosaicbert.pretrain.convert import ensure_builtin_mds
+
+            local, remote = ensure_builtin_mds(max_seq_len), None
+            break
+    if split in ("validation", "eval") and local is not None and remote is None and not (Path(local) / split).exists() \
+            and (Path(local) / "val").exists():
+        split = "val"
+
+    if remote is None:
+        if local is None:
+            raise ValueError("build_mlm_dataloader needs `local` (a folder of MDS splits) or `remote`.")
+        local = str(Path(local).expanduser())
+        folder = check_mds_split(local, split)
+        check_tokenizer_matches(folder, tokenizer)
+        check_max_seq_len(folder, max_seq_len)
+    elif local is None:
+        local = _default_local_for_remote(str(remote), split)
+
+    kwargs: dict[str, Any] = dict(streaming_kwargs)
+    if shuffle_block_size is not None:
+        kwargs["shuffle_block_size"] = shuffle_block_size
+    if num_canonical_nodes is not None:
+        kwargs["num_canonical_nodes"] = num_canonical_nodes
+    try:
+        for attempt in range(6):
+            try:
+                dataset = MLMStreamingDataset(
+                    tokenizer=tokenizer, max_seq_len=max_seq_len, mlm_probability=mlm_probability, mask_seed=seed,
+                    same_masks_every_epoch=same_masks_every_epoch,
+                    local=local, remote=remote, split=split, shuffle=shuffle, shuffle_seed=seed,
+                    batch_size=device_batch_size, **kwargs,
+                )
+                break
+            except FileExistsError:
+                # streaming registers its shared memory under the first free prefix; an unrelated process
+                # on the same machine registering at the same instant makes one of them fail. Retry.
+                if attempt == 5:
+                    raise
+                time.sleep(0.05 + 0.1 * random.Random(os.getpid() + attempt).random())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"Could not open MDS data (local={local!r}, remote={remote!r}, split={split!r}): {e}. {_CONVERT_HINT}") from e
+    except (json.JSONDecodeError, KeyError) as e:
+        raise CorruptShardError(f"Unreadable MDS index in {os.path.join(local, split)!r} ({type(e).__name__}: {e}); re-run the conversion.") from e
+
+    if packing:
+        collate = functools.partial(
+            pack_mlm_batch, pad_token_id=int(tokenizer.pad_token_id), max_len=max_seq_len, vocab_size=len(tokenizer),
+            pad_to_max_length=pad_to_max_length,
+        )
+    else:
+        collate = functools.partial(
+            pad_mlm_batch, pad_token_id=int(tokenizer.pad_token_id),
+            pad_to=max_seq_len if pad_to_max_length else None, vocab_size=len(tokenizer),
+        )
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    loader_kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        loader_kwargs["prefetch_factor"] = prefetch_factor
+    return DataLoader(
+        dataset,
+        batch_size=device_batch_size,
+        collate_fn=collate,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        generator=generator,
+        **loader_kwargs,
+    )

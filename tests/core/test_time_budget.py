@@ -1,0 +1,83 @@
+"""Wall-clock budgets: time strings, the schedule over the budget, and a budgeted main.py run."""
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mosaicbert.core.config import ConfigError, parse_seconds
+from mosaicbert.pretrain.config import load_pretrain_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_parse_seconds():
+    assert parse_seconds("90s") == 90.0 and parse_seconds("10min") == 600.0 and parse_seconds("1.5h") == 5400.0
+    assert parse_seconds("100ba") is None and parse_seconds(None) is None
+
+
+def test_schedule_over_budget():
+    from mosaicbert.core.callbacks import WallClockLinearSchedule
+
+    sched = WallClockLinearSchedule(budget_s=100.0, warmup_fraction=0.1, alpha_f=0.02)
+
+    def at(seconds):
+        return sched(SimpleNamespace(timestamp=SimpleNamespace(total_wct=timedelta(seconds=seconds))))
+
+    assert at(0) == 0.0 and at(5) == pytest.approx(0.5) and at(10) == pytest.approx(1.0)
+    assert at(55) == pytest.approx(1.0 - 0.98 * 0.5)
+    assert at(100) == pytest.approx(0.02) and at(500) == pytest.approx(0.02)
+
+
+def test_budget_config_errors():
+    with pytest.raises(ConfigError, match="max_train_time"):
+        load_pretrain_config(str(ROOT / "yamls/quickstart.yaml"), ["max_train_time=ten minutes"])
+    with pytest.raises(ConfigError, match="0.06dur"):
+        load_pretrain_config(str(ROOT / "yamls/quickstart.yaml"), ["max_train_time=10min", "scheduler.t_warmup=100ba"])
+
+
+@pytest.mark.slow
+def test_budgeted_run_stops_and_evaluates_on_the_clock(tmp_path):
+    cmd = [sys.executable, "main.py", "yamls/quickstart.yaml", "device=cpu", "precision=fp32", "data.num_workers=0",
+           "max_duration=100000ba", "max_train_time=12s", "eval_interval=4s", "save_interval=6s",
+           "eval_subset_num_batches=1", f"save_folder={tmp_path}", "run_name=budget"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval/LanguageCrossEntropy" in r]
+    last_batch = max(r["batch"] for r in rows)
+    assert 3 <= len(evals) <= 5, evals  # at ~4, 8, 12 s of training (+ the last batch)
+    assert all(b["train_seconds"] > a["train_seconds"] for a, b in zip(evals, evals[1:]))
+    assert 12.0 <= evals[-1]["train_seconds"] < 16.0 and evals[-1]["batch"] == last_batch
+    assert list(tmp_path.glob(f"*ba{last_batch}-rank0.pt")), "no checkpoint at the end of the budget"
+
+
+def test_wall_clock_interval_fires_once_per_slot_and_not_right_after_resume():
+    from composer.core import Event
+
+    from mosaicbert.core.callbacks import every_seconds
+
+    def state(seconds, batch, max_batch=1000):
+        return SimpleNamespace(timestamp=_Time(seconds, batch), max_duration=_Time(0, max_batch))
+
+    fresh = every_seconds(10.0)
+    fired = [t for t in (1, 5, 9, 11, 12, 19, 21) if fresh(state(t, int(t)), Event.BATCH_END)]
+    assert fired == [11, 21]
+    resumed = every_seconds(10.0)  # a run resumed at 35 s of training time
+    assert not resumed(state(35, 350), Event.BATCH_END)
+    assert resumed(state(41, 410), Event.BATCH_END)
+    assert resumed(state(45, 1000), Event.BATCH_END)  # the last batch always fires
+
+
+class _Time:
+    """Just enough of Composer's Timestamp for every_seconds: wall-clock, batch, and >= on batches."""
+
+    def __init__(self, seconds, batch):
+        self.total_wct, self.batch = timedelta(seconds=seconds), batch
+
+    def __ge__(self, other):
+        return self.batch >= other.batch

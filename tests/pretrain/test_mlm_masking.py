@@ -1,0 +1,95 @@
+"""Statistics and determinism of the per-sample MLM masking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mosaicbert.pretrain.masking import IGNORE_INDEX, mask_tokens, sample_rng
+
+VOCAB = 30522
+PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
+SPECIALS = [PAD, UNK, CLS, SEP, MASK]
+
+
+def _batch(rows=2000, length=128, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, VOCAB, size=(rows, length), dtype=np.int64)
+    lengths = rng.integers(10, length + 1, size=rows)
+    ids[:, 0] = CLS
+    for i, n in enumerate(lengths):
+        ids[i, n - 1] = SEP
+        ids[i, n:] = PAD
+    ids[:, 5] = UNK  # a special in the middle
+    return ids
+
+
+def test_masking_statistics():
+    ids = _batch()
+    masked, labels = mask_tokens(ids, SPECIALS, VOCAB, 0.3, np.random.default_rng(1), MASK, pad_token_id=PAD)
+    assert masked.shape == ids.shape and labels.shape == ids.shape and labels.dtype == np.int64
+    eligible = ~np.isin(ids, SPECIALS)
+    selected = labels != IGNORE_INDEX
+    # Selection rate over non-special tokens: 30% +- 1%.
+    rate = selected.sum() / eligible.sum()
+    assert abs(rate - 0.3) < 0.01, rate
+    # Specials / padding are never selected nor changed.
+    assert not (selected & ~eligible).any()
+    assert (masked[~eligible] == ids[~eligible]).all()
+    # Labels hold the original ids at selected positions, -100 elsewhere.
+    assert (labels[selected] == ids[selected]).all()
+    assert (labels[~selected] == IGNORE_INDEX).all()
+    # Unselected tokens are untouched.
+    assert (masked[~selected] == ids[~selected]).all()
+    # 80 / 10 / 10 split of the selected tokens (+- 1.5%).
+    n = selected.sum()
+    to_mask = (masked == MASK) & selected
+    changed = (masked != ids) & selected & ~to_mask
+    kept = (masked == ids) & selected
+    assert abs(to_mask.sum() / n - 0.8) < 0.015
+    assert abs(changed.sum() / n - 0.1) < 0.015
+    assert abs(kept.sum() / n - 0.1) < 0.015
+    # Random replacements never produce special tokens and stay inside the vocabulary.
+    repl = masked[changed]
+    assert not np.isin(repl, SPECIALS).any()
+    assert repl.min() >= 0 and repl.max() < VOCAB
+
+
+def test_random_tokens_cover_non_special_range():
+    # Small vocab: every non-special id should appear, no special ever does.
+    vocab, specials = 50, [0, 1, 2, 3, 4, 20]
+    ids = np.full((20000,), 30, dtype=np.int64)
+    masked, labels = mask_tokens(ids, specials, vocab, 1.0, np.random.default_rng(0), 4)
+    repl = masked[(masked != 4) & (masked != 30)]
+    assert set(np.unique(repl).tolist()) == set(range(vocab)) - set(specials) - {30}
+
+
+def test_deterministic_per_sample():
+    ids = _batch(rows=1, length=128)[0]
+    a = mask_tokens(ids, SPECIALS, VOCAB, 0.3, sample_rng(42, 3, 1234), MASK)
+    b = mask_tokens(ids, SPECIALS, VOCAB, 0.3, sample_rng(42, 3, 1234), MASK)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    # Different epoch / index / seed -> different masks; global RNG state is irrelevant.
+    np.random.seed(0)
+    others = [sample_rng(42, 4, 1234), sample_rng(42, 3, 1235), sample_rng(43, 3, 1234)]
+    for rng in others:
+        c = mask_tokens(ids, SPECIALS, VOCAB, 0.3, rng, MASK)
+        assert not np.array_equal(a[1], c[1])
+    np.random.seed(123)
+    d = mask_tokens(ids, SPECIALS, VOCAB, 0.3, sample_rng(42, 3, 1234), MASK)
+    assert np.array_equal(a[0], d[0])
+
+
+def test_input_not_modified_and_dtype_kept():
+    ids = _batch(rows=4, length=16).astype(np.int32)
+    before = ids.copy()
+    masked, labels = mask_tokens(ids, SPECIALS, VOCAB, 0.5, np.random.default_rng(0), MASK)
+    assert np.array_equal(ids, before)
+    assert masked.dtype == np.int32
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        mask_tokens(np.array([5, 6]), SPECIALS, VOCAB, 1.5, np.random.default_rng(0), MASK)
+    with pytest.raises(ValueError):
+        sample_rng(-1, 0, 0)
