@@ -24,12 +24,15 @@ def load_config(yaml_path: str, overrides: list[str]):
     cfg = load_pretrain_config(yaml_path, overrides)
     if cfg.run_name is None:
         cfg.run_name = os.path.splitext(os.path.basename(yaml_path))[0]
+    if cfg.save_folder is None:  # the run's folder follows its name: a new run_name is a new run
+        cfg.save_folder = os.path.join("runs", cfg.run_name)
     return cfg
 
 
 def pretrain(cfg) -> int:
     # heavy imports after the config is known to be good
     from mosaicbert.pretrain.mlm import DatasetMismatchError, ShardReadError
+    from mosaicbert.pretrain.record import check_run_folder, write_record
     from mosaicbert.pretrain.resume import disk_full_message
     from mosaicbert.pretrain.trainer import build_pretrain_trainer, run_folder
 
@@ -40,7 +43,10 @@ def pretrain(cfg) -> int:
         # One run per folder: a second run (or a rerun while this one still trains) is refused, not interleaved.
         lock = RunLock(folder, rank=rank) if "://" not in folder else contextlib.nullcontext()
         with lock:
+            check_run_folder(cfg, folder)  # before anything in the folder is touched
             trainer = build_pretrain_trainer(cfg)
+            if rank == 0 and "://" not in folder:
+                write_record(cfg, folder)
             done = finished(trainer, cfg)
             if done and rank == 0:
                 print(f"run {cfg.run_name!r} in {folder!r} is already finished ({done}): nothing to train. Use another "
@@ -49,6 +55,8 @@ def pretrain(cfg) -> int:
                 if cfg.eval_at_start and int(trainer.state.timestamp.batch) == 0:
                     trainer.eval()  # logged as eval metrics at batch 0
                 trainer.fit()
+                if rank == 0:
+                    print(summary(trainer, cfg, folder), flush=True)
             trainer.close()
     except ConfigError:
         raise  # run_script reports it (exit status 2)
@@ -63,6 +71,25 @@ def pretrain(cfg) -> int:
         print(f"error: {full or f'{type(e).__name__}: {e}'}", file=sys.stderr)
         return 1
     return 0
+
+
+def summary(trainer, cfg, folder: str) -> str:
+    """The end-of-run lines: final metrics, where the checkpoints are, and what to run next."""
+    from mosaicbert.core.runs import human_duration
+
+    state = trainer.state
+    lines = [f"run {cfg.run_name!r} finished: {int(state.timestamp.batch)} batches, {int(state.timestamp.sample)} "
+             f"samples in {human_duration(state.timestamp.total_wct.total_seconds())}"]
+    for label, metrics in state.eval_metrics.items():
+        shown = ", ".join(f"{name} {float(m.compute()):.4f}" for name, m in metrics.items())
+        lines.append(f"  last evaluation ({label}): {shown}")
+    latest = os.path.join(folder, "latest-rank0.pt")
+    lines.append(f"  checkpoints: {folder} (latest: {latest}); config: {os.path.join(folder, 'config.yaml')}")
+    if "://" not in folder:
+        lines.append(f"  metrics: {os.path.join(folder, 'metrics.jsonl')} "
+                     f"(plot: python -m mosaicbert.plot {folder})")
+    lines.append(f"  export: python -m mosaicbert.export {latest} exported/{cfg.run_name}")
+    return "\n".join(lines)
 
 
 def finished(trainer, cfg) -> str:

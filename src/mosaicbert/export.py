@@ -13,11 +13,11 @@ works with plain transformers (mosaicbert not installed). hf_bert checkpoints ex
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from mosaicbert.core.checkpoint import load_weights, read_composer_checkpoint
+from mosaicbert.core.tokenizer import write_tokenizer_files
 
 
 def export(checkpoint: str, out_dir: str) -> str:
@@ -51,22 +51,14 @@ def export(checkpoint: str, out_dir: str) -> str:
     model.save_pretrained(out_dir)
     tokenizer_files = (meta.get("tokenizer") or {})
     if tokenizer_files:
-        for name, entry in tokenizer_files.items():
-            content = entry["content"]
-            path = os.path.join(out_dir, name)
-            if isinstance(content, bytes):  # sentencepiece .model
-                with open(path, "wb") as f:
-                    f.write(content)
-            elif isinstance(content, list):  # .txt files are stored as their lines
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write("\n".join(content))
-            elif isinstance(content, str):
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write(content)
-            else:
-                with open(path, "w", encoding="utf-8") as f:
-                    json.dump(content, f, indent=2)
-        AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)  # fail here, not at the user's first load
+        write_tokenizer_files(tokenizer_files, out_dir)
+        tokenizer = AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)  # fail here, not at first use
+        if model_type == MosaicBertConfig.model_type:
+            # ALiBi has no position table: the tokenizer's length limit (BERT's 512) would only warn falsely
+            from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
+
+            tokenizer.model_max_length = VERY_LARGE_INTEGER
+            tokenizer.save_pretrained(out_dir)
     return out_dir
 
 

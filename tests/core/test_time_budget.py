@@ -81,3 +81,9 @@ class _Time:
 
     def __ge__(self, other):
         return self.batch >= other.batch
+
+
+def test_human_duration():
+    from mosaicbert.core.runs import human_duration
+
+    assert [human_duration(s) for s in (4.24, 65, 3725.2)] == ["4.2s", "1m 05s", "1h 02m 05s"]

@@ -138,7 +138,8 @@ def test_remote_code_round_trip(tmp_path):
         got = torch.load(job.split(",")[3])["outputs"]
         assert got.keys() == exp.keys(), job
         for k, v in exp.items():
-            assert got[k].shape == v.shape and torch.equal(got[k], v), (job, k)
+            # fp32 in another process: the same math, but summation order may differ in the last bits
+            torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=f"{job}: {k}")
     encoder = mlm.bert.state_dict()
     for job in exports:
         got = torch.load(job.split(",")[3])["encoder"]

@@ -297,11 +297,11 @@ def test_start_from_checkpoint_takes_its_shape_and_reports_keys(tmp_path, model_
     model, report = build_task_model(cfg.model, cfg.task, tokenizer, ["neg", "pos"])
     assert model.config.hidden_size == 48 and model.config.num_hidden_layers == 1
     assert model.config.hidden_dropout_prob == 0.0 and model.config.id2label == {0: "neg", 1: "pos"}
-    # an MLM model has no pooler: it is reported as newly initialised
-    assert report["loaded"] > 0 and not report["unexpected"]
-    assert set(report["missing"]) == {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+    # an MLM model has no pooler: it starts fresh with the task head
+    assert report["loaded"] > 0 and not report["unexpected"] and not report["missing"]
     assert report["head_not_loaded"] and all(k.startswith("cls.") for k in report["head_not_loaded"])
-    assert report["new_head"] == ["classifier.bias", "classifier.weight"]
+    assert report["new_head"] == ["bert.pooler.dense.bias", "bert.pooler.dense.weight", "classifier.bias",
+                                  "classifier.weight"]
     src = source.state_dict()
     for k, v in model.state_dict().items():
         if k in src and not k.startswith("cls."):
@@ -360,3 +360,45 @@ def test_diverged_run_stops_with_a_clear_error(tmp_path):
         run(tmp_path, "regression", "mosaic_bert", "optimizer.lr=1e30", "scheduler.t_warmup=0ba",
             "eval_before_training=false")
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_the_tokenizer_travels_with_a_composer_checkpoint(tmp_path):
+    """tokenizer=null takes the tokenizer stored in main.py's checkpoint; another vocabulary is refused."""
+    import torch
+
+    from mosaicbert.core.config import ConfigError
+    from mosaicbert.core.models import MaskedLMModel
+    from mosaicbert.core.tokenizer import load_tokenizer, same_vocabulary
+    from mosaicbert.finetune.runner import load_task_tokenizer
+
+    source = _tiny_source("mosaic_bert")
+    tokenizer = load_tokenizer(write_vocab(tmp_path))
+    meta = MaskedLMModel(source, tokenizer).get_metadata()  # what Composer stores in every checkpoint
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state": {"model": {f"model.{k}": v for k, v in source.state_dict().items()},
+                          "integrations": {"huggingface": meta}}}, path)
+    assert same_vocabulary(load_task_tokenizer(None, str(path)), tokenizer)
+    assert same_vocabulary(load_task_tokenizer(str(write_vocab(tmp_path)), str(path)), tokenizer)
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"x{i}" for i in range(200)]))
+    with pytest.raises(ConfigError, match=rf"'tokenizer' = .*\(205 tokens\) is not the tokenizer .*ckpt\.pt.*"
+                                          rf"\({len(tokenizer)} tokens.*tokenizer=null"):
+        load_task_tokenizer(str(other), str(path))
+    assert len(load_task_tokenizer(str(other), str(path), allow_tokenizer_mismatch=True)) == 205
+
+
+def test_an_encoder_that_does_not_load_is_an_error(tmp_path):
+    """Without the checkpoint's config the model is built from the YAML: every encoder weight that does not fit is
+    named with both shapes, never trained from random init under the checkpoint's name."""
+    from mosaicbert.core.config import ConfigError
+    from mosaicbert.core.tokenizer import load_tokenizer
+    from mosaicbert.finetune.models import build_task_model
+
+    source = _tiny_source("mosaic_bert")  # hidden 48
+    source.save_pretrained(tmp_path / "exported")
+    (tmp_path / "exported" / "config.json").unlink()
+    overrides = finetune_overrides(tmp_path, "classification", "mosaic_bert", n_train=8, n_eval=8)
+    cfg = load_finetune_config(None, overrides + [f"model.pretrained_checkpoint={tmp_path / 'exported'}"])
+    tokenizer = load_tokenizer(write_vocab(tmp_path))
+    with pytest.raises(ConfigError, match=r"pretrained_checkpoint.*exported.*15 weights.*48,\) vs model \(64,\)"):
+        build_task_model(cfg.model, "classification", tokenizer, ["neg", "pos"])

@@ -285,8 +285,10 @@ def test_encoder_weights_from_mlm_export(tmp_path, model_name):
     task = build_task("regression", model_cfg, tokenizer, None, TASKS["stsb"].metrics, seed=0)
     clf, report = task.model, task.init_report
     assert report["head_not_loaded"] and all(k.startswith("cls.") for k in report["head_not_loaded"])
-    assert report["new_head"] == ["classifier.bias", "classifier.weight"]
-    assert report["unexpected"] == [] and report["shape_mismatch"] == []
+    # an MLM model has no pooler: it starts fresh with the task head
+    assert report["new_head"] == ["bert.pooler.dense.bias", "bert.pooler.dense.weight", "classifier.bias",
+                                  "classifier.weight"]
+    assert report["missing"] == [] and report["unexpected"] == [] and report["shape_mismatch"] == []
     word = "bert.embeddings.word_embeddings.weight"
     n = mlm.state_dict()[word].shape[0]
     assert (clf.state_dict()[word][:n] == mlm.state_dict()[word]).all()

@@ -696,3 +696,12 @@ def test_flash_attn_head_dims_of_a_restricted_build(monkeypatch):
     assert attention.flash_fits(64) and attention.flash_fits(128) and attention.flash_fits(None)
     assert not attention.flash_fits(32) and not attention.flash_fits(256)
     assert not attention.ATTENTION_BACKENDS["flash_attn"].fits(96, 0.0)
+
+
+def test_output_attentions_is_refused_not_silently_none():
+    model = MosaicBertModel(tiny_config()).eval()
+    ids = torch.randint(5, 101, (2, 8))
+    with pytest.raises(ValueError, match="output_attentions=True is not supported"):
+        model(ids, attention_mask=torch.ones_like(ids), output_attentions=True)
+    out = model(ids, attention_mask=torch.ones_like(ids), output_attentions=False)
+    assert out.last_hidden_state.shape == (2, 8, 64)

@@ -4,8 +4,10 @@ time-to-quality runs."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import time
 from typing import Any, Callable
 
 import torch
@@ -13,6 +15,10 @@ from composer.core import Callback, Event, State
 from composer.loggers import Logger
 from composer.optim import ComposerScheduler
 from composer.utils import dist
+
+from mosaicbert.core.runs import human_duration
+
+log = logging.getLogger("mosaicbert")
 
 
 class FiniteLossCheck(Callback):
@@ -71,6 +77,11 @@ class MetricsJsonl(Callback):
         resumed_at = int(state.timestamp.batch)
         with open(self.path) as f:
             rows = [line for line in f if line.strip()]
+        if resumed_at == 0 and rows:  # a fresh run over an old one (save_overwrite): keep the old rows aside
+            aside = f"{os.path.splitext(self.path)[0]}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            os.replace(self.path, aside)
+            log.warning("%s held an earlier run's metrics: moved to %s", self.path, aside)
+            return
         kept = [line for line in rows if json.loads(line).get("batch", 0) <= resumed_at]
         if len(kept) != len(rows):
             with open(self.path, "w") as f:
@@ -168,3 +179,50 @@ class WallClockLinearSchedule(ComposerScheduler):
         if self.warmup > 0 and frac < self.warmup:
             return frac / self.warmup
         return 1.0 - (1.0 - self.alpha_f) * (frac - self.warmup) / (1.0 - self.warmup)
+
+
+class ConsoleProgress(Callback):
+    """One console line every `interval` batches and one per evaluation (rank 0), for logs and non-terminals:
+
+        [batch 80/160 50%] loss 6.2131 | 412 samples/s | 31.2s elapsed, ETA 31.0s
+        [eval at batch 80] LanguageCrossEntropy 6.1020 | MaskedAccuracy 0.1210
+    """
+
+    def __init__(self, interval: int):
+        self.interval = max(1, interval)
+        self._t0 = None
+        self._last = None  # (time, samples) at the previous line
+        self._start_batch = 0
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self._t0 = time.time()
+        self._last = (self._t0, int(state.timestamp.sample))
+        self._start_batch = int(state.timestamp.batch)  # after a resume, the ETA counts this run's pace only
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        batch = int(state.timestamp.batch)
+        if batch % self.interval or dist.get_global_rank() != 0 or self._t0 is None:
+            return
+        now, samples = time.time(), int(state.timestamp.sample)
+        rate = (samples - self._last[1]) / max(now - self._last[0], 1e-9)
+        self._last = (now, samples)
+        elapsed = now - self._t0
+        total = ""
+        eta = ""
+        if state.max_duration is not None and state.max_duration.unit.name == "BATCH":
+            done = batch / int(state.max_duration.value)
+            total = f"/{int(state.max_duration.value)} {100 * done:.0f}%"
+            if batch > self._start_batch:
+                pace = elapsed / (batch - self._start_batch)
+                eta = f", ETA {human_duration(pace * (int(state.max_duration.value) - batch))}"
+        loss = float(state.loss.detach().float().cpu()) if isinstance(state.loss, torch.Tensor) else float("nan")
+        print(f"[batch {batch}{total}] loss {loss:.4f} | {rate:,.0f} samples/s | "
+              f"{human_duration(elapsed)} elapsed{eta}", flush=True)
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() != 0:
+            return
+        label = state.dataloader_label or "eval"
+        metrics = state.eval_metrics.get(label, {})
+        shown = " | ".join(f"{name} {float(m.compute()):.4f}" for name, m in metrics.items())
+        print(f"[{label} at batch {int(state.timestamp.batch)}] {shown}", flush=True)

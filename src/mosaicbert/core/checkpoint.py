@@ -192,6 +192,7 @@ def load_weights(
     head_prefixes, new_head_prefixes = tuple(head_prefixes), tuple(new_head_prefixes)
     report.head_not_loaded = sorted(k for k in state if head_prefixes and k.startswith(head_prefixes))
     state = {k: v for k, v in state.items() if not (head_prefixes and k.startswith(head_prefixes))}
+    held = sorted(state)
     model_sd = model.state_dict()
     _fit_shapes(state, model_sd, report)
 
@@ -210,7 +211,8 @@ def load_weights(
     report.unexpected = [k for k in unexpected if not k.endswith(_DERIVED)]
     report.loaded = len(loaded)
     if not loaded:
-        raise RuntimeError(f"{label}: none of its {len(state)} weights match this model (wrong model.name or "
-                           f"model.config_overrides?); checkpoint keys look like {sorted(state)[:5]}")
+        shapes = f"; different shapes: {report.shape_mismatch[:3]}" if report.shape_mismatch else ""
+        raise RuntimeError(f"{label}: none of its {len(held)} weights match this model (wrong model.name or "
+                           f"model.config_overrides?); checkpoint keys look like {held[:5]}{shapes}")
     report.log()
     return report

@@ -22,6 +22,7 @@ def run_script(argv: Sequence[str], doc: str, load_config: Callable[[str, Sequen
         print(doc)
         return 0 if argv else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("streaming").setLevel(logging.WARNING)  # per-worker INFO lines, repeated on every rank
     try:
         cfg = load_config(argv[0], list(argv[1:]))
         if show_config:

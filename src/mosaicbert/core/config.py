@@ -122,9 +122,9 @@ class FileLoggerConfig:
 
 @dataclass
 class LoggersConfig:
-    console: bool = True
+    console: bool = True  # one line every console_log_interval and per evaluation (when no progress bar)
     console_log_interval: str = "10ba"
-    progress_bar: bool = False
+    progress_bar: Optional[bool] = None  # null: on when the output is a terminal
     wandb: Optional[WandbConfig] = None
     tensorboard: Optional[TensorboardConfig] = None
     file: Optional[FileLoggerConfig] = None

@@ -25,3 +25,12 @@ def progress(msg: str) -> None:
     """One console line, from rank 0 only."""
     if dist.get_global_rank() == 0:
         print(msg, flush=True)
+
+
+def human_duration(seconds: float) -> str:
+    """3725.2 -> '1h 02m 05s'; 65 -> '1m 05s'; 4.2 -> '4.2s'."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"

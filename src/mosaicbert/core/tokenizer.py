@@ -8,7 +8,11 @@
   folder (its tokenizer files only: the model's remote code is never consulted);
 * a path to a WordPiece ``vocab.txt`` file;
 * ``builtin://python-docs``: a small uncased WordPiece trained on the Python standard library's
-  docstrings (see :mod:`mosaicbert.core.builtin_corpus`), needs no download.
+  docstrings (see :mod:`mosaicbert.core.builtin_corpus`), needs no download;
+* a Composer checkpoint file written by main.py: the tokenizer files stored inside it.
+
+``checkpoint_tokenizer(source)`` is the tokenizer a pretrained checkpoint carries (None when it has none), so
+that finetuning uses the ids the model was trained on.
 
 Trap guarded against here: with transformers 5.x ``BertTokenizerFast(vocab_file=...)`` silently ignores
 the file and builds a 5-token vocabulary (everything becomes ``[UNK]``, MLM loss collapses to ~0). We
@@ -26,7 +30,7 @@ from transformers import PreTrainedTokenizerFast
 from mosaicbert.core.builtin_corpus import BUILTIN_NAME, BUILTIN_PREFIX, ensure_builtin_tokenizer
 from mosaicbert.core.wordpiece import wordpiece_to_fast
 
-__all__ = ["load_tokenizer", "MIN_VOCAB_SIZE"]
+__all__ = ["load_tokenizer", "checkpoint_tokenizer", "write_tokenizer_files", "same_vocabulary", "MIN_VOCAB_SIZE"]
 
 MIN_VOCAB_SIZE = 100
 _REQUIRED_SPECIALS = ("pad_token", "cls_token", "sep_token", "mask_token")
@@ -95,6 +99,72 @@ def _from_tokenizer_files(folder: Path) -> PreTrainedTokenizerFast:
     return cls.from_pretrained(str(folder))
 
 
+def write_tokenizer_files(files: dict, folder: str) -> None:
+    """Write the tokenizer files stored in a Composer checkpoint (its Hugging Face metadata) into `folder`."""
+    for name, entry in files.items():
+        content = entry["content"]
+        path = os.path.join(folder, name)
+        if isinstance(content, bytes):  # sentencepiece .model
+            with open(path, "wb") as f:
+                f.write(content)
+        elif isinstance(content, list):  # .txt files are stored as their lines
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n".join(content))
+        elif isinstance(content, str):
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(content)
+        else:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2)
+
+
+def _from_composer_checkpoint(path: Path) -> PreTrainedTokenizerFast:
+    import tempfile
+
+    from mosaicbert.core.checkpoint import read_composer_checkpoint
+
+    meta = (read_composer_checkpoint(str(path)).get("integrations") or {}).get("huggingface") or {}
+    files = meta.get("tokenizer") or {}
+    if not files:
+        raise FileNotFoundError(f"checkpoint {str(path)!r} holds no tokenizer files: name the tokenizer it was "
+                                "trained with")
+    with tempfile.TemporaryDirectory() as folder:
+        write_tokenizer_files(files, folder)
+        return _from_tokenizer_files(Path(folder))
+
+
+def _is_checkpoint_file(path: Path) -> bool:
+    import zipfile
+
+    return path.suffix in (".pt", ".pth", ".ckpt") or zipfile.is_zipfile(path)
+
+
+def checkpoint_tokenizer(source: str | None) -> PreTrainedTokenizerFast | None:
+    """The tokenizer stored with a checkpoint (a Composer checkpoint file or a Hugging Face folder), else None."""
+    if not source:
+        return None
+    path = Path(str(source)).expanduser()
+    if path.is_file() and _is_checkpoint_file(path):
+        try:
+            return _check(_from_composer_checkpoint(path), str(source))
+        except FileNotFoundError:
+            return None
+    if path.is_dir():
+        return load_tokenizer(str(path)) if any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")) \
+            else None
+    if not _looks_like_path(str(source)):  # a hub model id: its tokenizer, when cached or reachable
+        try:
+            return load_tokenizer(str(source))
+        except (FileNotFoundError, ValueError):
+            return None
+    return None
+
+
+def same_vocabulary(a: PreTrainedTokenizerFast, b: PreTrainedTokenizerFast) -> bool:
+    """The same token -> id mapping (what the model's embeddings were trained on)."""
+    return a.get_vocab() == b.get_vocab()
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
     """Load a fast (Rust) tokenizer from a hub name, a folder, a ``vocab.txt`` path or ``builtin://python-docs``.
 
@@ -124,6 +194,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
                 f"a WordPiece vocab.txt file, a Hugging Face Hub name, or {BUILTIN_PREFIX}{BUILTIN_NAME}."
             )
         if path.is_file():
+            if _is_checkpoint_file(path):
+                return _check(_from_composer_checkpoint(path), name)
             if path.name == "tokenizer.json":
                 return _check(PreTrainedTokenizerFast(tokenizer_file=str(path)), name)
             return _check(_from_vocab_txt(path), name)

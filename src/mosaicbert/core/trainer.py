@@ -52,6 +52,14 @@ def build_hf_config(model_cfg: ModelConfig, **extra: Any):
         raise ConfigError(f"model.config_overrides: {e}") from e
 
 
+def vocab_size_for(model_cfg: ModelConfig, tokenizer) -> dict[str, int]:
+    """{"vocab_size": the tokenizer's size rounded up to a multiple of 64 (fast matmuls)} unless the config sets
+    model.config_overrides.vocab_size; bert-base-uncased's 30522 tokens give MosaicBERT's 30528."""
+    if "vocab_size" in model_cfg.config_overrides:
+        return {}
+    return {"vocab_size": (len(tokenizer) + 63) // 64 * 64}
+
+
 class FusedDecoupledAdamW(torch.optim.AdamW):
     """Composer's DecoupledAdamW update rule on torch's fused AdamW kernel.
 

@@ -101,6 +101,7 @@ class FinetuneConfig:
     # hub name, local folder, vocab.txt path, or builtin://python-docs; null = the tokenizer stored with
     # model.pretrained_checkpoint (a Hugging Face folder or hub id)
     tokenizer: Optional[str] = None
+    allow_tokenizer_mismatch: bool = False  # a tokenizer other than the checkpoint's: error unless true
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     # Metrics from the task's set (see mosaicbert.finetune.metrics.TASK_METRICS); null = the task's defaults.
     # The first one is the main metric: it picks the best checkpoint.

@@ -59,7 +59,7 @@ def source_config(source: Optional[str]) -> Optional[Dict[str, Any]]:
 def task_model_config(model_cfg: ModelConfig, tokenizer, **extra: Any):
     """The task model's config: the start checkpoint's config, then model.config_overrides (except the encoder's
     shape: with a checkpoint its own shape wins, so that its weights load), then `extra` (num_labels, labels)."""
-    from mosaicbert.core.trainer import build_hf_config
+    from mosaicbert.core.trainer import build_hf_config, vocab_size_for
 
     base = source_config(model_cfg.pretrained_checkpoint) or {}
     model_type = base.get("model_type")
@@ -81,6 +81,8 @@ def task_model_config(model_cfg: ModelConfig, tokenizer, **extra: Any):
                     ignored, {k: from_source[k] for k in ignored})
     merged = dataclasses.replace(model_cfg, config_overrides={
         **from_source, **{k: v for k, v in overrides.items() if k not in ignored}})
+    if "vocab_size" not in merged.config_overrides:  # random init: the tokenizer's size
+        extra = {**vocab_size_for(merged, tokenizer), **extra}
     config = build_hf_config(merged, pad_token_id=tokenizer.pad_token_id, **extra)
     if len(tokenizer) > config.vocab_size:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
@@ -106,8 +108,19 @@ def build_task_model(model_cfg: ModelConfig, task: str, tokenizer, labels: Optio
     if model_cfg.pretrained_checkpoint:
         # The source's heads (MLM `cls.*`, another task's `classifier.*` / `qa_outputs.*`) never load; this task's
         # head is new.
-        loaded = load_weights(model, model_cfg.pretrained_checkpoint, head_prefixes=SOURCE_HEADS,
-                              new_head_prefixes=("classifier.", "qa_outputs."))
+        try:
+            loaded = load_weights(model, model_cfg.pretrained_checkpoint, head_prefixes=SOURCE_HEADS,
+                                  new_head_prefixes=("classifier.", "qa_outputs.", "bert.pooler."))
+        except RuntimeError as e:
+            raise ConfigError(f"model.pretrained_checkpoint: {e}") from e
+        # Only the task head (and the pooler, which an MLM checkpoint lacks) may start fresh: an encoder weight
+        # that does not load would train from random init under a pretrained model's name.
+        broken = loaded.shape_mismatch + loaded.missing
+        if broken:
+            raise ConfigError(f"model.pretrained_checkpoint {model_cfg.pretrained_checkpoint!r}: {len(broken)} encoder "
+                              f"weights do not load into the {cls.__name__} built from it (of {loaded.loaded} that "
+                              f"do): {broken[:5]}; the encoder must match the checkpoint's (check model.name and "
+                              f"model.config_overrides)")
         report = {"source": model_cfg.pretrained_checkpoint, **loaded.as_dict()}
     else:
         log.warning("model.pretrained_checkpoint is null: finetuning from RANDOM INIT (smoke runs only)")

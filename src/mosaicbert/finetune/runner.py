@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from mosaicbert.core.callbacks import FiniteLossCheck
 from mosaicbert.core.config import ConfigError, ModelConfig, OptimizerConfig, SchedulerConfig
 from mosaicbert.core.runs import progress, run_folder
-from mosaicbert.core.tokenizer import load_tokenizer
+from mosaicbert.core.tokenizer import checkpoint_tokenizer, load_tokenizer, same_vocabulary
 from mosaicbert.core.trainer import build_optimizer, build_scheduler, resolve_device
 from mosaicbert.finetune.config import FinetuneConfig, main_metric
 from mosaicbert.finetune.data import Rows, read_file, read_hub
@@ -40,22 +40,40 @@ EVAL_LABEL = "eval"
 # The task runner (finetune.py and every GLUE job)
 # ---------------------------------------------------------------------------------------------------------------
 
-_TOKENIZERS: Dict[str, Any] = {}
+_TOKENIZERS: Dict[tuple, Any] = {}
 
 
-def load_task_tokenizer(tokenizer: Optional[str], pretrained_checkpoint: Optional[str]):
-    """`tokenizer`, or (tokenizer: null) the one saved with the start checkpoint; loaded once per process."""
-    name = tokenizer or pretrained_checkpoint
-    key = "tokenizer" if tokenizer else "model.pretrained_checkpoint (tokenizer: null)"
-    if name not in _TOKENIZERS:
-        try:
-            if tokenizer is None and os.path.isfile(os.path.expanduser(str(name))):
-                raise ValueError("a Composer checkpoint file holds no tokenizer folder: set tokenizer= to the one "
-                                 "used for pretraining")
-            _TOKENIZERS[name] = load_tokenizer(name)
-        except Exception as e:
-            raise ConfigError(f"config key '{key}' = {name!r}: cannot load a tokenizer from it: {e}") from e
-    return _TOKENIZERS[name]
+def load_task_tokenizer(tokenizer: Optional[str], pretrained_checkpoint: Optional[str],
+                        allow_tokenizer_mismatch: bool = False):
+    """The tokenizer to finetune with, loaded once per process: `tokenizer`, or (tokenizer: null) the one stored
+    with the start checkpoint. A tokenizer whose vocabulary differs from the checkpoint's is refused (the model's
+    embeddings would be read by the wrong ids) unless `allow_tokenizer_mismatch`."""
+    key = (tokenizer, pretrained_checkpoint, allow_tokenizer_mismatch)
+    if key in _TOKENIZERS:
+        return _TOKENIZERS[key]
+    try:
+        stored = checkpoint_tokenizer(pretrained_checkpoint)
+    except Exception as e:
+        raise ConfigError(f"config key 'model.pretrained_checkpoint' = {pretrained_checkpoint!r}: cannot read the "
+                          f"tokenizer stored with it: {e}") from e
+    if tokenizer is None:
+        if stored is None:
+            raise ConfigError(f"config key 'tokenizer' is null but model.pretrained_checkpoint = "
+                              f"{pretrained_checkpoint!r} holds no tokenizer: set tokenizer= to the one used for "
+                              f"pretraining")
+        _TOKENIZERS[key] = stored
+        return stored
+    try:
+        tok = load_tokenizer(tokenizer)
+    except Exception as e:
+        raise ConfigError(f"config key 'tokenizer' = {tokenizer!r}: cannot load it: {e}") from e
+    if stored is not None and not same_vocabulary(tok, stored) and not allow_tokenizer_mismatch:
+        raise ConfigError(f"config key 'tokenizer' = {tokenizer!r} ({len(tok)} tokens) is not the tokenizer "
+                          f"model.pretrained_checkpoint = {pretrained_checkpoint!r} was trained with ({len(stored)} "
+                          f"tokens, a different vocabulary): set tokenizer=null to use the checkpoint's "
+                          f"(allow_tokenizer_mismatch=true proceeds anyway)")
+    _TOKENIZERS[key] = tok
+    return tok
 
 
 @dataclass
@@ -243,7 +261,7 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     logging.getLogger("composer").setLevel(logging.WARNING)
     t0 = time.time()
     device = resolve_device(cfg.device)
-    tokenizer = load_task_tokenizer(cfg.tokenizer, cfg.model.pretrained_checkpoint)
+    tokenizer = load_task_tokenizer(cfg.tokenizer, cfg.model.pretrained_checkpoint, cfg.allow_tokenizer_mismatch)
     train, evals, labels = _prepare_data(cfg, tokenizer)
     names = list(cfg.metrics or TASK_METRICS[cfg.task])
     tm = build_task(cfg.task, cfg.model, tokenizer, labels, names, seed=cfg.seed,
@@ -279,6 +297,10 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         with open(os.path.join(folder, "results.json"), "w") as f:
             json.dump(results, f, indent=2, default=str)
     best = keep_best.best
+    if best is not None and best["batch"] == 0 and len(keep_best.history) > 1:
+        log.warning("the best evaluation is the untrained model (batch 0): training never improved %s, so "
+                    "best_model holds the start weights; try another optimizer.lr (a pretrained start usually "
+                    "wants 1e-5 to 1e-4) or more epochs", results["main_metric"])
     if best is not None:
         shown = " ".join(f"{k}={v:.4f}" for k, v in best["metrics"].items())
         progress(f"best {results['main_metric']} at batch {best['batch']}: {shown}\n"

@@ -84,7 +84,11 @@ class GlueConfig:
     # model.pretrained_checkpoint: Composer checkpoint of main.py, Hugging Face folder, or (hf_bert) a hub name
     # such as bert-base-uncased; null = random init (a loud warning; for the "random init" baseline only).
     model: ModelConfig = field(default_factory=ModelConfig)
-    tokenizer: str = "bert-base-uncased"  # hub name, local folder, vocab.txt path, or builtin://python-docs
+    # hub name, local folder, vocab.txt path, or builtin://python-docs; null = the tokenizer stored with
+    # model.pretrained_checkpoint. A tokenizer other than the checkpoint's is an error unless
+    # allow_tokenizer_mismatch (the embeddings would be read by ids the model never saw).
+    tokenizer: Optional[str] = None
+    allow_tokenizer_mismatch: bool = False
 
     # Data: a folder in the GLUE TSV layout (<data_dir>/<TASK>/train.tsv, dev.tsv, ...) or, when null,
     # the Hugging Face hub dataset `hub_dataset`.

@@ -23,13 +23,14 @@ from mosaicbert.glue.train import run_job
 
 
 def preflight(cfg: GlueConfig) -> None:
-    """Fail before any job on problems every job would hit: model config, tokenizer, start checkpoint."""
+    """Fail before any job on problems every job would hit: model config, start checkpoint, tokenizer, and an
+    encoder that does not load from the checkpoint."""
     from mosaicbert.core.checkpoint import resolve_source
     from mosaicbert.core.config import ConfigError
     from mosaicbert.core.trainer import build_hf_config
+    from mosaicbert.finetune.models import build_task_model
 
     build_hf_config(cfg.model, num_labels=2)
-    load_task_tokenizer(cfg.tokenizer, cfg.model.pretrained_checkpoint)
     for key, path in (("model.pretrained_checkpoint", cfg.model.pretrained_checkpoint),
                       ("mnli_checkpoint", cfg.mnli_checkpoint)):
         if not path:
@@ -40,6 +41,9 @@ def preflight(cfg: GlueConfig) -> None:
             resolve_source(path)
         except FileNotFoundError as e:
             raise ConfigError(f"config key '{key}' = {path!r}: {e}") from e
+    tokenizer = load_task_tokenizer(cfg.tokenizer, cfg.model.pretrained_checkpoint, cfg.allow_tokenizer_mismatch)
+    if cfg.model.pretrained_checkpoint:
+        build_task_model(cfg.model, "classification", tokenizer, ["0", "1"])  # raises when the encoder won't load
     if cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"config key 'data_dir' = {cfg.data_dir!r}: no such folder (null loads from the hub)")
 

@@ -36,7 +36,7 @@ def train_job(cfg: GlueConfig, job: Job) -> JobResult:
     task = TASKS[job.task]
     tcfg: TaskConfig = getattr(cfg.tasks, job.task)
     device = resolve_device(cfg.device)
-    tokenizer = load_task_tokenizer(cfg.tokenizer, cfg.model.pretrained_checkpoint)
+    tokenizer = load_task_tokenizer(cfg.tokenizer, cfg.model.pretrained_checkpoint, cfg.allow_tokenizer_mismatch)
 
     data_kw = dict(data_dir=cfg.data_dir, hub_dataset=cfg.hub_dataset, skip_malformed=cfg.skip_malformed_rows)
     train = load_prepared(task, "train", tokenizer, tcfg.max_seq_len, max_samples=cfg.max_train_samples, **data_kw)

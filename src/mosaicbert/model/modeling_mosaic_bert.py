@@ -403,6 +403,9 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         document_counts: list[int] | None = None,
         **kwargs,
     ):
+        if kwargs.get("output_attentions"):
+            raise ValueError("output_attentions=True is not supported: MosaicBERT's attention kernels never form the "
+                             "attention probabilities (use output_hidden_states for the layer outputs)")
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         output_hidden_states = bool(output_hidden_states)
         if prepared is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Optional
 
 import torch
@@ -15,7 +16,7 @@ from composer.core import Callback, DataSpec
 from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config
 
-from mosaicbert.core.callbacks import FiniteLossCheck, MetricsJsonl, StepSeededRNG, WallClockBudget
+from mosaicbert.core.callbacks import ConsoleProgress, FiniteLossCheck, MetricsJsonl, StepSeededRNG, WallClockBudget
 from mosaicbert.core.checkpoint import load_weights
 from mosaicbert.core.config import ConfigError, LoggersConfig, ModelConfig, check_keys, parse_seconds
 from mosaicbert.core.models import MaskedLMModel
@@ -30,6 +31,7 @@ from mosaicbert.core.trainer import (
     resolve_compile,
     resolve_device,
     time_or_composer_interval,
+    vocab_size_for,
 )
 from mosaicbert.model import MosaicBertForMaskedLM
 from mosaicbert.pretrain.config import AlgorithmsConfig, CallbacksConfig, DDPConfig, PretrainConfig
@@ -47,7 +49,7 @@ log = logging.getLogger("mosaicbert")
 def build_mlm_model(model_cfg: ModelConfig, tokenizer) -> MaskedLMModel:
     from transformers import BertForMaskedLM
 
-    config = build_hf_config(model_cfg, pad_token_id=tokenizer.pad_token_id)
+    config = build_hf_config(model_cfg, pad_token_id=tokenizer.pad_token_id, **vocab_size_for(model_cfg, tokenizer))
     if len(tokenizer) > config.vocab_size:
         raise ConfigError(
             f"tokenizer has {len(tokenizer)} tokens but model.config_overrides.vocab_size is {config.vocab_size}: "
@@ -59,6 +61,13 @@ def build_mlm_model(model_cfg: ModelConfig, tokenizer) -> MaskedLMModel:
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.1fM parameters", model_cfg.name, n_params / 1e6)
     return MaskedLMModel(model, tokenizer=tokenizer)
+
+
+def console_progress(loggers: LoggersConfig) -> Optional[ConsoleProgress]:
+    interval = str(loggers.console_log_interval)
+    if not loggers.console or not interval.endswith("ba"):
+        return None
+    return ConsoleProgress(int(interval[:-2]))
 
 
 def build_algorithms(cfg: AlgorithmsConfig) -> list:
@@ -229,6 +238,12 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     optimizer = build_optimizer(cfg.optimizer, model)
     run_name = cfg.run_name or "mosaicbert"
     metrics_path = os.path.join(run_folder(cfg), "metrics.jsonl")
+    callbacks = build_callbacks(cfg.callbacks, cfg.loggers, metrics_path, cfg.seed, parse_seconds(cfg.max_train_time))
+    progress_bar = sys.stdout.isatty() if cfg.loggers.progress_bar is None else cfg.loggers.progress_bar
+    # One readable line per interval instead of Composer's multi-line metrics block (batch intervals only).
+    console_lines = console_progress(cfg.loggers) if not progress_bar else None
+    if console_lines is not None:
+        callbacks.append(console_lines)
 
     return Trainer(
         run_name=run_name,
@@ -241,11 +256,10 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         optimizers=optimizer,
         schedulers=build_scheduler(cfg.scheduler, cfg.max_train_time),
         algorithms=build_algorithms(cfg.algorithms),
-        callbacks=build_callbacks(cfg.callbacks, cfg.loggers, metrics_path, cfg.seed,
-                                  parse_seconds(cfg.max_train_time)),
+        callbacks=callbacks,
         loggers=build_loggers(cfg.loggers),
-        progress_bar=cfg.loggers.progress_bar,
-        log_to_console=cfg.loggers.console,
+        progress_bar=progress_bar,
+        log_to_console=console_lines is None and cfg.loggers.console and not progress_bar,
         console_log_interval=cfg.loggers.console_log_interval,
         device=device,
         precision=precision,
@@ -262,5 +276,5 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         load_weights_only=cfg.load_weights_only,
         autoresume=cfg.autoresume,
         dist_timeout=cfg.dist_timeout,
-        python_log_level="info",
+        python_log_level="warning",  # Composer's INFO lines (per checkpoint, per logger) are noise on a console
     )
