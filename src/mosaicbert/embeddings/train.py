@@ -285,7 +285,7 @@ def run_embedding_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         "best": evaluation.best,
         "evaluations": evaluation.history,
         "best_model": best_folder,
-        "final_scale": float(loss_fn.scale),
+        "final_scale": float(loss_fn.scale.detach()),
         "init_report": report,
         "train_examples": len(train),
         "eval_examples": len(held_out),
