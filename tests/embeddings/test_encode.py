@@ -4,13 +4,12 @@ encoding, for MosaicBERT and transformers' BERT."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import WORDS, randomize_, tiny_config, write_vocab
 from transformers import BertConfig, BertModel
 
 from mosaicbert.core.tokenizer import load_tokenizer
 from mosaicbert.embeddings.encode import encode, length_sorted_batches
 from mosaicbert.model import MosaicBertForMaskedLM
-
-from helpers import WORDS, randomize_, tiny_config, write_vocab
 
 TEXTS = [" ".join(WORDS[(7 * i + j) % 90] for j in range(n)) for i, n in enumerate([3, 17, 1, 9, 30, 5, 12, 2, 25])]
 

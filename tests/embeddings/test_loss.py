@@ -5,12 +5,11 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_config
 
 from mosaicbert.embeddings.encode import embed_batch, pad_batch
 from mosaicbert.embeddings.loss import InBatchNegativesLoss, embed_columns
 from mosaicbert.model import MosaicBertModel
-
-from helpers import tiny_config
 
 
 def test_loss_matches_a_hand_computed_value():

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import ROOT, WORDS, randomize_, tiny_config, write_vocab
 
 from mosaicbert.core.tokenizer import load_tokenizer
 from mosaicbert.embeddings.encode import encode, load_encoder
@@ -17,8 +18,6 @@ from mosaicbert.embeddings.evaluate import main as evaluate_main
 from mosaicbert.export import main as export_main
 from mosaicbert.export import read_sentence_transformers_settings
 from mosaicbert.model import MosaicBertForMaskedLM
-
-from helpers import ROOT, WORDS, randomize_, tiny_config, write_vocab
 
 TEXTS = [" ".join(WORDS[(5 * i + j) % 80] for j in range(n)) for i, n in enumerate([4, 20, 1, 11, 28, 7])]
 

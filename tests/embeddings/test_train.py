@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 
 from mosaicbert.core.config import ConfigError
 from mosaicbert.finetune.config import load_finetune_config
-
-from helpers import ROOT
 
 YAML = str(ROOT / "yamls/finetune/embedding.yaml")
 

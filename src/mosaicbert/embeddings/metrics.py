@@ -28,7 +28,8 @@ def parse_metric(name: str) -> tuple:
     """'recall@10' -> ('recall', 10); 'ndcg@10' -> ('ndcg', 10)."""
     kind, _, k = name.partition("@")
     if kind not in ("recall", "ndcg") or not k.isdigit() or int(k) < 1:
-        raise ValueError(f"unknown retrieval metric {name!r}: use recall@<k> or ndcg@<k>, e.g. {list(RETRIEVAL_METRICS)}")
+        raise ValueError(f"unknown retrieval metric {name!r}: use recall@<k> or ndcg@<k>, e.g. "
+                         f"{list(RETRIEVAL_METRICS)}")
     return kind, int(k)
 
 

@@ -201,7 +201,8 @@ class EmbeddingEvaluation(Callback):
         self.history.append(entry)
         improved = self.best is None or values[self.main] > self.best["metrics"][self.main]
         shown = " ".join(f"{k}={v:.4f}" for k, v in values.items())
-        progress(f"[eval] batch {batch}: {shown}" + (f" (best {self.main}: saved to {self.folder})" if improved else ""))
+        saved = f" (best {self.main}: saved to {self.folder})" if improved else ""
+        progress(f"[eval] batch {batch}: {shown}{saved}")
         if improved:
             self.best = entry
             if dist.get_global_rank() == 0:
@@ -238,7 +239,7 @@ def run_embedding_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     progress(f"data: {len(train)} training pairs from {train.source} ({len(train.negatives)} hard-negative "
              f"columns); {len(held_out)} eval pairs from {held_out.source}"
              + (f"; {len(sts.scores)} STS pairs from {e.stsb_file}" if sts else ""))
-    names = list(cfg.metrics or [m for m in ("ndcg@10", "recall@1", "recall@10") + (("stsb_spearman",) if sts else ())])
+    names = list(cfg.metrics or ["ndcg@10", "recall@1", "recall@10"] + (["stsb_spearman"] if sts else []))
     main = main_metric(cfg)
 
     encoder, report = build_encoder(cfg.model, tokenizer, cfg.seed)
@@ -299,5 +300,6 @@ def run_embedding_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     if evaluation.best is not None:
         shown = " ".join(f"{k}={v:.4f}" for k, v in evaluation.best["metrics"].items())
         progress(f"best {main} at batch {evaluation.best['batch']}: {shown}\n"
-                 f"wrote {best_folder} (Hugging Face + sentence-transformers) and {os.path.join(folder, 'results.json')}")
+                 f"wrote {best_folder} (Hugging Face + sentence-transformers) and "
+                 f"{os.path.join(folder, 'results.json')}")
     return results
