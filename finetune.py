@@ -5,7 +5,8 @@
         tokenizer=null data.train_file=train.csv data.eval_file=dev.csv data.columns.text=sentence
 
 Tasks: classification (one sentence or a sentence pair), regression, token_classification, question_answering,
-multiple_choice; see yamls/finetune/. The YAML and `key=value` overrides are validated against
+multiple_choice, embedding (contrastive training of sentence embeddings on text pairs: mosaicbert.embeddings.train);
+see yamls/finetune/. The YAML and `key=value` overrides are validated against
 mosaicbert.finetune.config.FinetuneConfig. The best evaluation (by the task's main metric) is saved as a Hugging
 Face folder with its tokenizer in <save_folder>/best_model, with results.json beside it. Exit status: 0 when
 training finished, 2 on a config or data error.
@@ -19,10 +20,15 @@ from mosaicbert.finetune.config import load_finetune_config
 
 def finetune(cfg) -> int:
     from mosaicbert.finetune.data import FinetuneDataError
-    from mosaicbert.finetune.runner import run_finetune
 
+    # embedding sits above finetune in the package's layers (it reuses finetune's readers and runner), so the
+    # dispatch on the task type lives here, in the script
+    if cfg.task == "embedding":
+        from mosaicbert.embeddings.train import run_embedding_finetune as run
+    else:
+        from mosaicbert.finetune.runner import run_finetune as run
     try:
-        run_finetune(cfg)
+        run(cfg)
     except FinetuneDataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""The package's layers: model <- core <- {pretrain, finetune} <- glue, and no import cycles.
+"""The package's layers: model <- core <- {pretrain, finetune} <- {glue, embeddings}, and no import cycles.
 
 Imports are read with `ast` (every import statement, including those inside functions: a lazy import is still a
 dependency), resolved to the project's own modules, and each edge is checked against the table of allowed edges
@@ -20,6 +20,8 @@ ALLOWED = {
     "pretrain": {"model", "core", "pretrain"},
     "finetune": {"model", "core", "finetune"},
     "glue": {"model", "core", "finetune", "glue"},
+    # sentence embeddings: finetune's readers and runner pieces, export's sentence-transformers files
+    "embeddings": {"model", "core", "finetune", "tools", "embeddings"},
     "package": {"model"},
     "tools": {"model", "core", "tools"},
     "benchmarks": {"model", "core", "pretrain", "finetune", "glue", "tools", "benchmarks"},

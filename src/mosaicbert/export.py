@@ -8,6 +8,12 @@ stored in the checkpoint, so that
     AutoModelForMaskedLM.from_pretrained("exported/mosaicbert-base", trust_remote_code=True)
 
 works with plain transformers (mosaicbert not installed). hf_bert checkpoints export to a regular BERT folder.
+
+With --sentence-transformers the folder also loads as a sentence embedding model, again without mosaicbert:
+
+    SentenceTransformer("exported/mosaicbert-base", trust_remote_code=True)
+
+(the encoder -> mean pooling, or --pooling cls -> L2 normalisation).
 """
 
 from __future__ import annotations
@@ -62,14 +68,109 @@ def export(checkpoint: str, out_dir: str) -> str:
     return out_dir
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# sentence-transformers files
+# ---------------------------------------------------------------------------------------------------------------
+
+POOLINGS = ("mean", "cls")
+# The module type names every sentence-transformers release resolves (2.x to 6.x: newer releases map these
+# names onto their moved classes), so the folder loads with whichever version a user has.
+ST_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+]
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r} is not one of {list(POOLINGS)}")
+    return pooling
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def write_sentence_transformers_files(folder: str, pooling: str = "mean", max_seq_length: int = 512) -> str:
+    """Add modules.json, sentence_bert_config.json, config_sentence_transformers.json, 1_Pooling/config.json and
+    2_Normalize/ to a Hugging Face folder holding config.json (the embedding size comes from it). Returns folder."""
+    check_pooling(pooling)
+    if max_seq_length < 1:
+        raise ValueError(f"max_seq_length must be >= 1, got {max_seq_length}")
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{config_path} not found: save the model to {folder} first")
+    with open(config_path) as f:
+        hidden_size = json.load(f).get("hidden_size")
+    if not isinstance(hidden_size, int):
+        raise ValueError(f"{config_path}: no integer 'hidden_size'")
+    _write_json(os.path.join(folder, "modules.json"), ST_MODULES)
+    # add_pooling_layer False: the encoder's [CLS] pooler (absent from MLM exports) is not part of the embedding
+    _write_json(os.path.join(folder, "sentence_bert_config.json"), {
+        "max_seq_length": int(max_seq_length), "do_lower_case": False, "model_args": {"add_pooling_layer": False}})
+    _write_json(os.path.join(folder, "config_sentence_transformers.json"),
+                {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+    os.makedirs(os.path.join(folder, "1_Pooling"), exist_ok=True)
+    _write_json(os.path.join(folder, "1_Pooling", "config.json"), {
+        "word_embedding_dimension": hidden_size,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    })
+    os.makedirs(os.path.join(folder, "2_Normalize"), exist_ok=True)
+    return folder
+
+
+def read_sentence_transformers_settings(folder: str) -> dict:
+    """{"pooling", "max_seq_length", "normalize"} of a folder written by write_sentence_transformers_files; a plain
+    Hugging Face folder gets the defaults (mean pooling, 512 tokens, normalised)."""
+    settings = {"pooling": "mean", "max_seq_length": 512, "normalize": True}
+    pooling_path = os.path.join(folder, "1_Pooling", "config.json")
+    if os.path.isfile(pooling_path):
+        with open(pooling_path) as f:
+            cfg = json.load(f)
+        modes = [m for m, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"))
+                 if cfg.get(key)]
+        others = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v and k not in
+                  ("pooling_mode_mean_tokens", "pooling_mode_cls_token")]
+        if len(modes) != 1 or others:
+            raise ValueError(f"{pooling_path}: only mean or [CLS] pooling (one of them) is supported here")
+        settings["pooling"] = modes[0]
+    config_path = os.path.join(folder, "sentence_bert_config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            settings["max_seq_length"] = int(json.load(f).get("max_seq_length") or 512)
+    modules_path = os.path.join(folder, "modules.json")
+    if os.path.isfile(modules_path):
+        with open(modules_path) as f:
+            settings["normalize"] = any(m.get("type", "").endswith("Normalize") for m in json.load(f))
+    return settings
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="Composer checkpoint file written by main.py (e.g. runs/x/latest-rank0.pt)")
     parser.add_argument("out_dir", help="folder to write the Hugging Face model into")
+    parser.add_argument("--sentence-transformers", action="store_true",
+                        help="also write the sentence-transformers files (pooling, normalisation)")
+    parser.add_argument("--pooling", choices=POOLINGS, default="mean",
+                        help="sentence embedding pooling with --sentence-transformers (default: mean)")
+    parser.add_argument("--max-seq-length", type=int, default=512,
+                        help="sentence-transformers truncation length in tokens (default: 512)")
     args = parser.parse_args(argv)
     out = export(args.checkpoint, args.out_dir)
     print(f"exported {args.checkpoint} -> {out}\n"
           f"load with: AutoModelForMaskedLM.from_pretrained({out!r}, trust_remote_code=True)")
+    if args.sentence_transformers:
+        write_sentence_transformers_files(out, args.pooling, args.max_seq_length)
+        print(f"sentence embeddings: SentenceTransformer({out!r}, trust_remote_code=True)")
     return 0
 
 

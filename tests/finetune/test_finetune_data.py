@@ -309,4 +309,4 @@ def test_example_yamls_validate():
     root = Path(__file__).resolve().parents[2] / "yamls" / "finetune"
     tasks = {load_finetune_config(str(p)).task for p in sorted(root.glob("*.yaml"))}
     assert tasks == {"classification", "regression", "token_classification", "question_answering",
-                     "multiple_choice"}
+                     "multiple_choice", "embedding"}

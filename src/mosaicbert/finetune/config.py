@@ -2,7 +2,8 @@
 
 One run finetunes one model on one task of the user's own data: local CSV / TSV / JSON Lines / CoNLL / SQuAD
 JSON files, or a Hugging Face hub dataset. Column names are set under `data.columns`; each task type reads
-only the columns it needs (see `TASK_COLUMNS`).
+only the columns it needs (see `TASK_COLUMNS`). Task `embedding` (contrastive training of sentence embeddings on
+text pairs) runs in mosaicbert.embeddings.train; its settings are under `embedding`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from mosaicbert.core.config import (
     suggest,
 )
 
-TASK_TYPES = ("classification", "regression", "token_classification", "question_answering", "multiple_choice")
+TASK_TYPES = ("classification", "regression", "token_classification", "question_answering", "multiple_choice",
+              "embedding")
 TaskType = StrEnum("TaskType", TASK_TYPES, module=__name__)
 DataFormat = StrEnum("DataFormat", ["csv", "tsv", "jsonl", "conll", "squad"], module=__name__)
 
@@ -42,6 +44,7 @@ TASK_COLUMNS: Dict[str, tuple] = {
     "token_classification": ("tokens", "label"),
     "question_answering": ("id", "context", "question", "answers"),
     "multiple_choice": ("context", "question", "choices", "label"),
+    "embedding": ("anchor", "positive", "negatives"),
 }
 
 
@@ -58,6 +61,9 @@ class ColumnsConfig:
     choices: List[str] = field(default_factory=list)  # multiple choice: one column per choice
     answers: str = "answers"  # question answering: {"text": [...], "answer_start": [...]} as in SQuAD
     id: str = "id"  # question answering: example id
+    anchor: str = "anchor"  # embedding: the query / first text of a pair
+    positive: str = "positive"  # embedding: the text that belongs with the anchor
+    negatives: List[str] = field(default_factory=list)  # embedding: hard-negative columns (optional)
 
 
 @dataclass
@@ -88,6 +94,22 @@ class FinetuneDataConfig:
 
 
 @dataclass
+class EmbeddingConfig:
+    """Task `embedding`: in-batch negatives contrastive loss (sentence-transformers' MultipleNegativesRankingLoss)."""
+
+    pooling: str = "mean"  # mean | cls: the sentence embedding from the token states
+    scale: float = 20.0  # 1 / temperature of the softmax over cosine similarities
+    learnable_scale: bool = False  # learn log(scale), clamped to <= max_scale
+    max_scale: float = 100.0
+    # Gradient caching: embed `cached_chunk_size` texts at a time, so batch_size (the number of in-batch negatives)
+    # is not bound by memory; null = one forward per column. device_train_microbatch_size must stay null for this
+    # task, since splitting the batch would split the negatives.
+    cached_chunk_size: Optional[int] = None
+    # STS file (GLUE STS-B dev.tsv layout) scored at every evaluation as metric stsb_spearman; null = none.
+    stsb_file: Optional[str] = None
+
+
+@dataclass
 class FinetuneConfig:
     run_name: Optional[str] = None
     # classification (single sentence or sentence pair) | regression | token_classification |
@@ -106,6 +128,7 @@ class FinetuneConfig:
     # Metrics from the task's set (see mosaicbert.finetune.metrics.TASK_METRICS); null = the task's defaults.
     # The first one is the main metric: it picks the best checkpoint.
     metrics: Optional[List[str]] = None
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)  # task embedding only
 
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -137,6 +160,9 @@ FINETUNE_RANGES = {
     "data.max_train_samples": (lambda v: v is None or v > 0, "> 0 or null"),
     "data.max_eval_samples": (lambda v: v is None or v > 0, "> 0 or null"),
     "data.num_workers": NON_NEGATIVE,
+    "embedding.scale": POSITIVE_FINITE,
+    "embedding.max_scale": POSITIVE_FINITE,
+    "embedding.cached_chunk_size": (lambda v: v is None or v > 0, "> 0 or null"),
 }
 
 
@@ -171,6 +197,8 @@ def validate_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.task == "question_answering" and not 0 < d.doc_stride < d.max_seq_len:
         raise ConfigError(f"config key 'data.doc_stride' = {d.doc_stride} must be between 0 and "
                           f"data.max_seq_len ({d.max_seq_len})")
+    if cfg.task == "embedding":
+        check_embedding_config(cfg)
     allowed = TASK_METRICS[cfg.task]
     if cfg.metrics is not None:
         if not cfg.metrics:
@@ -183,6 +211,22 @@ def validate_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ConfigError("config key 'tokenizer' is null and there is no model.pretrained_checkpoint to take it "
                           "from: set tokenizer=<hub name, folder, vocab.txt or builtin://python-docs>")
     return cfg
+
+
+def check_embedding_config(cfg: FinetuneConfig) -> None:
+    e = cfg.embedding
+    if e.pooling not in ("mean", "cls"):
+        raise ConfigError(f"config key 'embedding.pooling' = {e.pooling!r}: use mean or cls")
+    if e.scale > e.max_scale:
+        raise ConfigError(f"config key 'embedding.scale' = {e.scale} is above embedding.max_scale = {e.max_scale}")
+    if cfg.device_train_microbatch_size is not None:
+        raise ConfigError("config key 'device_train_microbatch_size' must be null for task embedding (splitting the "
+                          "batch would split its in-batch negatives): set embedding.cached_chunk_size instead")
+    if e.stsb_file is not None and not os.path.isfile(e.stsb_file):
+        raise ConfigError(f"config key 'embedding.stsb_file' = {e.stsb_file!r}: no such file")
+    if "stsb_spearman" in (cfg.metrics or ()) and e.stsb_file is None:
+        raise ConfigError("config key 'metrics' names stsb_spearman but embedding.stsb_file is null: set it to an "
+                          "STS-B dev.tsv")
 
 
 def load_finetune_config(yaml_path: Optional[str], overrides: Sequence[str] = ()) -> FinetuneConfig:

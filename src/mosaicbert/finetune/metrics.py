@@ -18,6 +18,8 @@ TASK_METRICS: Dict[str, Tuple[str, ...]] = {
     "token_classification": ("entity_f1", "accuracy"),
     "question_answering": ("f1", "exact_match"),
     "multiple_choice": ("accuracy",),
+    # computed by mosaicbert.embeddings (retrieval over the eval pairs; STS-B with embedding.stsb_file)
+    "embedding": ("ndcg@10", "recall@1", "recall@10", "stsb_spearman"),
 }
 
 

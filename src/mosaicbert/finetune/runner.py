@@ -258,6 +258,9 @@ def _prepare_data(cfg: FinetuneConfig, tokenizer):
 
 def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     """Finetune; returns the results dict also written to results.json."""
+    if cfg.task == "embedding":
+        raise ConfigError("task embedding runs in mosaicbert.embeddings.train.run_embedding_finetune (finetune.py "
+                          "picks it by the task type)")
     logging.getLogger("composer").setLevel(logging.WARNING)
     t0 = time.time()
     device = resolve_device(cfg.device)
