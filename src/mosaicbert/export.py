@@ -19,6 +19,7 @@ With --sentence-transformers the folder also loads as a sentence embedding model
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
