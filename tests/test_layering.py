@@ -24,7 +24,7 @@ ALLOWED = {
     "embeddings": {"model", "core", "finetune", "tools", "embeddings"},
     "package": {"model"},
     "tools": {"model", "core", "tools"},
-    "benchmarks": {"model", "core", "pretrain", "finetune", "glue", "tools", "benchmarks"},
+    "benchmarks": {"package", "model", "core", "pretrain", "finetune", "glue", "embeddings", "tools", "benchmarks"},
 }
 
 
@@ -126,3 +126,19 @@ def test_no_import_cycles():
     graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_layers_import_only_along_the_allowed_edges():
+    modules = project_modules()
+    graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
+    assert layer_violations(graph) == []
+
+
+def test_an_edge_against_the_layers_is_reported():
+    graph = {"mosaicbert.finetune.runner": {"mosaicbert.glue.data", "mosaicbert.core.config"},
+             "mosaicbert.core.trainer": {"mosaicbert.pretrain.mlm"}, "mosaicbert.model.layers": {"mosaicbert.core"}}
+    assert layer_violations(graph) == [
+        "mosaicbert.core.trainer (core) imports mosaicbert.pretrain.mlm (pretrain)",
+        "mosaicbert.finetune.runner (finetune) imports mosaicbert.glue.data (glue)",
+        "mosaicbert.model.layers (model) imports mosaicbert.core (core)",
+    ]
