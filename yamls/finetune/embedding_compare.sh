@@ -7,7 +7,7 @@
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 COMPOSER=${COMPOSER:-.venv/bin/composer}
-STSB=${STSB:-../shared/data/glue/STS-B/dev.tsv}
+STSB=${STSB:?set STSB to a GLUE STS-B dev.tsv (the original TSV layout)}
 OUT=${OUT:-runs/embedding_compare}
 PAIRS=yamls/finetune/data/docstring_pairs_eval.jsonl
 folders=()
