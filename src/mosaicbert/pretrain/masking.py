@@ -63,7 +63,8 @@ def mask_tokens(
     ids = np.asarray(input_ids)
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"input_ids must be an integer array, got dtype {ids.dtype}")
-    specials = np.unique(np.asarray(list(special_ids) + ([pad_token_id] if pad_token_id is not None else []), dtype=np.int64))
+    extra = [pad_token_id] if pad_token_id is not None else []
+    specials = np.unique(np.asarray(list(special_ids) + extra, dtype=np.int64))
     n_special_in_vocab = int(np.sum((specials >= 0) & (specials < vocab_size)))
     if vocab_size - n_special_in_vocab <= 0:
         raise ValueError(f"vocab_size={vocab_size} leaves no non-special tokens to sample from")
