@@ -10,6 +10,7 @@ import torch
 from helpers import WORDS, write_documents, write_vocab
 
 from mosaicbert.core.tokenizer import load_tokenizer
+from mosaicbert.pretrain.config import DataConfig
 from mosaicbert.pretrain.convert import convert
 from mosaicbert.pretrain.masking import IGNORE_INDEX
 from mosaicbert.pretrain.mlm import CorruptShardError, DatasetMismatchError, build_mlm_dataloader, pad_mlm_batch
@@ -47,11 +48,14 @@ def docs2048(toy):
     return root / "docs2048", [raw[i]["input_ids"].tolist() for i in range(raw.num_samples)]
 
 
-def _loader(local, tok, **kw):
-    args = dict(local=str(local), remote=None, split="train", tokenizer=tok, max_seq_len=MAX_LEN, mlm_probability=0.3,
-                device_batch_size=BATCH, shuffle=True, seed=7, num_workers=0, drop_last=False)
-    args.update(kw)
-    return build_mlm_dataloader(**args)
+def _loader(local, tok, *, split="train", remote=None, seed=7, device_batch_size=BATCH, drop_last=False,
+            same_masks_every_epoch=False, mlm_probability=0.3, **data):
+    """A loader of `split` (an evaluation loader, i.e. unshuffled with fixed masks, with `same_masks_every_epoch`)."""
+    data = {"shuffle": True, "num_workers": 0, "max_seq_len": MAX_LEN, **data}
+    cfg = DataConfig(local=str(local), remote=remote, train_split=split, eval_split=split,
+                     mlm_probability=mlm_probability, eval_mlm_probability=mlm_probability, **data)
+    return build_mlm_dataloader(cfg, tok, train=not same_masks_every_epoch, batch_size=device_batch_size, seed=seed,
+                                drop_last=drop_last)
 
 
 def _same_batch(x, y) -> bool:
@@ -155,9 +159,9 @@ def test_mid_epoch_resume_gives_identical_batches(toy):
 
 def test_builtin_corpus_loader(mosaicbert_cache):
     tok = load_tokenizer("builtin://python-docs")
-    loader = build_mlm_dataloader(local="builtin://python-docs", remote=None, split="val", tokenizer=tok,
-                                  max_seq_len=64, mlm_probability=0.15, device_batch_size=4, shuffle=True, seed=1,
-                                  num_workers=0, drop_last=True)
+    data = DataConfig(local="builtin://python-docs", train_split="val", max_seq_len=64, mlm_probability=0.15,
+                      num_workers=0)
+    loader = build_mlm_dataloader(data, tok, train=True, batch_size=4, seed=1)
     b = next(iter(loader))
     assert b["input_ids"].shape[0] == 4 and b["input_ids"].shape[1] <= 64
     assert (b["input_ids"] < 8192).all()

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mosaicbert.core.builtin_corpus import BUILTIN_PREFIX, BUILTIN_URI, cache_root
+from mosaicbert.pretrain.config import DataConfig
 from mosaicbert.pretrain.convert import DATASET_INFO, tokenizer_identity
 from mosaicbert.pretrain.masking import IGNORE_INDEX, mask_tokens, sample_rng
 from mosaicbert.pretrain.shards import (
@@ -376,50 +377,44 @@ def _default_local_for_remote(remote: str, split: str) -> str:
 
 
 def build_mlm_dataloader(
-    *,
-    local: str | None,
-    remote: str | None,
-    split: str,
+    data: DataConfig,
     tokenizer,
-    max_seq_len: int,
-    mlm_probability: float,
-    device_batch_size: int,
-    shuffle: bool,
+    *,
+    train: bool,
+    batch_size: int,
     seed: int,
-    num_workers: int,
-    drop_last: bool,
-    pad_to_max_length: bool = False,
     pin_memory: bool = False,
-    prefetch_factor: int | None = 2,
-    shuffle_block_size: int | None = None,
-    num_canonical_nodes: int | None = None,
-    same_masks_every_epoch: bool = False,
-    packing: bool = False,
+    drop_last: bool | None = None,
     **streaming_kwargs: Any,
 ) -> DataLoader:
-    """A DataLoader of padded MLM batches (dict of int64 tensors) over MDS data.
+    """A DataLoader of padded (or, with ``data.packing``, packed) MLM batches over the MDS data of ``data``.
 
-    ``packing``: collate with :func:`pack_mlm_batch` (several documents per row, with ``sequence_id`` and
-    ``document_counts``) instead of :func:`pad_mlm_batch` (one sample per row). Each batch still holds
-    ``device_batch_size`` samples (dataset order, masks and resumption are unchanged), in fewer rows; count its
-    samples with :func:`num_samples_in_batch`.
+    ``train``: the training loader (``data.train_split``, ``data.mlm_probability``, ``data.shuffle``, fresh masks
+    every epoch, the last incomplete batch dropped) or the evaluation loader (``data.eval_split``,
+    ``data.eval_mlm_probability``, no shuffling, the same masks at every evaluation, every sample).
+    ``drop_last`` overrides the incomplete-batch choice.
 
-    ``local``: a folder containing ``<split>/index.json`` (output of ``python -m mosaicbert.pretrain.convert``),
-    or ``builtin://python-docs`` (the built-in offline corpus, materialized once in the cache), or None
-    when ``remote`` is given (then a cache folder under ``$MOSAICBERT_CACHE/streaming`` is used).
-    ``remote``: ``s3://``, ``gs://``, ``https://`` ... (streaming downloads shards into ``local``).
+    ``data.local``: a folder containing ``<split>/index.json`` (output of ``python -m mosaicbert.pretrain.convert``),
+    or ``builtin://python-docs`` (the built-in offline corpus, materialized once in the cache), or None when
+    ``data.remote`` is given (then a cache folder under ``$MOSAICBERT_CACHE/streaming`` is used).
+    ``data.remote``: ``s3://``, ``gs://``, ``https://`` ... (streaming downloads shards into ``local``).
     ``tokenizer``: a loaded tokenizer or a name/path for :func:`mosaicbert.core.tokenizer.load_tokenizer`.
-    ``seed``: the shuffle seed and the mask seed. The DataLoader gets its own seeded ``torch.Generator``
-    so building and iterating it never consumes the global torch RNG.
-    Extra keyword arguments go to :class:`streaming.StreamingDataset` (e.g. ``predownload``,
-    ``cache_limit``, ``epoch_size``, ``shuffle_algo``).
+    ``seed``: the shuffle seed and the mask seed. The DataLoader gets its own seeded ``torch.Generator`` so building
+    and iterating it never consumes the global torch RNG.
+    ``packing``: several documents per row (:func:`pack_mlm_batch`, with ``sequence_id`` and ``document_counts``)
+    instead of one sample per row (:func:`pad_mlm_batch`). Each batch still holds ``batch_size`` samples (dataset
+    order, masks and resumption are unchanged), in fewer rows; count its samples with :func:`num_samples_in_batch`.
+    Extra keyword arguments go to :class:`streaming.StreamingDataset` (e.g. ``predownload``, ``cache_limit``,
+    ``epoch_size``, ``shuffle_algo``).
     """
     if isinstance(tokenizer, (str, os.PathLike)):
         from mosaicbert.core.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(str(tokenizer))
+    split = data.train_split if train else data.eval_split
+    local, remote, max_seq_len = data.local, data.remote, data.max_seq_len
 
-    for name, value in (("local", local), ("remote", remote)):
+    for value in (local, remote):
         if value is not None and str(value).startswith(BUILTIN_PREFIX):
             if str(value) != BUILTIN_URI:
                 raise FileNotFoundError(f"Unknown built-in dataset {value!r}; the only one is {BUILTIN_URI}.")
@@ -427,8 +422,8 @@ def build_mlm_dataloader(
 
             local, remote = ensure_builtin_mds(max_seq_len), None
             break
-    if split in ("validation", "eval") and local is not None and remote is None and not (Path(local) / split).exists() \
-            and (Path(local) / "val").exists():
+    if split in ("validation", "eval") and local is not None and remote is None \
+            and not (Path(local) / split).exists() and (Path(local) / "val").exists():
         split = "val"
 
     if remote is None:
@@ -442,18 +437,18 @@ def build_mlm_dataloader(
         local = _default_local_for_remote(str(remote), split)
 
     kwargs: dict[str, Any] = dict(streaming_kwargs)
-    if shuffle_block_size is not None:
-        kwargs["shuffle_block_size"] = shuffle_block_size
-    if num_canonical_nodes is not None:
-        kwargs["num_canonical_nodes"] = num_canonical_nodes
+    if data.shuffle_block_size is not None:
+        kwargs["shuffle_block_size"] = data.shuffle_block_size
+    if data.num_canonical_nodes is not None:
+        kwargs["num_canonical_nodes"] = data.num_canonical_nodes
     try:
         for attempt in range(6):
             try:
                 dataset = MLMStreamingDataset(
-                    tokenizer=tokenizer, max_seq_len=max_seq_len, mlm_probability=mlm_probability, mask_seed=seed,
-                    same_masks_every_epoch=same_masks_every_epoch,
-                    local=local, remote=remote, split=split, shuffle=shuffle, shuffle_seed=seed,
-                    batch_size=device_batch_size, **kwargs,
+                    tokenizer=tokenizer, max_seq_len=max_seq_len,
+                    mlm_probability=data.mlm_probability if train else data.eval_mlm_probability, mask_seed=seed,
+                    same_masks_every_epoch=not train, local=local, remote=remote, split=split,
+                    shuffle=data.shuffle and train, shuffle_seed=seed, batch_size=batch_size, **kwargs,
                 )
                 break
             except FileExistsError:
@@ -463,31 +458,33 @@ def build_mlm_dataloader(
                     raise
                 time.sleep(0.05 + 0.1 * random.Random(os.getpid() + attempt).random())
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"Could not open MDS data (local={local!r}, remote={remote!r}, split={split!r}): {e}. {CONVERT_HINT}") from e
+        raise FileNotFoundError(f"Could not open MDS data (local={local!r}, remote={remote!r}, split={split!r}): "
+                                f"{e}. {CONVERT_HINT}") from e
     except (json.JSONDecodeError, KeyError) as e:
-        raise CorruptShardError(f"Unreadable MDS index in {os.path.join(local, split)!r} ({type(e).__name__}: {e}); re-run the conversion.") from e
+        raise CorruptShardError(f"Unreadable MDS index in {os.path.join(local, split)!r} ({type(e).__name__}: {e}); "
+                                "re-run the conversion.") from e
 
-    if packing:
+    if data.packing:
         collate = functools.partial(
             pack_mlm_batch, pad_token_id=int(tokenizer.pad_token_id), max_len=max_seq_len, vocab_size=len(tokenizer),
-            pad_to_max_length=pad_to_max_length,
+            pad_to_max_length=data.pad_to_max_length,
         )
     else:
         collate = functools.partial(
             pad_mlm_batch, pad_token_id=int(tokenizer.pad_token_id),
-            pad_to=max_seq_len if pad_to_max_length else None, vocab_size=len(tokenizer),
+            pad_to=max_seq_len if data.pad_to_max_length else None, vocab_size=len(tokenizer),
         )
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     loader_kwargs: dict[str, Any] = {}
-    if num_workers > 0:
-        loader_kwargs["prefetch_factor"] = prefetch_factor
+    if data.num_workers > 0:
+        loader_kwargs["prefetch_factor"] = data.prefetch_factor
     return DataLoader(
         dataset,
-        batch_size=device_batch_size,
+        batch_size=batch_size,
         collate_fn=collate,
-        num_workers=num_workers,
-        drop_last=drop_last,
+        num_workers=data.num_workers,
+        drop_last=train if drop_last is None else drop_last,
         pin_memory=pin_memory,
         generator=generator,
         **loader_kwargs,
