@@ -73,6 +73,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -584,6 +585,11 @@ def _write_blocks(out: str, blocks: Iterable[list[str]], st: _Settings, counts: 
 
 def _worker(part: str, inbox, outbox, st: _Settings, parent: int) -> None:
     """A conversion worker: writes the blocks it is sent to its own MDS folder `part`, then reports its counts."""
+    from mosaicbert.pretrain.runlock import exit_with_parent
+
+    # A converter killed while sending a block leaves a worker waiting for the rest of it: die with the converter.
+    exit_with_parent(signal.SIGKILL)
+
     def blocks() -> Iterator[list[str]]:
         while True:
             try:
@@ -737,25 +743,20 @@ def _convert_split(docs: Iterator[str], out: Path, st: _Settings, workers: int, 
     return counts
 
 
-class _DropRecords(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
-
-
 def _merge_parts(parts: list[str], out: str) -> None:
     """One index.json over the parts' shards, in the order given (streaming's merge_index)."""
     from streaming.base.util import merge_index
 
-    quiet = _DropRecords("A temporary folder")  # (merge_index announces its own temporary folder on the root logger)
-    logging.getLogger().addFilter(quiet)
+    # merge_index announces its temporary folder on the root logger (configuring the root logger if it has no
+    # handler) and warns that `out` exists (it holds the parts): neither is news to the user.
+    quiet, previous = logging.NullHandler(), logging.root.manager.disable
+    logging.getLogger().addHandler(quiet)
+    logging.disable(logging.WARNING)
     try:
         merge_index([os.path.join(p, "index.json") for p in parts], out)
     finally:
-        logging.getLogger().removeFilter(quiet)
+        logging.disable(previous)
+        logging.getLogger().removeHandler(quiet)
     for p in parts:  # (the merged index is the dataset's; the parts' own would only confuse a reader)
         os.remove(os.path.join(p, "index.json"))
 
