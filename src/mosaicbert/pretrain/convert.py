@@ -21,17 +21,29 @@ Usage::
 
 Output: ``<out_root>/train`` and ``<out_root>/val``, each an MDS dataset (``index.json`` + zstd shards, with an
 xxh3 hash of every shard file that the loader checks) and ``mosaicbert.json`` (mode, max_seq_len and the
-tokenizer's name and vocabulary hash, checked against the run's tokenizer for pre-tokenized shards).
+tokenizer's name and vocabulary hash, checked against the run's tokenizer for pre-tokenized shards). Both splits
+are written to temporary folders beside the targets and moved into place only when both are complete: an error or
+a kill half-way leaves the previous dataset (``--overwrite``) whole, and the next conversion removes the leftovers.
+
+Workers (``--workers N``, default: the usable cores): documents are read in this process and cut into blocks of
+1,024 consecutive documents; block ``k`` goes to worker ``k mod N``, which tokenizes it and writes its samples to
+its own shard folder ``<split>/part-<w>``; one ``index.json`` (streaming's ``merge_index``) then lists worker 0's
+shards, then worker 1's, and so on. Sample order: for a fixed N and input it is always the same (worker ``w`` holds
+blocks ``w, w + N, w + 2N, ...`` in input order); a different N writes the same samples (the same multiset) with
+whole blocks in another order; N = 1 (or an input of a single block) keeps the input order in one folder. Training
+shuffles anyway. The progress line shows documents/s and, when the input's size is known (local files, a hub
+dataset with a card, ``--limit``), the share done and an ETA.
 
 Modes (``--mode``):
 
 * ``truncate``: one sample per document, truncated to ``max_seq_len`` tokens including [CLS]/[SEP]
-  (the published MosaicBERT C4 recipe; the rest of each document is discarded).
+  (the published MosaicBERT C4 recipe; the rest of each document is discarded). Only a prefix of each document is
+  tokenized, grown when it holds too few tokens, with the same ids as tokenizing the whole document.
 * ``split``: each document is cut into consecutive chunks of ``max_seq_len - 2`` tokens; each chunk
   becomes a sample ``[CLS] chunk [SEP]`` (nothing is discarded; the last chunk is shorter).
 * ``pack``: documents are concatenated, separated by [SEP], and cut into full-length samples
   ``[CLS] <max_seq_len - 2 tokens> [SEP]`` (no padding at all; samples may straddle documents; only the
-  final sample of a split can be shorter). Needs ``--tokenize``.
+  final sample of each block of 1,024 documents can be shorter). Needs ``--tokenize``.
 * ``documents``: one sample ``[CLS] document [SEP]`` per document, kept whole; a document of more than
   ``max_seq_len - 2`` tokens is cut into the fewest consecutive chunks that fit, of near-equal length (no
   short tail fragment), each ``[CLS] chunk [SEP]``. Needs ``--tokenize``. One such dataset serves runs at any

@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader
 
 from mosaicbert.core.builtin_corpus import BUILTIN_PREFIX, BUILTIN_URI, cache_root
 from mosaicbert.pretrain.config import DataConfig
-from mosaicbert.pretrain.convert import DATASET_INFO, tokenizer_identity
-from mosaicbert.pretrain.masking import IGNORE_INDEX, mask_tokens, sample_rng
+from mosaicbert.pretrain.convert import DATASET_INFO, PrefixTokenizer, tokenizer_identity
+from mosaicbert.pretrain.masking import IGNORE_INDEX, Masker, sample_rng
 from mosaicbert.pretrain.shards import (
     CONVERT_HINT,
     CorruptShardError,
@@ -84,7 +84,8 @@ def check_tokenizer_matches(folder: str | os.PathLike, tokenizer) -> None:
     if stored.get("vocab_sha256") != ours["vocab_sha256"]:
         raise DatasetMismatchError(
             f"the shards in {str(folder)!r} were tokenized with tokenizer {stored.get('name')!r} "
-            f"({stored.get('vocab_size')} tokens, vocabulary sha256 {str(stored.get('vocab_sha256'))[:12]}...) but this "
+            f"({stored.get('vocab_size')} tokens, vocabulary sha256 {str(stored.get('vocab_sha256'))[:12]}...) but "
+            f"this "
             f"run uses tokenizer {ours['name']!r} ({ours['vocab_size']} tokens, vocabulary sha256 "
             f"{ours['vocab_sha256'][:12]}...). Set tokenizer to the one the shards were made with, or re-convert "
             f"them with --tokenizer set to this run's tokenizer."
@@ -147,7 +148,8 @@ class MLMStreamingDataset(VerifiedStreamingDataset):
             raise ValueError(f"max_seq_len must be >= 3, got {max_seq_len}")
         for attr in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
             if getattr(tokenizer, attr, None) is None:
-                raise ValueError(f"Tokenizer lacks {attr.replace('_id', '')}; BERT MLM needs [PAD], [CLS], [SEP], [MASK].")
+                raise ValueError(f"Tokenizer lacks {attr.replace('_id', '')}; BERT MLM needs [PAD], [CLS], [SEP], "
+                                 "[MASK].")
         self.tokenizer = tokenizer
         self.max_seq_len = int(max_seq_len)
         self.mlm_probability = float(mlm_probability)
@@ -158,6 +160,9 @@ class MLMStreamingDataset(VerifiedStreamingDataset):
         self.cls_token_id = int(tokenizer.cls_token_id)
         self.sep_token_id = int(tokenizer.sep_token_id)
         self.mask_token_id = int(tokenizer.mask_token_id)
+        self.masker = Masker(self.special_ids, self.vocab_size, self.mlm_probability, self.mask_token_id,
+                             pad_token_id=self.pad_token_id)
+        self._prefix: PrefixTokenizer | None = None  # (made on first use, in the worker that tokenizes)
         self._mlm_epoch = 0
 
     # ---- epoch tracking -------------------------------------------------------------------------
@@ -181,12 +186,16 @@ class MLMStreamingDataset(VerifiedStreamingDataset):
                 ids = np.concatenate([ids[: self.max_seq_len - 1], [self.sep_token_id]]).astype(np.int64)
             return ids
         if "text" in raw:
-            enc = self.tokenizer(
-                raw["text"], add_special_tokens=True, truncation=True, max_length=self.max_seq_len,
-                return_attention_mask=False, return_token_type_ids=False, verbose=False,
-            )
-            return np.asarray(enc["input_ids"], dtype=np.int64)
-        raise KeyError(f"MDS sample has neither 'text' nor 'input_ids' (columns: {sorted(raw)}); was it written by mosaicbert.pretrain.convert?")
+            # [CLS] + the first max_seq_len - 2 tokens + [SEP], as tokenizer(text, truncation=True,
+            # max_length=max_seq_len) gives, tokenizing only the prefix of the text they need.
+            if self._prefix is None:
+                self._prefix = PrefixTokenizer(self.tokenizer, self.max_seq_len - 2)
+            body = self._prefix(raw["text"])
+            ids = np.empty(len(body) + 2, dtype=np.int64)
+            ids[0], ids[1:-1], ids[-1] = self.cls_token_id, body, self.sep_token_id
+            return ids
+        raise KeyError(f"MDS sample has neither 'text' nor 'input_ids' (columns: {sorted(raw)}); was it written by "
+                       "mosaicbert.pretrain.convert?")
 
     def __getitem__(self, idx: Any) -> Any:
         if not isinstance(idx, (int, np.integer)):
@@ -200,13 +209,9 @@ class MLMStreamingDataset(VerifiedStreamingDataset):
             raise IndexError(f"Sample index {sample_id} out of range [0, {self.num_samples}).")
         ids = self.tokenize_sample(self._read(sample_id, retry))
         epoch = 0 if self.same_masks_every_epoch else max(self._mlm_epoch, 0)
-        rng = sample_rng(self.mask_seed, epoch, sample_id)
-        masked, labels = mask_tokens(
-            ids, self.special_ids, self.vocab_size, self.mlm_probability, rng, self.mask_token_id,
-            pad_token_id=self.pad_token_id,
-        )
+        masked, labels = self.masker(ids, sample_rng(self.mask_seed, epoch, sample_id))
         return {
-            "input_ids": masked.astype(np.int64),
+            "input_ids": masked,
             "labels": labels,
             "attention_mask": np.ones(len(ids), dtype=np.int64),
             "token_type_ids": np.zeros(len(ids), dtype=np.int64),
@@ -228,31 +233,34 @@ def _pad_rows(rows: Sequence[dict[str, np.ndarray]], pad_token_id: int, length: 
     """Right-pad rows of columns (all of equal length within a row) into int64 tensors ``(rows, length)`` and add the
     per-row host counts; ``length=None`` pads to the longest row. Shared by :func:`pad_mlm_batch` and
     :func:`pack_mlm_batch`."""
-    lengths = [len(r["input_ids"]) for r in rows]
-    length = max(lengths) if length is None else int(length)
+    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int64, count=len(rows))
+    length = int(lengths.max()) if length is None else int(length)
     fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0, "token_type_ids": 0,
             "sequence_id": 0}
-    out: dict[str, Any] = {}
+    real = np.arange(length)[None, :] < lengths[:, None]  # each row's first `lengths[i]` slots, in row order
+    arrays: dict[str, np.ndarray] = {}
     for key in rows[0]:
         arr = np.full((len(rows), length), fill[key], dtype=np.int64)
-        for i, r in enumerate(rows):
-            arr[i, : lengths[i]] = r[key]
-        out[key] = torch.from_numpy(arr)
+        arr[real] = np.concatenate([r[key] for r in rows])
+        arrays[key] = arr
+    out: dict[str, Any] = {key: torch.from_numpy(arr) for key, arr in arrays.items()}
     if vocab_size is not None:
-        ids, labels = out["input_ids"], out["labels"]
+        ids, labels = arrays["input_ids"], arrays["labels"]
         bad = (ids < 0) | (ids >= vocab_size)
         if bool(bad.any()):
             raise ValueError(
                 f"Token id {int(ids[bad][0])} in input_ids is outside the vocabulary [0, {vocab_size}): the data was "
-                "tokenized with a different (larger) tokenizer than the model's. Re-convert or fix --tokenizer/vocab_size."
+                "tokenized with a different (larger) tokenizer than the model's. Re-convert or fix "
+                "--tokenizer/vocab_size."
             )
         bad = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab_size)
         if bool(bad.any()):
-            raise ValueError(f"Label {int(labels[bad][0])} is outside the vocabulary [0, {vocab_size}) and is not -100.")
+            raise ValueError(f"Label {int(labels[bad][0])} is outside the vocabulary [0, {vocab_size}) and is not "
+                             "-100.")
     # per-row counts on the host (lists, so Composer splits them into microbatches with the tensors): with them
     # the model learns the number of real and of labelled tokens without waiting for the GPU
-    out["sequence_lengths"] = out["attention_mask"].sum(dim=1).tolist()
-    out["label_counts"] = (out["labels"] != IGNORE_INDEX).sum(dim=1).tolist()
+    out["sequence_lengths"] = arrays["attention_mask"].sum(axis=1).tolist()
+    out["label_counts"] = (arrays["labels"] != IGNORE_INDEX).sum(axis=1).tolist()
     return out
 
 
