@@ -384,6 +384,70 @@ def _default_local_for_remote(remote: str, split: str) -> str:
     return str(cache_root() / "streaming" / key)
 
 
+def _resolve_split(local: str | None, remote: str | None, split: str, tokenizer,
+                   max_seq_len: int) -> tuple[str, str | None, str]:
+    """(local folder, remote, split) of one stream, its folder checked (exists, index and shard sizes, tokenizer of
+    pre-tokenized shards, max_seq_len) when it is local."""
+    for value in (local, remote):
+        if value is not None and str(value).startswith(BUILTIN_PREFIX):
+            if str(value) != BUILTIN_URI:
+                raise FileNotFoundError(f"Unknown built-in dataset {value!r}; the only one is {BUILTIN_URI}.")
+            from mosaicbert.pretrain.convert import ensure_builtin_mds
+
+            local, remote = ensure_builtin_mds(max_seq_len), None
+            break
+    if split in ("validation", "eval") and local is not None and remote is None \
+            and not (Path(local) / split).exists() and (Path(local) / "val").exists():
+        split = "val"
+    if remote is None:
+        if local is None:
+            raise ValueError("build_mlm_dataloader needs `local` (a folder of MDS splits) or `remote`.")
+        local = str(Path(local).expanduser())
+        folder = check_mds_split(local, split)
+        check_tokenizer_matches(folder, tokenizer)
+        check_max_seq_len(folder, max_seq_len)
+    elif local is None:
+        local = _default_local_for_remote(str(remote), split)
+    return local, remote, split
+
+
+def _streams(data: DataConfig, tokenizer, train: bool) -> list:
+    """streaming Streams of ``data.streams``: the training mixture (proportion/repeat), or every stream's eval split
+    read once. Each stream's folder is checked as a single one is, and the streams must have been converted with one
+    tokenizer and one max_seq_len; errors name the stream."""
+    from streaming import Stream
+
+    from mosaicbert.core.config import ConfigError
+
+    streams, records = [], {}
+    for name, st in data.streams.items():
+        split = (st.split or data.train_split) if train else data.eval_split
+        try:
+            local, remote, split = _resolve_split(st.local, st.remote, split, tokenizer, data.max_seq_len)
+        except (FileNotFoundError, DatasetMismatchError, CorruptShardError) as e:
+            raise ConfigError(f"config key 'data.streams.{name}': {e}") from e
+        info = Path(local) / split / DATASET_INFO
+        if remote is None and info.is_file():
+            records[name] = json.loads(info.read_text())
+        weights = {"proportion": st.proportion, "repeat": st.repeat} if train else {}
+        streams.append(Stream(local=local, remote=remote, split=split, **weights))
+    def described(record: dict, what: str) -> Any:
+        if what == "max_seq_len":
+            return record.get("max_seq_len")
+        tok = record.get("tokenizer") or {}
+        return f"{tok.get('name')} (vocabulary sha256 {str(tok.get('vocab_sha256'))[:12]}...)" if tok else None
+
+    for what in ("tokenizer", "max_seq_len"):
+        seen = {name: described(r, what) for name, r in records.items() if described(r, what) is not None}
+        first = next(iter(seen), None)
+        other = next((n for n in seen if seen[n] != seen[first]), None)
+        if other is not None:
+            raise ConfigError(f"config key 'data.streams.{other}': converted with {what} {seen[other]}, but stream "
+                              f"{first!r} with {seen[first]}; convert all streams of a mixture with the same "
+                              f"--tokenizer and --max_seq_len")
+    return streams
+
+
 def build_mlm_dataloader(
     data: DataConfig,
     tokenizer,
@@ -419,30 +483,14 @@ def build_mlm_dataloader(
         from mosaicbert.core.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(str(tokenizer))
-    split = data.train_split if train else data.eval_split
-    local, remote, max_seq_len = data.local, data.remote, data.max_seq_len
-
-    for value in (local, remote):
-        if value is not None and str(value).startswith(BUILTIN_PREFIX):
-            if str(value) != BUILTIN_URI:
-                raise FileNotFoundError(f"Unknown built-in dataset {value!r}; the only one is {BUILTIN_URI}.")
-            from mosaicbert.pretrain.convert import ensure_builtin_mds
-
-            local, remote = ensure_builtin_mds(max_seq_len), None
-            break
-    if split in ("validation", "eval") and local is not None and remote is None \
-            and not (Path(local) / split).exists() and (Path(local) / "val").exists():
-        split = "val"
-
-    if remote is None:
-        if local is None:
-            raise ValueError("build_mlm_dataloader needs `local` (a folder of MDS splits) or `remote`.")
-        local = str(Path(local).expanduser())
-        folder = check_mds_split(local, split)
-        check_tokenizer_matches(folder, tokenizer)
-        check_max_seq_len(folder, max_seq_len)
-    elif local is None:
-        local = _default_local_for_remote(str(remote), split)
+    max_seq_len = data.max_seq_len
+    if data.streams:
+        stream_kwargs = {"streams": _streams(data, tokenizer, train)}
+        local = remote = split = None
+    else:
+        local, remote, split = _resolve_split(data.local, data.remote, data.train_split if train else data.eval_split,
+                                              tokenizer, max_seq_len)
+        stream_kwargs = {"local": local, "remote": remote, "split": split}
 
     kwargs: dict[str, Any] = dict(streaming_kwargs)
     if data.shuffle_block_size is not None:
@@ -455,8 +503,8 @@ def build_mlm_dataloader(
                 dataset = MLMStreamingDataset(
                     tokenizer=tokenizer, max_seq_len=max_seq_len,
                     mlm_probability=data.mlm_probability if train else data.eval_mlm_probability, mask_seed=seed,
-                    same_masks_every_epoch=not train, local=local, remote=remote, split=split,
-                    shuffle=data.shuffle and train, shuffle_seed=seed, batch_size=batch_size, **kwargs,
+                    same_masks_every_epoch=not train, shuffle=data.shuffle and train, shuffle_seed=seed,
+                    batch_size=batch_size, **stream_kwargs, **kwargs,
                 )
                 break
             except FileExistsError:
@@ -469,8 +517,8 @@ def build_mlm_dataloader(
         raise FileNotFoundError(f"Could not open MDS data (local={local!r}, remote={remote!r}, split={split!r}): "
                                 f"{e}. {CONVERT_HINT}") from e
     except (json.JSONDecodeError, KeyError) as e:
-        raise CorruptShardError(f"Unreadable MDS index in {os.path.join(local, split)!r} ({type(e).__name__}: {e}); "
-                                "re-run the conversion.") from e
+        raise CorruptShardError(f"Unreadable MDS index in {os.path.join(local or '', split or '')!r} "
+                                f"({type(e).__name__}: {e}); re-run the conversion.") from e
 
     if data.packing:
         collate = functools.partial(
