@@ -14,14 +14,14 @@ pytestmark = pytest.mark.slow
 SCRIPT = r"""
 import json, os, sys
 from composer.utils import dist
+from mosaicbert.pretrain.config import DataConfig
 from mosaicbert.pretrain.mlm import build_mlm_dataloader
 from mosaicbert.core.tokenizer import load_tokenizer
 
 dist.initialize_dist("cpu")
 tok = load_tokenizer("builtin://python-docs")
-loader = build_mlm_dataloader(local="builtin://python-docs", remote=None, split="train", tokenizer=tok,
-                              max_seq_len=64, mlm_probability=0.15, device_batch_size=8, shuffle=True, seed=3,
-                              num_workers=0, drop_last=True)
+data = DataConfig(local="builtin://python-docs", max_seq_len=64, mlm_probability=0.15, num_workers=0)
+loader = build_mlm_dataloader(data, tok, train=True, batch_size=8, seed=3)
 rows = []
 for i, batch in enumerate(loader):
     # Unmasked view of each sample: labels hold the original id where a token was masked.

@@ -23,6 +23,7 @@ import torch
 from helpers import WORDS, write_documents, write_vocab
 
 from mosaicbert.core.tokenizer import load_tokenizer
+from mosaicbert.pretrain.config import DataConfig
 from mosaicbert.pretrain.convert import convert
 from mosaicbert.pretrain.convert import main as convert_main
 from mosaicbert.pretrain.mlm import (
@@ -67,11 +68,14 @@ def _convert(toy, out: Path, compression=None, tokenizer=None, splits=("train",)
     return out
 
 
-def _loader(local, tok, **kw):
-    args = dict(local=str(local), remote=None, split="train", tokenizer=tok, max_seq_len=MAX_LEN, mlm_probability=0.3,
-                device_batch_size=8, shuffle=False, seed=7, num_workers=0, drop_last=False)
-    args.update(kw)
-    return build_mlm_dataloader(**args)
+def _loader(local, tok, *, split="train", remote=None, seed=7, device_batch_size=8, drop_last=False,
+            same_masks_every_epoch=False, mlm_probability=0.3, **data):
+    """A loader of `split` (an evaluation loader, i.e. unshuffled with fixed masks, with `same_masks_every_epoch`)."""
+    data = {"shuffle": False, "num_workers": 0, "max_seq_len": MAX_LEN, **data}
+    cfg = DataConfig(local=str(local), remote=remote, train_split=split, eval_split=split,
+                     mlm_probability=mlm_probability, eval_mlm_probability=mlm_probability, **data)
+    return build_mlm_dataloader(cfg, tok, train=not same_masks_every_epoch, batch_size=device_batch_size, seed=seed,
+                                drop_last=drop_last)
 
 
 def _dead_pid() -> int:

@@ -10,6 +10,7 @@ import torch
 from helpers import WORDS, write_documents, write_vocab
 
 from mosaicbert.core.tokenizer import load_tokenizer
+from mosaicbert.pretrain.config import DataConfig
 from mosaicbert.pretrain.convert import convert
 from mosaicbert.pretrain.masking import IGNORE_INDEX
 from mosaicbert.pretrain.mlm import CorruptShardError, DatasetMismatchError, build_mlm_dataloader, pad_mlm_batch
@@ -47,11 +48,14 @@ def docs2048(toy):
     return root / "docs2048", [raw[i]["input_ids"].tolist() for i in range(raw.num_samples)]
 
 
-def _loader(local, tok, **kw):
-    args = dict(local=str(local), remote=None, split="train", tokenizer=tok, max_seq_len=MAX_LEN, mlm_probability=0.3,
-                device_batch_size=BATCH, shuffle=True, seed=7, num_workers=0, drop_last=False)
-    args.update(kw)
-    return build_mlm_dataloader(**args)
+def _loader(local, tok, *, split="train", remote=None, seed=7, device_batch_size=BATCH, drop_last=False,
+            same_masks_every_epoch=False, mlm_probability=0.3, **data):
+    """A loader of `split` (an evaluation loader, i.e. unshuffled with fixed masks, with `same_masks_every_epoch`)."""
+    data = {"shuffle": True, "num_workers": 0, "max_seq_len": MAX_LEN, **data}
+    cfg = DataConfig(local=str(local), remote=remote, train_split=split, eval_split=split,
+                     mlm_probability=mlm_probability, eval_mlm_probability=mlm_probability, **data)
+    return build_mlm_dataloader(cfg, tok, train=not same_masks_every_epoch, batch_size=device_batch_size, seed=seed,
+                                drop_last=drop_last)
 
 
 def _same_batch(x, y) -> bool:
@@ -155,9 +159,9 @@ def test_mid_epoch_resume_gives_identical_batches(toy):
 
 def test_builtin_corpus_loader(mosaicbert_cache):
     tok = load_tokenizer("builtin://python-docs")
-    loader = build_mlm_dataloader(local="builtin://python-docs", remote=None, split="val", tokenizer=tok,
-                                  max_seq_len=64, mlm_probability=0.15, device_batch_size=4, shuffle=True, seed=1,
-                                  num_workers=0, drop_last=True)
+    data = DataConfig(local="builtin://python-docs", train_split="val", max_seq_len=64, mlm_probability=0.15,
+                      num_workers=0)
+    loader = build_mlm_dataloader(data, tok, train=True, batch_size=4, seed=1)
     b = next(iter(loader))
     assert b["input_ids"].shape[0] == 4 and b["input_ids"].shape[1] <= 64
     assert (b["input_ids"] < 8192).all()
@@ -337,3 +341,42 @@ def test_run_longer_than_documents_shards_is_refused(toy, docs2048):
     _, tok = toy
     with pytest.raises(DatasetMismatchError, match=r"--mode documents --max_seq_len 2048.*--max_seq_len 4096"):
         _loader(docs2048[0], tok, max_seq_len=4096)
+
+
+def test_pad_mlm_batch_equals_a_plain_loop():
+    rng = np.random.default_rng(4)
+    samples = []
+    for n in rng.integers(1, 40, size=17):
+        samples.append({"input_ids": rng.integers(5, 300, size=n), "labels": rng.integers(-100, 300, size=n)})
+    samples[3]["labels"][:] = IGNORE_INDEX
+    for pad_to in (None, 48):
+        got = pad_mlm_batch(samples, pad_token_id=0, pad_to=pad_to)
+        length = pad_to or max(len(s["input_ids"]) for s in samples)
+        for key, fill in (("input_ids", 0), ("labels", IGNORE_INDEX), ("attention_mask", 0), ("token_type_ids", 0)):
+            want = torch.full((len(samples), length), fill, dtype=torch.long)
+            for i, s in enumerate(samples):
+                n = len(s["input_ids"])
+                want[i, :n] = torch.as_tensor(s[key]) if key in s else (1 if key == "attention_mask" else 0)
+            assert torch.equal(got[key], want), key
+        assert got["sequence_lengths"] == [len(s["input_ids"]) for s in samples]
+        assert got["label_counts"] == [int((s["labels"] != IGNORE_INDEX).sum()) for s in samples]
+
+
+def test_raw_text_is_tokenized_like_truncation_of_the_whole_text(tmp_path, shared_data, bert_tokenizer):
+    """The loader tokenizes only the prefix of a raw-text sample that max_seq_len needs, with the ids of
+    tokenizer(text, truncation=True, max_length=max_seq_len)."""
+    from mosaicbert.pretrain.convert import iter_documents, resolve_files
+
+    docs = list(iter_documents(resolve_files(str(shared_data / "text" / "validation" / "*.json.gz"))))[:60]
+    docs += ["unbelievable " * 300, "x" * 4000, "a", "caf\u00e9 na\u00efve " * 100]
+    with open(tmp_path / "docs.jsonl", "w") as fh:
+        fh.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+    # Split mode at 2048 stores long raw-text spans: a run at 128 tokenizes a prefix of each.
+    convert(out_root=tmp_path / "mds", source="local", train_files=str(tmp_path / "docs.jsonl"),
+            val_files=str(tmp_path / "docs.jsonl"), splits=["train"], mode="split", max_seq_len=2048,
+            tokenizer=bert_tokenizer, progress=False, workers=1)
+    ds = _loader(tmp_path / "mds", bert_tokenizer, max_seq_len=128).dataset
+    texts = [ds._read(i)["text"] for i in range(ds.num_samples)]
+    for text in texts:
+        want = bert_tokenizer(text, truncation=True, max_length=128, verbose=False)["input_ids"]
+        assert ds.tokenize_sample({"text": text}).tolist() == want

@@ -93,3 +93,24 @@ def test_bad_arguments():
         mask_tokens(np.array([5, 6]), SPECIALS, VOCAB, 1.5, np.random.default_rng(0), MASK)
     with pytest.raises(ValueError):
         sample_rng(-1, 0, 0)
+
+
+@pytest.mark.parametrize("vocab,specials,p",
+                         [(VOCAB, SPECIALS, 0.3), (320, [0, 1, 2, 3, 4], 0.15), (50, [49, 3, 0], 1.0)])
+def test_masker_equals_mask_tokens(vocab, specials, p):
+    """The dataset's fast path gives exactly the reference's masks, for the same generator state."""
+    from mosaicbert.pretrain.masking import Masker
+
+    masker = Masker(specials, vocab, p, specials[-1], pad_token_id=specials[0])
+    rng = np.random.default_rng(vocab)
+    for n in (0, 1, 2, 37, 128, 513):
+        ids = rng.integers(0, vocab, size=n)
+        ids[: min(n, 3)] = specials[: min(n, 3)]
+        if n > 10:
+            ids[7] = vocab + 5  # out of the vocabulary: kept (the collator reports it)
+        for seed, epoch, index in ((3, 0, n), (3, 1, n), (11, 0, 2 * n)):
+            want = mask_tokens(ids, specials, vocab, p, sample_rng(seed, epoch, index), specials[-1],
+                               pad_token_id=specials[0])
+            got = masker(ids, sample_rng(seed, epoch, index))
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+            assert got[0].dtype == want[0].dtype and got[1].dtype == want[1].dtype

@@ -10,6 +10,7 @@ import torch
 from helpers import write_documents, write_vocab
 
 from mosaicbert.core.tokenizer import load_tokenizer
+from mosaicbert.pretrain.config import DataConfig
 from mosaicbert.pretrain.convert import convert
 from mosaicbert.pretrain.masking import IGNORE_INDEX
 from mosaicbert.pretrain.mlm import (
@@ -164,11 +165,14 @@ def docs(tmp_path_factory):
     return root, tok
 
 
-def _loader(root, tok, **kw):
-    args = dict(local=str(root / "mds"), remote=None, split="train", tokenizer=tok, max_seq_len=MAX_LEN,
-                mlm_probability=0.3, device_batch_size=BATCH, shuffle=True, seed=5, num_workers=0, drop_last=True)
-    args.update(kw)
-    return build_mlm_dataloader(**args)
+def _loader(root, tok, *, split="train", remote=None, seed=5, device_batch_size=BATCH, drop_last=True,
+            same_masks_every_epoch=False, mlm_probability=0.3, **data):
+    """A loader of `split` (an evaluation loader, i.e. unshuffled with fixed masks, with `same_masks_every_epoch`)."""
+    data = {"shuffle": True, "num_workers": 0, "max_seq_len": MAX_LEN, **data}
+    cfg = DataConfig(local=str(root / "mds"), remote=remote, train_split=split, eval_split=split,
+                     mlm_probability=mlm_probability, eval_mlm_probability=mlm_probability, **data)
+    return build_mlm_dataloader(cfg, tok, train=not same_masks_every_epoch, batch_size=device_batch_size, seed=seed,
+                                drop_last=drop_last)
 
 
 def _documents(batch) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:

@@ -31,6 +31,20 @@ from mosaicbert.core.config import (
 
 
 @dataclass
+class StreamConfig:
+    """One corpus of a mixture (data.streams.<name>): streaming's Stream."""
+
+    local: Optional[str] = None  # a folder of MDS splits, as data.local
+    remote: Optional[str] = None  # as data.remote
+    # How much of each training epoch comes from this stream: a share of all streams (proportions add up to 1), or
+    # how many times its own samples (repeat: 2 = every sample twice, 0.5 = half of them). Not both kinds at once.
+    proportion: Optional[float] = None
+    repeat: Optional[float] = None
+    split: Optional[str] = None  # this stream's training split (default data.train_split); evaluation reads
+    # data.eval_split of every stream once, without proportions
+
+
+@dataclass
 class DataConfig:
     # Folder holding <split>/index.json MDS shards (python -m mosaicbert.pretrain.convert writes them),
     # or builtin://python-docs (the offline corpus used by the quickstart).
@@ -52,6 +66,43 @@ class DataConfig:
     prefetch_factor: int = 2
     shuffle_block_size: Optional[int] = None
     num_canonical_nodes: Optional[int] = None
+    # Several corpora mixed (name -> StreamConfig), instead of local/remote (which are the one-stream shorthand).
+    streams: Dict[str, StreamConfig] = field(default_factory=dict)
+
+
+def check_data_config(data: DataConfig) -> None:
+    """The data section's rules between fields (folders are checked when the loaders are built)."""
+    if data.num_workers < 0:
+        raise ConfigError(f"config key 'data.num_workers' = {data.num_workers} must be >= 0 (0 reads in the "
+                          "training process)")
+    if not data.streams:
+        if data.local is None and data.remote is None:
+            raise ConfigError("config key 'data.local' is not set: give a folder of MDS shards "
+                              "(python -m mosaicbert.pretrain.convert writes them) or builtin://python-docs")
+        return
+    if data.local is not None or data.remote is not None:
+        raise ConfigError("config keys 'data.streams' and 'data.local'/'data.remote' both set: data.local/remote is "
+                          "the one-stream shorthand; put that folder into data.streams as one more stream")
+    with_proportion = [n for n, st in data.streams.items() if st.proportion is not None]
+    for name, st in data.streams.items():
+        key = f"data.streams.{name}"
+        if st.local is None and st.remote is None:
+            raise ConfigError(f"config key '{key}.local' is not set: give the stream's folder of MDS shards")
+        if st.proportion is not None and st.repeat is not None:
+            raise ConfigError(f"config keys '{key}.proportion' and '{key}.repeat' both set: give one")
+        for field_name in ("proportion", "repeat"):
+            value = getattr(st, field_name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"config key '{key}.{field_name}' = {value} must be > 0")
+    if with_proportion and len(with_proportion) != len(data.streams):
+        missing = sorted(set(data.streams) - set(with_proportion))
+        raise ConfigError(f"config key 'data.streams.{missing[0]}.proportion' is not set: with proportions, every "
+                          f"stream needs one (streams without: {missing})")
+    if with_proportion:
+        total = sum(float(data.streams[n].proportion) for n in with_proportion)
+        if abs(total - 1.0) > 1e-6:
+            shares = ", ".join(f"{n}={data.streams[n].proportion}" for n in with_proportion)
+            raise ConfigError(f"config keys 'data.streams.*.proportion' add up to {total:g}, not 1 ({shares})")
 
 
 @dataclass
@@ -201,6 +252,4 @@ def validate_pretrain_config(cfg: PretrainConfig) -> None:
     if cfg.data.packing and cfg.model.name != "mosaic_bert":
         raise ConfigError(f"config key 'data.packing' = true needs model.name=mosaic_bert: {cfg.model.name} cannot "
                           "restrict attention to each document of a packed row (set data.packing=false)")
-    if cfg.data.local is None and cfg.data.remote is None:
-        raise ConfigError("config key 'data.local' is not set: give a folder of MDS shards "
-                          "(python -m mosaicbert.pretrain.convert writes them) or builtin://python-docs")
+    check_data_config(cfg.data)

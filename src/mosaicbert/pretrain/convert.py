@@ -21,17 +21,29 @@ Usage::
 
 Output: ``<out_root>/train`` and ``<out_root>/val``, each an MDS dataset (``index.json`` + zstd shards, with an
 xxh3 hash of every shard file that the loader checks) and ``mosaicbert.json`` (mode, max_seq_len and the
-tokenizer's name and vocabulary hash, checked against the run's tokenizer for pre-tokenized shards).
+tokenizer's name and vocabulary hash, checked against the run's tokenizer for pre-tokenized shards). Both splits
+are written to temporary folders beside the targets and moved into place only when both are complete: an error or
+a kill half-way leaves the previous dataset (``--overwrite``) whole, and the next conversion removes the leftovers.
+
+Workers (``--workers N``, default: the usable cores): documents are read in this process and cut into blocks of
+1,024 consecutive documents; block ``k`` goes to worker ``k mod N``, which tokenizes it and writes its samples to
+its own shard folder ``<split>/part-<w>``; one ``index.json`` (streaming's ``merge_index``) then lists worker 0's
+shards, then worker 1's, and so on. Sample order: for a fixed N and input it is always the same (worker ``w`` holds
+blocks ``w, w + N, w + 2N, ...`` in input order); a different N writes the same samples (the same multiset) with
+whole blocks in another order; N = 1 (or an input of a single block) keeps the input order in one folder. Training
+shuffles anyway. The progress line shows documents/s and, when the input's size is known (local files, a hub
+dataset with a card, ``--limit``), the share done and an ETA.
 
 Modes (``--mode``):
 
 * ``truncate``: one sample per document, truncated to ``max_seq_len`` tokens including [CLS]/[SEP]
-  (the published MosaicBERT C4 recipe; the rest of each document is discarded).
+  (the published MosaicBERT C4 recipe; the rest of each document is discarded). Only a prefix of each document is
+  tokenized, grown when it holds too few tokens, with the same ids as tokenizing the whole document.
 * ``split``: each document is cut into consecutive chunks of ``max_seq_len - 2`` tokens; each chunk
   becomes a sample ``[CLS] chunk [SEP]`` (nothing is discarded; the last chunk is shorter).
 * ``pack``: documents are concatenated, separated by [SEP], and cut into full-length samples
   ``[CLS] <max_seq_len - 2 tokens> [SEP]`` (no padding at all; samples may straddle documents; only the
-  final sample of a split can be shorter). Needs ``--tokenize``.
+  final sample of each block of 1,024 documents can be shorter). Needs ``--tokenize``.
 * ``documents``: one sample ``[CLS] document [SEP]`` per document, kept whole; a document of more than
   ``max_seq_len - 2`` tokens is cut into the fewest consecutive chunks that fit, of near-equal length (no
   short tail fragment), each ``[CLS] chunk [SEP]``. Needs ``--tokenize``. One such dataset serves runs at any
@@ -61,21 +73,28 @@ a directory, or several of those separated by commas.
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import gzip
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing as mp
 import os
+import queue
 import re
 import shutil
+import signal
 import socket
 import sys
+import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +105,11 @@ __all__ = [
     "HASHES",
     "MODES",
     "SPLITS",
+    "BLOCK_DOCUMENTS",
     "ConvertStats",
+    "InputProgress",
+    "PrefixTokenizer",
+    "WriteError",
     "convert",
     "ensure_builtin_mds",
     "iter_documents",
@@ -95,6 +118,7 @@ __all__ = [
     "remove_stale_temporaries",
     "temporary_name",
     "tokenizer_identity",
+    "usable_cores",
 ]
 
 log = logging.getLogger("mosaicbert")
@@ -104,7 +128,9 @@ SPLITS = ("train", "val")
 _HF_SPLIT = {"train": "train", "val": "validation"}
 _JSON_SUFFIXES = (".json.gz", ".jsonl.gz", ".jsonl", ".json")
 _TXT_SUFFIXES = (".txt", ".txt.gz")
-_BATCH_DOCS = 256
+_BATCH_DOCS = 256  # documents per tokenizer call
+#: Documents per block: the unit of work handed to a worker (and the span of one pack-mode stream).
+BLOCK_DOCUMENTS = 1024
 #: Hashes of every shard file, recorded in index.json and checked by the loader (xxh3: fast, catches damage).
 HASHES = ["xxh3_64"]
 #: Written beside index.json: how the split was made, including the tokenizer of pre-tokenized shards.
@@ -120,7 +146,8 @@ class ConvertStats:
     tokens: int = 0  # tokens in the written samples, including [CLS]/[SEP]
 
     def line(self) -> str:
-        return f"{self.split}: {self.documents} documents read, {self.samples} samples written, {self.tokens} tokens -> {self.out}"
+        return (f"{self.split}: {self.documents} documents read, {self.samples} samples written, {self.tokens} tokens "
+                f"-> {self.out}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,30 +180,52 @@ def resolve_files(spec: str | Sequence[str], what: str = "files") -> list[str]:
     return files
 
 
-def _text_lines(path: str) -> Iterator[tuple[int, str]]:
+class InputProgress:
+    """How far the reader is through its input: bytes of the local files (compressed, as stored) read so far."""
+
+    def __init__(self, files: Sequence[str] | None = None) -> None:
+        self.total_bytes = sum(os.path.getsize(f) for f in files) if files else None
+        self.done_bytes = 0  # of finished files
+        self.current = None  # the open raw file of the current one
+
+    def bytes_read(self) -> int:
+        try:
+            return self.done_bytes + (self.current.tell() if self.current is not None else 0)
+        except (OSError, ValueError):  # (closed meanwhile)
+            return self.done_bytes
+
+
+def _text_lines(path: str, progress: InputProgress | None = None) -> Iterator[tuple[int, str]]:
     """(line number, line) of a UTF-8 text file, gzip-compressed if its name ends in .gz; errors name the file."""
     lineno = 0
     try:
-        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as fh:
-            for lineno, raw in enumerate(fh, start=1):
+        with open(path, "rb") as raw, (gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as fh:
+            if progress is not None:
+                progress.current = raw
+            for lineno, line in enumerate(fh, start=1):
                 try:
-                    yield lineno, raw.decode("utf-8")
+                    yield lineno, line.decode("utf-8")
                 except UnicodeDecodeError as e:
                     raise ValueError(
-                        f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                        f"{path}:{lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1}); "
                         "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out."
                     ) from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         where = f"{path}:{lineno + 1}" if lineno else path
-        what = "not a gzip file" if isinstance(e, gzip.BadGzipFile) and lineno == 0 else "a damaged or truncated gzip file"
+        what = "not a gzip file" if isinstance(e, gzip.BadGzipFile) and lineno == 0 \
+            else "a damaged or truncated gzip file"
         raise ValueError(
             f"{where}: {what} ({type(e).__name__}: {e}); its name ends in .gz. Re-download or re-compress it, or "
             "rename it without .gz if it is plain text."
         ) from None
+    finally:
+        if progress is not None:
+            progress.current = None
+            progress.done_bytes += os.path.getsize(path) if os.path.exists(path) else 0
 
 
-def _iter_json_lines(path: str) -> Iterator[str]:
-    for lineno, line in _text_lines(path):
+def _iter_json_lines(path: str, progress: InputProgress | None = None) -> Iterator[str]:
+    for lineno, line in _text_lines(path, progress):
         if not line.strip():
             continue
         try:
@@ -188,9 +237,9 @@ def _iter_json_lines(path: str) -> Iterator[str]:
         yield obj["text"]
 
 
-def _iter_txt_blocks(path: str) -> Iterator[str]:
+def _iter_txt_blocks(path: str, progress: InputProgress | None = None) -> Iterator[str]:
     block: list[str] = []
-    for _, line in _text_lines(path):
+    for _, line in _text_lines(path, progress):
         if line.strip():
             block.append(line.rstrip("\r\n"))
         elif block:
@@ -200,33 +249,39 @@ def _iter_txt_blocks(path: str) -> Iterator[str]:
         yield "\n".join(block)
 
 
-def iter_documents(files: Iterable[str]) -> Iterator[str]:
+def iter_documents(files: Iterable[str], progress: InputProgress | None = None) -> Iterator[str]:
     """Yield documents (strings) from C4-format JSON-lines files and/or blank-line-separated .txt files."""
     for path in files:
         if path.endswith(_TXT_SUFFIXES):
-            yield from _iter_txt_blocks(path)
+            yield from _iter_txt_blocks(path, progress)
         elif path.endswith(_JSON_SUFFIXES):
-            yield from _iter_json_lines(path)
+            yield from _iter_json_lines(path, progress)
         else:
             raise ValueError(
                 f"{path}: unsupported input file type; expected {', '.join(_JSON_SUFFIXES + _TXT_SUFFIXES)}."
             )
 
 
-def _iter_hf(dataset: str, config: str | None, split: str) -> Iterator[str]:
+def _open_hf(dataset: str, config: str | None, split: str):
     try:
         from datasets import load_dataset
     except ImportError as e:
         raise ImportError("--source hf needs the `datasets` package: pip install datasets") from e
     try:
-        ds = load_dataset(dataset, config, split=_HF_SPLIT[split], streaming=True)
+        return load_dataset(dataset, config, split=_HF_SPLIT[split], streaming=True)
     except Exception as e:
         raise ConnectionError(
-            f"Could not open {dataset!r} (config {config!r}, split {_HF_SPLIT[split]!r}) on the Hugging Face Hub: {e}. "
-            "Offline? Download C4-format files and use --source local --train_files ... --val_files ..."
+            f"Could not open {dataset!r} (config {config!r}, split {_HF_SPLIT[split]!r}) on the Hugging Face Hub: "
+            f"{e}. Offline? Download C4-format files and use --source local --train_files ... --val_files ..."
         ) from e
-    for ex in ds:
-        yield ex["text"]
+
+
+def _hf_num_documents(ds, split: str) -> int | None:
+    """The split's document count from the dataset card, when it has one (for the progress line's ETA)."""
+    try:
+        return int(ds.info.splits[_HF_SPLIT[split]].num_examples) or None
+    except Exception:
+        return None
 
 
 def _limited(it: Iterator[str], limit: int | None) -> Iterator[str]:
@@ -252,41 +307,142 @@ def _batched(it: Iterable[str], n: int) -> Iterator[list[str]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _samples_tokenized(docs: Iterable[str], tokenizer, mode: str, max_seq_len: int, counter: ConvertStats) -> Iterator[np.ndarray]:
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    body = max_seq_len - 2
+class PrefixTokenizer:
+    """Tokenize only as much of each document as its first ``max_tokens`` tokens need, with ids (and offsets)
+    identical to tokenizing the whole document.
+
+    A prefix of ``chars_per_token * max_tokens`` characters is tokenized (doubled until it suffices). The last word
+    of a prefix that is not the whole document may be cut, so its tokens are not trusted: the prefix suffices when
+    the tokens before its last word number at least ``max_tokens``. Words are the tokenizer's pre-tokenization
+    words (BERT: split at whitespace and around punctuation), which are tokenized independently of each other.
+
+    Uses the tokenizer's backend (``tokenizers.Tokenizer``), copied without truncation or padding: the transformers
+    wrapper changes the backend's truncation setting on every call with ``truncation=True``, and costs more per call.
+    """
+
+    def __init__(self, tokenizer, max_tokens: int, chars_per_token: int = 6) -> None:
+        from tokenizers import Tokenizer
+
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer (no backend_tokenizer); "
+                             "conversion and on-the-fly tokenization need a fast (Rust) tokenizer.")
+        self.backend = Tokenizer.from_str(backend.to_str())
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.max_tokens = int(max_tokens)
+        self.first_chars = max(64, int(chars_per_token) * self.max_tokens)
+
+    def encode(self, docs: Sequence[str]) -> list:
+        """Whole-document encodings (``tokenizers.Encoding``: ids, offsets, word_ids), no special tokens."""
+        return self.backend.encode_batch(list(docs), add_special_tokens=False)
+
+    def encode_prefixes(self, docs: Sequence[str]) -> list[tuple[Any, int]]:
+        """``(encoding of a prefix, n)`` per document: the prefix's first ``n >= min(max_tokens, all)`` tokens (ids,
+        offsets, word_ids) are those of the whole document (``n`` is the whole length when the prefix is the whole
+        document)."""
+        out: list[tuple[Any, int] | None] = [None] * len(docs)
+        limits = [self.first_chars] * len(docs)
+        todo = list(range(len(docs)))
+        while todo:
+            encs = self.backend.encode_batch([docs[i][: limits[i]] for i in todo], add_special_tokens=False)
+            short = []
+            for i, enc in zip(todo, encs):
+                n = len(enc.ids)
+                if limits[i] >= len(docs[i]):
+                    out[i] = (enc, n)
+                    continue
+                words = enc.word_ids
+                safe = n
+                while safe > 0 and words[safe - 1] == words[n - 1]:
+                    safe -= 1  # the last word may be cut: drop it
+                if safe >= self.max_tokens:
+                    out[i] = (enc, safe)
+                else:
+                    limits[i] *= 2
+                    short.append(i)
+            todo = short
+        return out  # type: ignore[return-value]
+
+    def __call__(self, text: str) -> list[int]:
+        """The first ``max_tokens`` ids of one document (no special tokens)."""
+        enc, n = self.encode_prefixes([text])[0]
+        return enc.ids[: min(n, self.max_tokens)]
+
+
+@dataclass
+class _Settings:
+    """What every writer (in-process or a worker process) needs to turn documents into samples."""
+
+    tokenizer: Any
+    mode: str
+    tokenize: bool
+    max_seq_len: int
+    compression: str | None
+    size_limit: int | str
+
+    def __post_init__(self) -> None:
+        self.encoder = PrefixTokenizer(self.tokenizer, self.max_seq_len - 2)
+
+
+def _block_samples(docs: Sequence[str], st: _Settings) -> Iterator[tuple[dict[str, Any], int]]:
+    """The samples of one block of documents: ``(MDS record, tokens including [CLS]/[SEP])``.
+
+    Pack mode packs within the block (its last sample may be short), so that the samples of a block do not depend
+    on the blocks before it, nor on which worker converts it.
+    """
+    cls_id, sep_id = st.tokenizer.cls_token_id, st.tokenizer.sep_token_id
+    body = st.max_seq_len - 2
     carry: list[int] = []  # pack mode: tokens not yet emitted
     for batch in _batched(docs, _BATCH_DOCS):
-        counter.documents += len(batch)
-        if mode == "truncate":
-            enc = tokenizer(batch, add_special_tokens=True, truncation=True, max_length=max_seq_len,
-                            return_attention_mask=False, return_token_type_ids=False, verbose=False)
-            for ids in enc["input_ids"]:
-                if len(ids) > 2:  # skip empty documents
-                    yield np.asarray(ids, dtype=np.int32)
+        if st.mode == "truncate":
+            for doc, (enc, n) in zip(batch, st.encoder.encode_prefixes(batch)):
+                e = min(body, n)
+                if e == 0:
+                    continue  # an empty document
+                if st.tokenize:
+                    yield {"input_ids": np.asarray([cls_id, *enc.ids[:e], sep_id], dtype=np.int32)}, e + 2
+                    continue
+                # Raw text: the span ends with the word containing the last kept token, so that the load-time
+                # truncation to max_seq_len reproduces the first max_seq_len - 2 tokens exactly.
+                words, end = enc.word_ids, e
+                while end < n and words[end] is not None and words[end] == words[end - 1]:
+                    end += 1
+                text = doc[: enc.offsets[end - 1][1]].strip()
+                if text:
+                    yield {"text": text}, e + 2
             continue
-        enc = tokenizer(batch, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False)
-        for ids in enc["input_ids"]:
+        encs = st.encoder.encode(batch)
+        for doc, enc in zip(batch, encs):
+            ids = enc.ids
             if not ids:
                 continue
-            if mode == "split":
+            if not st.tokenize:  # split mode, raw text: spans cut between words
+                n, s, words, offsets = len(ids), 0, enc.word_ids, enc.offsets
+                while s < n:
+                    e = _word_boundary_end(words, s, body, n)
+                    text = doc[offsets[s][0] : offsets[e - 1][1]].strip()
+                    if text:
+                        yield {"text": text}, (e - s) + 2
+                    s = e
+            elif st.mode == "split":
                 for s in range(0, len(ids), body):
-                    yield np.asarray([cls_id, *ids[s : s + body], sep_id], dtype=np.int32)
-            elif mode == "documents":
+                    yield {"input_ids": np.asarray([cls_id, *ids[s : s + body], sep_id], dtype=np.int32)}, \
+                        len(ids[s : s + body]) + 2
+            elif st.mode == "documents":
                 for chunk in _even_chunks(ids, body):
-                    yield np.asarray([cls_id, *chunk, sep_id], dtype=np.int32)
+                    yield {"input_ids": np.asarray([cls_id, *chunk, sep_id], dtype=np.int32)}, len(chunk) + 2
             else:  # pack
                 carry.extend(ids)
                 carry.append(sep_id)
                 while len(carry) >= body:
                     chunk, carry = carry[:body], carry[body:]
-                    yield np.asarray([cls_id, *chunk, sep_id], dtype=np.int32)
-    if mode == "pack":
+                    yield {"input_ids": np.asarray([cls_id, *chunk, sep_id], dtype=np.int32)}, body + 2
+    if st.mode == "pack":
         while carry and carry[-1] == sep_id:  # the final document's separator is redundant
             carry.pop()
         if carry:
-            yield np.asarray([cls_id, *carry, sep_id], dtype=np.int32)
-
+            yield {"input_ids": np.asarray([cls_id, *carry, sep_id], dtype=np.int32)}, len(carry) + 2
 
 def _even_chunks(ids: list[int], limit: int) -> list[list[int]]:
     """``ids`` in the fewest consecutive chunks of at most ``limit`` tokens, their lengths differing by at most one.
@@ -313,42 +469,6 @@ def _word_boundary_end(word_ids: list, s: int, limit: int, n: int) -> int:
     while cut > s and word_ids[cut] is not None and word_ids[cut] == word_ids[cut - 1]:
         cut -= 1
     return cut if cut > s else e
-
-
-def _samples_raw(docs: Iterable[str], tokenizer, mode: str, max_seq_len: int, counter: ConvertStats) -> Iterator[tuple[str, int]]:
-    """Yield ``(text_span, n_tokens_with_specials)``; spans are cut at word boundaries (offset mapping).
-
-    Cutting between words (never inside one) guarantees that a stored span re-tokenizes to exactly the
-    tokens it was cut from (WordPiece pieces a word independently of its neighbours): in ``split`` mode
-    each span has at most ``max_seq_len - 2`` tokens and the spans of a document concatenate to its
-    tokens; in ``truncate`` mode the span ends with the word containing the last kept token, so the
-    load-time truncation to ``max_seq_len`` reproduces the first ``max_seq_len - 2`` tokens exactly.
-    """
-    body = max_seq_len - 2
-    for batch in _batched(docs, _BATCH_DOCS):
-        counter.documents += len(batch)
-        enc = tokenizer(batch, add_special_tokens=False, return_offsets_mapping=True,
-                        return_attention_mask=False, return_token_type_ids=False, verbose=False)
-        for b, (doc, ids, offsets) in enumerate(zip(batch, enc["input_ids"], enc["offset_mapping"])):
-            n = len(ids)
-            if n == 0:
-                continue
-            word_ids = enc.word_ids(b)
-            if mode == "truncate":
-                e = min(body, n)
-                while e < n and word_ids[e] is not None and word_ids[e] == word_ids[e - 1]:
-                    e += 1  # finish the word that contains the last kept token
-                text = doc[: offsets[e - 1][1]].strip()
-                if text:
-                    yield text, min(e, body) + 2
-                continue
-            s = 0
-            while s < n:
-                e = _word_boundary_end(word_ids, s, body, n)
-                text = doc[offsets[s][0] : offsets[e - 1][1]].strip()
-                if text:
-                    yield text, (e - s) + 2
-                s = e
 
 
 def _writer_columns(tokenize: bool) -> dict[str, str]:
@@ -411,14 +531,300 @@ def _tokenizer_name(tokenizer) -> str | None:
     return os.path.abspath(tokenizer) if os.path.exists(tokenizer) else str(tokenizer)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"Output {str(out)!r} already exists and is not empty; pass --overwrite to replace it.")
-        if out.is_dir():
-            shutil.rmtree(out)
+# --------------------------------------------------------------------------------------------------
+# Writing: in this process, or in worker processes that each write a part
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Counts:
+    documents: int = 0
+    samples: int = 0
+    tokens: int = 0
+
+    def add(self, other: _Counts) -> None:
+        self.documents += other.documents
+        self.samples += other.samples
+        self.tokens += other.tokens
+
+
+class WriteError(OSError):
+    """Writing the output failed (disk full, no permission, ...); the message names the folder and the fix."""
+
+
+def _write_error(e: OSError, out: str | os.PathLike) -> WriteError:
+    if e.errno == errno.ENOSPC:
+        what, fix = "no space left on the device", "Free space there or choose another --out_root."
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what, fix = f"not allowed to write there ({e.strerror})", "Choose a writable --out_root."
+    else:
+        what, fix = str(e.strerror or e), "Check the disk and the folder."
+    return WriteError(f"writing {str(out)!r} failed: {what}. The partial output is removed and any previous dataset "
+                      f"there is left as it was. {fix}")
+
+
+def _write_blocks(out: str, blocks: Iterable[list[str]], st: _Settings, counts: _Counts,
+                  on_block: Callable[[], None] | None = None) -> None:
+    """Write the samples of `blocks` as one MDS folder `out`. Errors reading the input pass through as they are;
+    errors writing become a WriteError naming `out`."""
+    from streaming import MDSWriter
+
+    try:
+        writer = MDSWriter(out=out, columns=_writer_columns(st.tokenize), compression=st.compression, hashes=HASHES,
+                           size_limit=st.size_limit)
+    except OSError as e:
+        raise _write_error(e, out) from e
+    try:
+        for block in blocks:
+            for record, ntok in _block_samples(block, st):
+                try:
+                    writer.write(record)
+                except OSError as e:
+                    raise _write_error(e, out) from e
+                counts.samples += 1
+                counts.tokens += ntok
+            counts.documents += len(block)
+            if on_block is not None:
+                on_block()
+        try:
+            writer.finish()
+        except OSError as e:
+            raise _write_error(e, out) from e
+    except BaseException:
+        writer.cancel_future_jobs()
+        raise
+
+
+def _worker(part: str, inbox, outbox, st: _Settings, parent: int) -> None:
+    """A conversion worker: writes the blocks it is sent to its own MDS folder `part`, then reports its counts."""
+    from mosaicbert.pretrain.runlock import exit_with_parent
+
+    # A converter killed while sending a block leaves a worker waiting for the rest of it: die with the converter.
+    exit_with_parent(signal.SIGKILL)
+
+    def blocks() -> Iterator[list[str]]:
+        while True:
+            try:
+                block = inbox.get(timeout=2.0)
+            except queue.Empty:
+                if os.getppid() != parent:  # the converter was killed: nobody will merge this part
+                    os._exit(1)
+                continue
+            if block is None:
+                return
+            yield block
+
+    counts = _Counts()
+    try:
+        _write_blocks(part, blocks(), st, counts)
+        outbox.put(("done", part, counts))
+    except BaseException as e:  # reported to the converter, which raises it
+        try:
+            outbox.put(("error", part, e))
+        except Exception:  # (not picklable)
+            outbox.put(("error", part, RuntimeError(f"{type(e).__name__}: {e}")))
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; a container's or taskset's limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not Linux)
+        return os.cpu_count() or 1
+
+
+class _Progress:
+    """One line on stderr: documents, documents/s and, when the input's size is known, the share done and an ETA."""
+
+    def __init__(self, split: str, enabled: bool, total_docs: int | None, reader: InputProgress | None) -> None:
+        self.split, self.enabled, self.total_docs, self.reader = split, enabled, total_docs, reader
+        self.start = self.last = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.documents = 0
+
+    def update(self, documents: int, final: bool = False) -> None:
+        self.documents = documents
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.last < (1.0 if self.tty else 30.0)):
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = documents / elapsed
+        line = f"{self.split}: {documents:,} documents, {rate:,.0f} documents/s"
+        fraction = None
+        if self.total_docs:
+            fraction = min(documents / self.total_docs, 1.0)
+        elif self.reader is not None and self.reader.total_bytes:
+            fraction = min(self.reader.bytes_read() / self.reader.total_bytes, 1.0)
+        if final:
+            line += f", {_clock(elapsed)}"
+        elif fraction:
+            line += f", {100 * fraction:.1f}% of the input, ETA {_clock(elapsed * (1 - fraction) / fraction)}"
+        print(("\r" if self.tty else "") + line + ("\n" if final or not self.tty else ""), end="", file=sys.stderr,
+              flush=True)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _convert_split(docs: Iterator[str], out: Path, st: _Settings, workers: int, block_documents: int,
+                   progress: _Progress) -> _Counts:
+    """Write the samples of `docs` as one MDS dataset in `out` (which must not exist yet).
+
+    Documents are cut into blocks of `block_documents`. With one worker (or a single block) they are written here,
+    in order; with N workers, block k goes to worker k mod N, which writes ``out/part-<w>`` (its blocks in order),
+    and ``out/index.json`` lists the parts' shards in worker order (streaming's merge_index).
+    """
+    counts = _Counts()
+    blocks = _batched(docs, block_documents)
+    first = next(blocks, None)
+    second = next(blocks, None) if first is not None else None
+    queued = itertools.chain([b for b in (first, second) if b is not None], blocks)
+    if workers <= 1 or second is None:
+        _write_blocks(str(out), queued, st, counts, on_block=lambda: progress.update(counts.documents))
+        return counts
+
+    ctx = mp.get_context("fork")  # (the workers inherit the loaded tokenizer; nothing to pickle or re-load)
+    outbox = ctx.Queue()
+    inboxes = [ctx.Queue(maxsize=2) for _ in range(workers)]
+    parts = [str(out / f"part-{w:04d}") for w in range(workers)]
+    procs: list = []
+    finished: dict[str, _Counts] = {}
+
+    def check_workers() -> None:
+        while True:
+            try:
+                kind, part, payload = outbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "error":
+                raise payload
+            finished[part] = payload
+        for w, p in enumerate(procs):
+            if not p.is_alive() and parts[w] not in finished and p.exitcode not in (0, None):
+                raise RuntimeError(f"conversion worker {w} (writing {parts[w]}) died with exit code {p.exitcode}.")
+
+    # Forked workers must not use the tokenizer's own thread pool (it may have run in this process already).
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        out.mkdir(parents=True)
+        dispatched = 0
+        for k, block in enumerate(queued):
+            w = k % workers
+            if w == len(procs):  # workers start with their first block
+                procs.append(ctx.Process(target=_worker, args=(parts[w], inboxes[w], outbox, st, os.getpid()),
+                                         daemon=True))
+                procs[-1].start()
+            while True:
+                try:
+                    inboxes[w].put(block, timeout=1.0)
+                    break
+                except queue.Full:
+                    check_workers()
+            dispatched += len(block)
+            progress.update(dispatched)
+        for w in range(len(procs)):
+            inboxes[w].put(None)
+        while len(finished) < len(procs):
+            try:
+                kind, part, payload = outbox.get(timeout=1.0)
+            except queue.Empty:
+                check_workers()
+                continue
+            if kind == "error":
+                raise payload
+            finished[part] = payload
+        for p in procs:
+            p.join()
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
-            out.unlink()
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    used = parts[: len(procs)]
+    for part in used:
+        counts.add(finished[part])
+    _merge_parts(used, str(out))
+    return counts
+
+
+def _merge_parts(parts: list[str], out: str) -> None:
+    """One index.json over the parts' shards, in the order given (streaming's merge_index)."""
+    from streaming.base.util import merge_index
+
+    # merge_index announces its temporary folder on the root logger (configuring the root logger if it has no
+    # handler) and warns that `out` exists (it holds the parts): neither is news to the user.
+    quiet, previous = logging.NullHandler(), logging.root.manager.disable
+    logging.getLogger().addHandler(quiet)
+    logging.disable(logging.WARNING)
+    try:
+        merge_index([os.path.join(p, "index.json") for p in parts], out)
+    finally:
+        logging.disable(previous)
+        logging.getLogger().removeHandler(quiet)
+    for p in parts:  # (the merged index is the dataset's; the parts' own would only confuse a reader)
+        os.remove(os.path.join(p, "index.json"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Replacing an existing dataset
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_out_root(root: Path) -> None:
+    for folder in (root, *root.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                what = "--out_root" if folder == root else f"--out_root's parent {str(folder)!r}"
+                raise FileExistsError(f"{what} {str(root)!r} is a file, not a folder: give a folder for the "
+                                      "dataset (it will hold train/ and val/)." if folder == root else
+                                      f"{what} is a file, not a folder: {str(root)!r} cannot be created there.")
+            return
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    if (out.exists() or out.is_symlink()) and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"Output {str(out)!r} already exists and is not empty; pass --overwrite to replace it.")
+
+
+def _recover_interrupted_swap(root: Path, split: str) -> None:
+    """A converter killed between moving the old split aside and moving the new one in left the old one as
+    ``.<split>.old-<pid>-...``: put it back (or remove it when the new one made it into place)."""
+    out = root / split
+    pattern = re.compile(re.escape(f".{split}.old-") + r"(\d+)-(.+)-[0-9a-f]{8}")
+    for name in sorted(os.listdir(root)) if root.is_dir() else []:
+        m = pattern.fullmatch(name)
+        if not m or m.group(2) != socket.gethostname() or _pid_alive(int(m.group(1))):
+            continue
+        old = root / name
+        if out.exists():
+            log.warning("removing %s, the dataset that %s replaced (its converter was killed)", old, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            log.warning("restoring %s from %s (a conversion with --overwrite was killed while replacing it)", out, old)
+            os.rename(old, out)
+
+
+def _swap_into_place(new: Path, out: Path) -> None:
+    """Replace `out` by the complete dataset `new`: the old one is moved aside, the new one renamed into place, then
+    the old one removed (the only moment without `out` is between two renames; see _recover_interrupted_swap)."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.parent / temporary_name(f".{out.name}.old-")
+        os.rename(out, old)
+    os.rename(new, out)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
 
 
 def convert(
@@ -439,17 +845,19 @@ def convert(
     overwrite: bool = False,
     size_limit: int | str = 1 << 26,
     progress: bool = True,
+    workers: int | None = None,
+    block_documents: int = BLOCK_DOCUMENTS,
 ) -> dict[str, ConvertStats]:
     """Write MDS datasets ``<out_root>/train`` and ``<out_root>/val``; returns per-split statistics.
 
     ``source``: ``"local"`` (``train_files``/``val_files`` globs), ``"hf"`` (``hf_dataset``/``hf_config`` via
     ``datasets.load_dataset(..., streaming=True)``) or ``"builtin"`` (the Python-docs corpus).
     ``tokenizer``: a name/path for :func:`load_tokenizer` or an already loaded tokenizer.
-    ``limit``: maximum number of documents read per split. See the module docstring for modes/columns.
+    ``limit``: maximum number of documents read per split. ``workers``: processes that tokenize and write (default:
+    the usable cores); ``block_documents``: documents per block (see the module docstring for the sample order).
+    All splits are written to temporary folders first and moved into place together once all are complete, so an
+    error or a kill leaves any previous dataset whole. See the module docstring for modes/columns.
     """
-    from streaming import MDSWriter
-    from tqdm.auto import tqdm
-
     from mosaicbert.core.tokenizer import load_tokenizer
 
     if mode not in MODES:
@@ -465,13 +873,18 @@ def convert(
         raise ValueError(f"max_seq_len must be >= 3 (room for [CLS] and [SEP]), got {max_seq_len}.")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}.")
+    workers = usable_cores() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}.")
+    if block_documents < 1:
+        raise ValueError(f"block_documents must be >= 1, got {block_documents}.")
     if compression in ("", "none", "None"):
         compression = None
     for s in splits:
         if s not in SPLITS:
             raise ValueError(f"Unknown split {s!r}; expected a subset of {SPLITS}.")
 
-    # Resolve inputs before touching the output, so that typos fail fast.
+    # Resolve inputs and check the output before any work, so that typos fail fast.
     inputs: dict[str, list[str] | None] = {}
     if source == "local":
         given = {"train": train_files, "val": val_files}
@@ -487,52 +900,58 @@ def convert(
             inputs[s] = None
     else:
         raise ValueError(f"Unknown source {source!r}; choose 'hf', 'local' or 'builtin'.")
+    root = Path(out_root).expanduser()
+    _check_out_root(root)
+    for s in splits:
+        _recover_interrupted_swap(root, s)
+        _check_replaceable(root / s, overwrite)
 
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+    st = _Settings(tokenizer=tok, mode=mode, tokenize=tokenize, max_seq_len=max_seq_len, compression=compression,
+                   size_limit=size_limit)
     info = {"mode": mode, "max_seq_len": max_seq_len, "columns": _writer_columns(tokenize),
             "tokenizer": tokenizer_identity(tok, _tokenizer_name(tokenizer))}
-    root = Path(out_root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(e, root) from e
     for s in splits:
-        _prepare_out(root / s, overwrite)
         remove_stale_temporaries(root, f".{s}.tmp-")
 
+    # Every split goes to a private temporary folder first; they replace the outputs only when all are complete,
+    # so an interrupted or failed conversion never leaves a partial dataset nor removes the previous one.
     stats: dict[str, ConvertStats] = {}
-    for s in splits:
-        out = root / s
-        st = ConvertStats(split=s, out=str(out))
-        docs = iter_documents(inputs[s]) if inputs[s] is not None else _iter_hf(hf_dataset, hf_config, s)
-        docs = _limited(docs, limit)
-        bar = tqdm(desc=f"{s} samples", unit=" samples", disable=not progress, file=sys.stderr)
-        # Write into a private temporary folder and rename it into place only on success, so that an
-        # interrupted or failed conversion never leaves a valid-looking (index.json) partial dataset.
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.parent / temporary_name(f".{out.name}.tmp-")
-        try:
-            with MDSWriter(out=str(tmp_out), columns=_writer_columns(tokenize), compression=compression,
-                           hashes=HASHES, size_limit=size_limit) as w:
-                if tokenize:
-                    for ids in _samples_tokenized(docs, tok, mode, max_seq_len, st):
-                        w.write({"input_ids": ids})
-                        st.samples += 1
-                        st.tokens += len(ids)
-                        bar.update(1)
-                else:
-                    for text, ntok in _samples_raw(docs, tok, mode, max_seq_len, st):
-                        w.write({"text": text})
-                        st.samples += 1
-                        st.tokens += ntok
-                        bar.update(1)
-            bar.close()
-            if st.samples == 0:
-                raise ValueError(f"No samples were produced for split {s!r} ({st.documents} documents read): empty input?")
-            (tmp_out / DATASET_INFO).write_text(json.dumps({**info, "split": s, "documents": st.documents,
-                                                            "samples": st.samples, "tokens": st.tokens}, indent=1))
-            _prepare_out(out, overwrite)  # (re-check: another process may have written it meanwhile)
-            os.rename(tmp_out, out)
-        finally:
-            bar.close()
-            shutil.rmtree(tmp_out, ignore_errors=True)
-        stats[s] = st
+    temporaries: dict[str, Path] = {}
+    try:
+        for s in splits:
+            tmp_out = temporaries[s] = root / temporary_name(f".{s}.tmp-")
+            reader = InputProgress(inputs[s]) if inputs[s] is not None else None
+            total = limit
+            if inputs[s] is not None:
+                docs: Iterator[str] = iter_documents(inputs[s], reader)
+            else:
+                ds = _open_hf(hf_dataset, hf_config, s)
+                n = _hf_num_documents(ds, s)
+                total = n if total is None else min(total, n) if n else total
+                docs = (ex["text"] for ex in ds)
+            bar = _Progress(s, progress, total, reader if limit is None else None)
+            counts = _convert_split(_limited(docs, limit), tmp_out, st, workers, block_documents, bar)
+            bar.update(counts.documents, final=True)
+            if counts.samples == 0:
+                raise ValueError(f"No samples were produced for split {s!r} ({counts.documents} documents read): "
+                                 "empty input?")
+            (tmp_out / DATASET_INFO).write_text(json.dumps({**info, "split": s, "documents": counts.documents,
+                                                            "samples": counts.samples, "tokens": counts.tokens},
+                                                           indent=1))
+            stats[s] = ConvertStats(split=s, out=str(root / s), documents=counts.documents, samples=counts.samples,
+                                    tokens=counts.tokens)
+        for s in splits:
+            _check_replaceable(root / s, overwrite)  # (re-check: another process may have written it meanwhile)
+        for s in splits:
+            _swap_into_place(temporaries.pop(s), root / s)
+    finally:
+        for tmp in temporaries.values():
+            shutil.rmtree(tmp, ignore_errors=True)
     return stats
 
 
@@ -559,7 +978,7 @@ def ensure_builtin_mds(max_seq_len: int = 128, tokenizer: str = BUILTIN_URI) -> 
 
     def build(tmp: Path) -> None:
         convert(out_root=tmp, source="builtin", mode="split", tokenize=False, max_seq_len=max_seq_len,
-                tokenizer=tokenizer, compression=None, progress=False)
+                tokenizer=tokenizer, compression=None, progress=False, workers=1)
         (tmp / "convert_args.json").write_text(json.dumps({"source": "builtin", "mode": "split", "tokenize": False,
                                                            "max_seq_len": max_seq_len, "tokenizer": tokenizer}))
 
@@ -595,7 +1014,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="documents per split (for quick tests)")
     p.add_argument("--compression", default="zstd", help="MDS shard compression (zstd, none, ...)")
     p.add_argument("--size_limit", default="64mb", help="maximum shard size before compression")
-    p.add_argument("--overwrite", action="store_true", help="replace existing non-empty output folders")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output folders (once the new dataset is complete)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that tokenize and write (default: the usable cores, here %d)" % usable_cores())
     p.add_argument("--no_progress", action="store_true")
     return p
 
@@ -610,9 +1032,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             hf_dataset=args.hf_dataset, hf_config=args.hf_config or None, mode=args.mode, tokenize=args.tokenize,
             max_seq_len=args.max_seq_len, tokenizer=args.tokenizer, limit=args.limit, compression=args.compression,
             splits=[s.strip() for s in args.splits.split(",") if s.strip()], overwrite=args.overwrite,
-            size_limit=args.size_limit, progress=not args.no_progress,
+            size_limit=args.size_limit, progress=not args.no_progress, workers=args.workers,
         )
-    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError) as e:
+    except (OSError, ValueError) as e:  # (FileNotFoundError, FileExistsError, WriteError, ConnectionError, ...)
         print(f"error: {e}", file=sys.stderr)
         return 2
     for st in stats.values():

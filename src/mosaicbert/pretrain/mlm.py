@@ -21,21 +21,27 @@ import json
 import logging
 import os
 import random
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from streaming import StreamingDataset
-from streaming.base.dataset import _ShardState
 from torch.utils.data import DataLoader
 
 from mosaicbert.core.builtin_corpus import BUILTIN_PREFIX, BUILTIN_URI, cache_root
-from mosaicbert.pretrain.convert import DATASET_INFO, remove_stale_temporaries, temporary_name, tokenizer_identity
-from mosaicbert.pretrain.masking import IGNORE_INDEX, mask_tokens, sample_rng
+from mosaicbert.pretrain.config import DataConfig
+from mosaicbert.pretrain.convert import DATASET_INFO, PrefixTokenizer, tokenizer_identity
+from mosaicbert.pretrain.masking import IGNORE_INDEX, Masker, sample_rng
+from mosaicbert.pretrain.shards import (
+    CONVERT_HINT,
+    CorruptShardError,
+    ShardReadError,
+    VerifiedStreamingDataset,
+    check_mds_split,
+    file_problem,
+)
 
 log = logging.getLogger("mosaicbert")
 
@@ -57,87 +63,9 @@ __all__ = [
     "file_problem",
 ]
 
-_CONVERT_HINT = (
-    "Create it with `python -m mosaicbert.pretrain.convert --out_root <folder> ...` (e.g. --source local "
-    "--train_files '<glob>' --val_files '<glob>', or --source builtin), or use local=builtin://python-docs."
-)
-
-
-class ShardReadError(RuntimeError):
-    """Reading a shard failed although its files match index.json (sizes and hashes): the data is fine."""
-
-
-class CorruptShardError(ShardReadError):
-    """A shard file is missing, truncated or damaged: its size or hash differs from index.json."""
-
 
 class DatasetMismatchError(ValueError):
     """The shards do not fit the run: pre-tokenized with another tokenizer, or cut shorter than its max_seq_len."""
-
-
-_HASH_PREFERENCE = ("xxh3_64", "xxh64", "xxh3_128", "xxh128", "sha1", "md5", "sha256")
-
-
-def file_problem(path: str, nbytes: int, hashes: dict[str, str] | None, check_hash: bool = True) -> str | None:
-    """None when the shard file `path` has the size (and, with `check_hash`, a hash) index.json records for it,
-    else what is wrong with it."""
-    from streaming.base.hashing import get_hash
-
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        return "is missing"
-    if size != nbytes:
-        return f"has {size} bytes but index.json says {nbytes} ({'truncated' if size < nbytes else 'damaged'})"
-    if check_hash and hashes:
-        algo = next((a for a in _HASH_PREFERENCE if a in hashes), next(iter(hashes)))
-        with open(path, "rb") as f:
-            if get_hash(algo, f.read()) != hashes[algo]:
-                return f"does not match its {algo} hash in index.json (its bytes were overwritten or damaged)"
-    return None
-
-
-def _reconvert(what: str) -> str:
-    return f"{what} The split must be made again: re-run `python -m mosaicbert.pretrain.convert` (or download it again)."
-
-
-def check_mds_split(local: str | os.PathLike, split: str | None) -> Path:
-    """Check that ``<local>/<split>`` is an MDS dataset folder; return it. Raises FileNotFoundError otherwise."""
-    root = Path(local).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"Data folder {str(root)!r} does not exist. {_CONVERT_HINT}")
-    folder = root / split if split else root
-    if not folder.is_dir():
-        have = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise FileNotFoundError(
-            f"Split folder {str(folder)!r} does not exist (subfolders of {str(root)!r}: {have}). {_CONVERT_HINT}"
-        )
-    index = folder / "index.json"
-    if not index.is_file():
-        what = "is empty" if not any(folder.iterdir()) else "has no index.json (an interrupted conversion?)"
-        raise FileNotFoundError(f"MDS split folder {str(folder)!r} {what}. {_CONVERT_HINT}")
-    try:
-        obj = json.loads(index.read_text())
-        shards = obj["shards"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise CorruptShardError(f"MDS index {str(index)!r} is unreadable ({type(e).__name__}: {e}); re-run the conversion.") from e
-    if not shards:
-        raise FileNotFoundError(f"MDS index {str(index)!r} lists no shards (empty dataset). {_CONVERT_HINT}")
-    # Sizes before training (cheap; hashes are checked as each shard is first read). A shard needs its raw
-    # (decompressed) file or its compressed one intact; a bad raw copy next to a good zstd file is re-made.
-    for shard in shards:
-        raw, zipped = shard.get("raw_data") or {}, shard.get("zip_data") or {}
-        problems = []
-        for info in (raw, zipped):
-            if info:
-                problem = file_problem(str(folder / info["basename"]), int(info["bytes"]), None, check_hash=False)
-                if problem is None:
-                    break
-                problems.append(f"{folder / info['basename']} {problem}")
-        else:
-            raise CorruptShardError(_reconvert(f"MDS shard files of {str(folder)!r} are damaged: {'; '.join(problems)}."))
-    return folder
-
 
 def check_tokenizer_matches(folder: str | os.PathLike, tokenizer) -> None:
     """Pre-tokenized shards must come from the run's tokenizer: ids of another tokenizer that fit the vocabulary
@@ -156,7 +84,8 @@ def check_tokenizer_matches(folder: str | os.PathLike, tokenizer) -> None:
     if stored.get("vocab_sha256") != ours["vocab_sha256"]:
         raise DatasetMismatchError(
             f"the shards in {str(folder)!r} were tokenized with tokenizer {stored.get('name')!r} "
-            f"({stored.get('vocab_size')} tokens, vocabulary sha256 {str(stored.get('vocab_sha256'))[:12]}...) but this "
+            f"({stored.get('vocab_size')} tokens, vocabulary sha256 {str(stored.get('vocab_sha256'))[:12]}...) but "
+            f"this "
             f"run uses tokenizer {ours['name']!r} ({ours['vocab_size']} tokens, vocabulary sha256 "
             f"{ours['vocab_sha256'][:12]}...). Set tokenizer to the one the shards were made with, or re-convert "
             f"them with --tokenizer set to this run's tokenizer."
@@ -181,7 +110,7 @@ def check_max_seq_len(folder: str | os.PathLike, max_seq_len: int) -> None:
     )
 
 
-class MLMStreamingDataset(StreamingDataset):
+class MLMStreamingDataset(VerifiedStreamingDataset):
     """A :class:`streaming.StreamingDataset` of MDS samples turned into masked-LM examples.
 
     Each sample is a dict of unpadded int64 numpy arrays ``input_ids`` (with [CLS] ... [SEP], masked),
@@ -219,7 +148,8 @@ class MLMStreamingDataset(StreamingDataset):
             raise ValueError(f"max_seq_len must be >= 3, got {max_seq_len}")
         for attr in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
             if getattr(tokenizer, attr, None) is None:
-                raise ValueError(f"Tokenizer lacks {attr.replace('_id', '')}; BERT MLM needs [PAD], [CLS], [SEP], [MASK].")
+                raise ValueError(f"Tokenizer lacks {attr.replace('_id', '')}; BERT MLM needs [PAD], [CLS], [SEP], "
+                                 "[MASK].")
         self.tokenizer = tokenizer
         self.max_seq_len = int(max_seq_len)
         self.mlm_probability = float(mlm_probability)
@@ -230,9 +160,10 @@ class MLMStreamingDataset(StreamingDataset):
         self.cls_token_id = int(tokenizer.cls_token_id)
         self.sep_token_id = int(tokenizer.sep_token_id)
         self.mask_token_id = int(tokenizer.mask_token_id)
+        self.masker = Masker(self.special_ids, self.vocab_size, self.mlm_probability, self.mask_token_id,
+                             pad_token_id=self.pad_token_id)
+        self._prefix: PrefixTokenizer | None = None  # (made on first use, in the worker that tokenizes)
         self._mlm_epoch = 0
-        self._mlm_shard_error: ShardReadError | None = None
-        self._mlm_verified: set[int] = set()  # shards whose local files matched index.json in this process
 
     # ---- epoch tracking -------------------------------------------------------------------------
     def _resume_incr_epoch(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
@@ -246,148 +177,6 @@ class MLMStreamingDataset(StreamingDataset):
         return self._mlm_epoch
 
     # ---- shard integrity and errors -------------------------------------------------------------------
-    def _shard_paths(self, shard_id: int) -> list[tuple[str, Any, str | None, Any]]:
-        """[(raw path, raw info, zip path or None, zip info)] of a shard's files in the local folder."""
-        stream = self.streams[self.stream_per_shard[shard_id]]
-        base = os.path.join(stream.local, stream.split or "")
-        return [(os.path.join(base, raw.basename), raw, os.path.join(base, z.basename) if z else None, z)
-                for raw, z in self.shards[shard_id].file_pairs]
-
-    def _shard_files(self, shard_id: int) -> str:
-        try:
-            return " / ".join(p for raw, _, zipped, _ in self._shard_paths(shard_id) for p in (raw, zipped) if p)
-        except Exception:  # pragma: no cover - best effort description
-            return f"shard #{shard_id}"
-
-    def _decompress(self, zip_path: str, zip_info: Any, raw_path: str, raw_info: Any, compression: str) -> None:
-        """Decompress next to the zstd file, atomically: a private temporary file renamed into place. Any number of
-        processes may do this at once on one folder (the last rename wins, with the same bytes); streaming's own
-        in-place decompression shares one `.tmp` name between them and fails."""
-        from streaming.base.compression import decompress
-        from streaming.base.hashing import get_hash
-
-        problem = file_problem(zip_path, zip_info.bytes, zip_info.hashes)
-        if problem is not None:
-            raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} {problem}."))
-        with open(zip_path, "rb") as f:
-            data = decompress(compression, f.read())
-        algo = next((a for a in _HASH_PREFERENCE if a in (raw_info.hashes or {})), None)
-        if len(data) != raw_info.bytes or (algo and get_hash(algo, data) != raw_info.hashes[algo]):
-            raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} decompresses to data that does not match "
-                                               f"index.json."))
-        remove_stale_temporaries(os.path.dirname(raw_path), os.path.basename(raw_path) + ".tmp-")
-        tmp = temporary_name(raw_path + ".tmp-")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, raw_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-    def _verify_shard(self, shard_id: int, repair: bool = True) -> None:
-        """Check the shard's local files against index.json (size, hash) before they are read, once per process.
-
-        A damaged decompressed copy next to an intact zstd file is re-made (with `repair`); a shard whose own files
-        are bad raises CorruptShardError naming the file. Shards of a remote are left to streaming until it has
-        downloaded (and decompressed) them, then checked like local ones (see prepare_shard)."""
-        if shard_id in self._mlm_verified:
-            return
-        stream = self.streams[self.stream_per_shard[shard_id]]
-        remote = stream.remote not in (None, "", stream.local)
-        local = True
-        for raw_path, raw_info, zip_path, zip_info in self._shard_paths(shard_id):
-            zip_ok = zip_path is not None and os.path.isfile(zip_path)
-            if os.path.isfile(raw_path):
-                problem = file_problem(raw_path, raw_info.bytes, raw_info.hashes)
-                if problem is None:
-                    continue
-                if not (zip_ok and repair and not remote):
-                    raise CorruptShardError(_reconvert(f"MDS shard file {raw_path} {problem}."))
-                log.warning("%s %s; decompressing it again from %s", raw_path, problem, zip_path)
-            elif not zip_ok:
-                local = False  # not downloaded yet: streaming downloads it
-                continue
-            elif remote or not repair:
-                problem = file_problem(zip_path, zip_info.bytes, zip_info.hashes)
-                if problem == "is missing":  # (streaming removed a downloaded zstd file once decompressed)
-                    local = False
-                elif problem is not None:
-                    raise CorruptShardError(_reconvert(f"MDS shard file {zip_path} {problem}."))
-                local = local and not remote  # streaming decompresses downloaded shards itself
-                continue
-            self._decompress(zip_path, zip_info, raw_path, raw_info, self.shards[shard_id].compression)
-        if local:
-            self._mlm_verified.add(shard_id)
-
-    def _read_failed(self, shard_id: int, err: BaseException) -> ShardReadError:
-        """Blame the shard only when its files are actually bad; otherwise say the data is intact."""
-        self._mlm_verified.discard(shard_id)
-        try:
-            self._verify_shard(shard_id, repair=False)
-        except CorruptShardError as bad:
-            return CorruptShardError(f"{bad} (reading it failed with {type(err).__name__}: {err})")
-        except OSError as unreadable:  # cannot even read the files to check them
-            return ShardReadError(f"reading MDS shard {self._shard_files(shard_id)} failed ({type(err).__name__}: "
-                                  f"{err}) and checking its files failed too ({unreadable}). Check the disk and the "
-                                  "folder's permissions before deleting anything.")
-        return ShardReadError(
-            f"reading MDS shard {self._shard_files(shard_id)} failed ({type(err).__name__}: {err}), but its files "
-            "match index.json (sizes and hashes): the data is intact, do not delete it. Check the disk, free "
-            "memory/shared memory, and that no other program is modifying the folder, then retry."
-        )
-
-    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
-        try:
-            self._verify_shard(shard_id)
-            super().prepare_shard(shard_id, blocking)
-            self._verify_shard(shard_id)  # just downloaded from a remote: checked before its first sample is read
-        except Exception as e:
-            if isinstance(e, FileNotFoundError) and self.streams[self.stream_per_shard[shard_id]].remote not in (None, ""):
-                raise  # a remote download problem: streaming's own message is the useful one
-            err = e if isinstance(e, ShardReadError) else self._read_failed(shard_id, e)
-            # streaming left the shard in PREPARING state; a thread blocked in prepare_shard(blocking=True)
-            # would wait for it forever. Put it back so that waiters retry (and hit this same error).
-            try:
-                self._shard_states[shard_id] = _ShardState.REMOTE
-            except Exception:  # pragma: no cover
-                pass
-            # This may run in streaming's background download thread, whose exceptions only stop the
-            # iteration; remember it so that __iter__/__getitem__ can raise it in the caller.
-            self._mlm_shard_error = err
-            if threading.current_thread() is not threading.main_thread():
-                # A background thread that raises never reports its exit, and streaming's __iter__ then waits for
-                # it forever. Stop the threads the way streaming does after a crash, without raising here.
-                event = getattr(self, "_event", None)
-                if event is not None:
-                    event.set()
-                return
-            if err is e:
-                raise
-            raise err from e
-
-    def _read(self, idx: int, retry: int = 7) -> dict[str, Any]:
-        if self._mlm_shard_error is not None:
-            raise self._mlm_shard_error
-        shard_id, _ = self.spanner[idx]
-        try:
-            self._verify_shard(shard_id)  # (once per shard and process)
-            return super().get_item(idx, retry)
-        except ShardReadError:
-            raise
-        except RuntimeError as e:
-            if self._mlm_shard_error is not None:
-                raise self._mlm_shard_error from e
-            raise self._read_failed(shard_id, e) from e
-        except Exception as e:  # decoding garbage: struct.error, UnicodeDecodeError, ValueError, zstd errors ...
-            raise self._read_failed(shard_id, e) from e
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        self._mlm_shard_error = None
-        yield from super().__iter__()
-        if self._mlm_shard_error is not None:
-            raise self._mlm_shard_error
-
     # ---- samples ------------------------------------------------------------------------------------
     def tokenize_sample(self, raw: dict[str, Any]) -> np.ndarray:
         """The unmasked token ids (int64, with [CLS]/[SEP], <= max_seq_len) of a raw MDS sample."""
@@ -397,12 +186,16 @@ class MLMStreamingDataset(StreamingDataset):
                 ids = np.concatenate([ids[: self.max_seq_len - 1], [self.sep_token_id]]).astype(np.int64)
             return ids
         if "text" in raw:
-            enc = self.tokenizer(
-                raw["text"], add_special_tokens=True, truncation=True, max_length=self.max_seq_len,
-                return_attention_mask=False, return_token_type_ids=False, verbose=False,
-            )
-            return np.asarray(enc["input_ids"], dtype=np.int64)
-        raise KeyError(f"MDS sample has neither 'text' nor 'input_ids' (columns: {sorted(raw)}); was it written by mosaicbert.pretrain.convert?")
+            # [CLS] + the first max_seq_len - 2 tokens + [SEP], as tokenizer(text, truncation=True,
+            # max_length=max_seq_len) gives, tokenizing only the prefix of the text they need.
+            if self._prefix is None:
+                self._prefix = PrefixTokenizer(self.tokenizer, self.max_seq_len - 2)
+            body = self._prefix(raw["text"])
+            ids = np.empty(len(body) + 2, dtype=np.int64)
+            ids[0], ids[1:-1], ids[-1] = self.cls_token_id, body, self.sep_token_id
+            return ids
+        raise KeyError(f"MDS sample has neither 'text' nor 'input_ids' (columns: {sorted(raw)}); was it written by "
+                       "mosaicbert.pretrain.convert?")
 
     def __getitem__(self, idx: Any) -> Any:
         if not isinstance(idx, (int, np.integer)):
@@ -416,13 +209,9 @@ class MLMStreamingDataset(StreamingDataset):
             raise IndexError(f"Sample index {sample_id} out of range [0, {self.num_samples}).")
         ids = self.tokenize_sample(self._read(sample_id, retry))
         epoch = 0 if self.same_masks_every_epoch else max(self._mlm_epoch, 0)
-        rng = sample_rng(self.mask_seed, epoch, sample_id)
-        masked, labels = mask_tokens(
-            ids, self.special_ids, self.vocab_size, self.mlm_probability, rng, self.mask_token_id,
-            pad_token_id=self.pad_token_id,
-        )
+        masked, labels = self.masker(ids, sample_rng(self.mask_seed, epoch, sample_id))
         return {
-            "input_ids": masked.astype(np.int64),
+            "input_ids": masked,
             "labels": labels,
             "attention_mask": np.ones(len(ids), dtype=np.int64),
             "token_type_ids": np.zeros(len(ids), dtype=np.int64),
@@ -444,31 +233,34 @@ def _pad_rows(rows: Sequence[dict[str, np.ndarray]], pad_token_id: int, length: 
     """Right-pad rows of columns (all of equal length within a row) into int64 tensors ``(rows, length)`` and add the
     per-row host counts; ``length=None`` pads to the longest row. Shared by :func:`pad_mlm_batch` and
     :func:`pack_mlm_batch`."""
-    lengths = [len(r["input_ids"]) for r in rows]
-    length = max(lengths) if length is None else int(length)
+    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int64, count=len(rows))
+    length = int(lengths.max()) if length is None else int(length)
     fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX, "attention_mask": 0, "token_type_ids": 0,
             "sequence_id": 0}
-    out: dict[str, Any] = {}
+    real = np.arange(length)[None, :] < lengths[:, None]  # each row's first `lengths[i]` slots, in row order
+    arrays: dict[str, np.ndarray] = {}
     for key in rows[0]:
         arr = np.full((len(rows), length), fill[key], dtype=np.int64)
-        for i, r in enumerate(rows):
-            arr[i, : lengths[i]] = r[key]
-        out[key] = torch.from_numpy(arr)
+        arr[real] = np.concatenate([r[key] for r in rows])
+        arrays[key] = arr
+    out: dict[str, Any] = {key: torch.from_numpy(arr) for key, arr in arrays.items()}
     if vocab_size is not None:
-        ids, labels = out["input_ids"], out["labels"]
+        ids, labels = arrays["input_ids"], arrays["labels"]
         bad = (ids < 0) | (ids >= vocab_size)
         if bool(bad.any()):
             raise ValueError(
                 f"Token id {int(ids[bad][0])} in input_ids is outside the vocabulary [0, {vocab_size}): the data was "
-                "tokenized with a different (larger) tokenizer than the model's. Re-convert or fix --tokenizer/vocab_size."
+                "tokenized with a different (larger) tokenizer than the model's. Re-convert or fix "
+                "--tokenizer/vocab_size."
             )
         bad = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab_size)
         if bool(bad.any()):
-            raise ValueError(f"Label {int(labels[bad][0])} is outside the vocabulary [0, {vocab_size}) and is not -100.")
+            raise ValueError(f"Label {int(labels[bad][0])} is outside the vocabulary [0, {vocab_size}) and is not "
+                             "-100.")
     # per-row counts on the host (lists, so Composer splits them into microbatches with the tensors): with them
     # the model learns the number of real and of labelled tokens without waiting for the GPU
-    out["sequence_lengths"] = out["attention_mask"].sum(dim=1).tolist()
-    out["label_counts"] = (out["labels"] != IGNORE_INDEX).sum(dim=1).tolist()
+    out["sequence_lengths"] = arrays["attention_mask"].sum(axis=1).tolist()
+    out["label_counts"] = (arrays["labels"] != IGNORE_INDEX).sum(axis=1).tolist()
     return out
 
 
@@ -592,51 +384,11 @@ def _default_local_for_remote(remote: str, split: str) -> str:
     return str(cache_root() / "streaming" / key)
 
 
-def build_mlm_dataloader(
-    *,
-    local: str | None,
-    remote: str | None,
-    split: str,
-    tokenizer,
-    max_seq_len: int,
-    mlm_probability: float,
-    device_batch_size: int,
-    shuffle: bool,
-    seed: int,
-    num_workers: int,
-    drop_last: bool,
-    pad_to_max_length: bool = False,
-    pin_memory: bool = False,
-    prefetch_factor: int | None = 2,
-    shuffle_block_size: int | None = None,
-    num_canonical_nodes: int | None = None,
-    same_masks_every_epoch: bool = False,
-    packing: bool = False,
-    **streaming_kwargs: Any,
-) -> DataLoader:
-    """A DataLoader of padded MLM batches (dict of int64 tensors) over MDS data.
-
-    ``packing``: collate with :func:`pack_mlm_batch` (several documents per row, with ``sequence_id`` and
-    ``document_counts``) instead of :func:`pad_mlm_batch` (one sample per row). Each batch still holds
-    ``device_batch_size`` samples (dataset order, masks and resumption are unchanged), in fewer rows; count its
-    samples with :func:`num_samples_in_batch`.
-
-    ``local``: a folder containing ``<split>/index.json`` (output of ``python -m mosaicbert.pretrain.convert``),
-    or ``builtin://python-docs`` (the built-in offline corpus, materialized once in the cache), or None
-    when ``remote`` is given (then a cache folder under ``$MOSAICBERT_CACHE/streaming`` is used).
-    ``remote``: ``s3://``, ``gs://``, ``https://`` ... (streaming downloads shards into ``local``).
-    ``tokenizer``: a loaded tokenizer or a name/path for :func:`mosaicbert.core.tokenizer.load_tokenizer`.
-    ``seed``: the shuffle seed and the mask seed. The DataLoader gets its own seeded ``torch.Generator``
-    so building and iterating it never consumes the global torch RNG.
-    Extra keyword arguments go to :class:`streaming.StreamingDataset` (e.g. ``predownload``,
-    ``cache_limit``, ``epoch_size``, ``shuffle_algo``).
-    """
-    if isinstance(tokenizer, (str, os.PathLike)):
-        from mosaicbert.core.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(str(tokenizer))
-
-    for name, value in (("local", local), ("remote", remote)):
+def _resolve_split(local: str | None, remote: str | None, split: str, tokenizer,
+                   max_seq_len: int) -> tuple[str, str | None, str]:
+    """(local folder, remote, split) of one stream, its folder checked (exists, index and shard sizes, tokenizer of
+    pre-tokenized shards, max_seq_len) when it is local."""
+    for value in (local, remote):
         if value is not None and str(value).startswith(BUILTIN_PREFIX):
             if str(value) != BUILTIN_URI:
                 raise FileNotFoundError(f"Unknown built-in dataset {value!r}; the only one is {BUILTIN_URI}.")
@@ -644,10 +396,9 @@ def build_mlm_dataloader(
 
             local, remote = ensure_builtin_mds(max_seq_len), None
             break
-    if split in ("validation", "eval") and local is not None and remote is None and not (Path(local) / split).exists() \
-            and (Path(local) / "val").exists():
+    if split in ("validation", "eval") and local is not None and remote is None \
+            and not (Path(local) / split).exists() and (Path(local) / "val").exists():
         split = "val"
-
     if remote is None:
         if local is None:
             raise ValueError("build_mlm_dataloader needs `local` (a folder of MDS splits) or `remote`.")
@@ -657,20 +408,103 @@ def build_mlm_dataloader(
         check_max_seq_len(folder, max_seq_len)
     elif local is None:
         local = _default_local_for_remote(str(remote), split)
+    return local, remote, split
+
+
+def _streams(data: DataConfig, tokenizer, train: bool) -> list:
+    """streaming Streams of ``data.streams``: the training mixture (proportion/repeat), or every stream's eval split
+    read once. Each stream's folder is checked as a single one is, and the streams must have been converted with one
+    tokenizer and one max_seq_len; errors name the stream."""
+    from streaming import Stream
+
+    from mosaicbert.core.config import ConfigError
+
+    streams, records = [], {}
+    for name, st in data.streams.items():
+        split = (st.split or data.train_split) if train else data.eval_split
+        try:
+            local, remote, split = _resolve_split(st.local, st.remote, split, tokenizer, data.max_seq_len)
+        except (FileNotFoundError, DatasetMismatchError, CorruptShardError) as e:
+            raise ConfigError(f"config key 'data.streams.{name}': {e}") from e
+        info = Path(local) / split / DATASET_INFO
+        if remote is None and info.is_file():
+            records[name] = json.loads(info.read_text())
+        weights = {"proportion": st.proportion, "repeat": st.repeat} if train else {}
+        streams.append(Stream(local=local, remote=remote, split=split, **weights))
+    def described(record: dict, what: str) -> Any:
+        if what == "max_seq_len":
+            return record.get("max_seq_len")
+        tok = record.get("tokenizer") or {}
+        return f"{tok.get('name')} (vocabulary sha256 {str(tok.get('vocab_sha256'))[:12]}...)" if tok else None
+
+    for what in ("tokenizer", "max_seq_len"):
+        seen = {name: described(r, what) for name, r in records.items() if described(r, what) is not None}
+        first = next(iter(seen), None)
+        other = next((n for n in seen if seen[n] != seen[first]), None)
+        if other is not None:
+            raise ConfigError(f"config key 'data.streams.{other}': converted with {what} {seen[other]}, but stream "
+                              f"{first!r} with {seen[first]}; convert all streams of a mixture with the same "
+                              f"--tokenizer and --max_seq_len")
+    return streams
+
+
+def build_mlm_dataloader(
+    data: DataConfig,
+    tokenizer,
+    *,
+    train: bool,
+    batch_size: int,
+    seed: int,
+    pin_memory: bool = False,
+    drop_last: bool | None = None,
+    **streaming_kwargs: Any,
+) -> DataLoader:
+    """A DataLoader of padded (or, with ``data.packing``, packed) MLM batches over the MDS data of ``data``.
+
+    ``train``: the training loader (``data.train_split``, ``data.mlm_probability``, ``data.shuffle``, fresh masks
+    every epoch, the last incomplete batch dropped) or the evaluation loader (``data.eval_split``,
+    ``data.eval_mlm_probability``, no shuffling, the same masks at every evaluation, every sample).
+    ``drop_last`` overrides the incomplete-batch choice.
+
+    ``data.local``: a folder containing ``<split>/index.json`` (output of ``python -m mosaicbert.pretrain.convert``),
+    or ``builtin://python-docs`` (the built-in offline corpus, materialized once in the cache), or None when
+    ``data.remote`` is given (then a cache folder under ``$MOSAICBERT_CACHE/streaming`` is used).
+    ``data.remote``: ``s3://``, ``gs://``, ``https://`` ... (streaming downloads shards into ``local``).
+    ``tokenizer``: a loaded tokenizer or a name/path for :func:`mosaicbert.core.tokenizer.load_tokenizer`.
+    ``seed``: the shuffle seed and the mask seed. The DataLoader gets its own seeded ``torch.Generator`` so building
+    and iterating it never consumes the global torch RNG.
+    ``packing``: several documents per row (:func:`pack_mlm_batch`, with ``sequence_id`` and ``document_counts``)
+    instead of one sample per row (:func:`pad_mlm_batch`). Each batch still holds ``batch_size`` samples (dataset
+    order, masks and resumption are unchanged), in fewer rows; count its samples with :func:`num_samples_in_batch`.
+    Extra keyword arguments go to :class:`streaming.StreamingDataset` (e.g. ``predownload``, ``cache_limit``,
+    ``epoch_size``, ``shuffle_algo``).
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from mosaicbert.core.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(str(tokenizer))
+    max_seq_len = data.max_seq_len
+    if data.streams:
+        stream_kwargs = {"streams": _streams(data, tokenizer, train)}
+        local = remote = split = None
+    else:
+        local, remote, split = _resolve_split(data.local, data.remote, data.train_split if train else data.eval_split,
+                                              tokenizer, max_seq_len)
+        stream_kwargs = {"local": local, "remote": remote, "split": split}
 
     kwargs: dict[str, Any] = dict(streaming_kwargs)
-    if shuffle_block_size is not None:
-        kwargs["shuffle_block_size"] = shuffle_block_size
-    if num_canonical_nodes is not None:
-        kwargs["num_canonical_nodes"] = num_canonical_nodes
+    if data.shuffle_block_size is not None:
+        kwargs["shuffle_block_size"] = data.shuffle_block_size
+    if data.num_canonical_nodes is not None:
+        kwargs["num_canonical_nodes"] = data.num_canonical_nodes
     try:
         for attempt in range(6):
             try:
                 dataset = MLMStreamingDataset(
-                    tokenizer=tokenizer, max_seq_len=max_seq_len, mlm_probability=mlm_probability, mask_seed=seed,
-                    same_masks_every_epoch=same_masks_every_epoch,
-                    local=local, remote=remote, split=split, shuffle=shuffle, shuffle_seed=seed,
-                    batch_size=device_batch_size, **kwargs,
+                    tokenizer=tokenizer, max_seq_len=max_seq_len,
+                    mlm_probability=data.mlm_probability if train else data.eval_mlm_probability, mask_seed=seed,
+                    same_masks_every_epoch=not train, shuffle=data.shuffle and train, shuffle_seed=seed,
+                    batch_size=batch_size, **stream_kwargs, **kwargs,
                 )
                 break
             except FileExistsError:
@@ -680,31 +514,33 @@ def build_mlm_dataloader(
                     raise
                 time.sleep(0.05 + 0.1 * random.Random(os.getpid() + attempt).random())
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"Could not open MDS data (local={local!r}, remote={remote!r}, split={split!r}): {e}. {_CONVERT_HINT}") from e
+        raise FileNotFoundError(f"Could not open MDS data (local={local!r}, remote={remote!r}, split={split!r}): "
+                                f"{e}. {CONVERT_HINT}") from e
     except (json.JSONDecodeError, KeyError) as e:
-        raise CorruptShardError(f"Unreadable MDS index in {os.path.join(local, split)!r} ({type(e).__name__}: {e}); re-run the conversion.") from e
+        raise CorruptShardError(f"Unreadable MDS index in {os.path.join(local or '', split or '')!r} "
+                                f"({type(e).__name__}: {e}); re-run the conversion.") from e
 
-    if packing:
+    if data.packing:
         collate = functools.partial(
             pack_mlm_batch, pad_token_id=int(tokenizer.pad_token_id), max_len=max_seq_len, vocab_size=len(tokenizer),
-            pad_to_max_length=pad_to_max_length,
+            pad_to_max_length=data.pad_to_max_length,
         )
     else:
         collate = functools.partial(
             pad_mlm_batch, pad_token_id=int(tokenizer.pad_token_id),
-            pad_to=max_seq_len if pad_to_max_length else None, vocab_size=len(tokenizer),
+            pad_to=max_seq_len if data.pad_to_max_length else None, vocab_size=len(tokenizer),
         )
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     loader_kwargs: dict[str, Any] = {}
-    if num_workers > 0:
-        loader_kwargs["prefetch_factor"] = prefetch_factor
+    if data.num_workers > 0:
+        loader_kwargs["prefetch_factor"] = data.prefetch_factor
     return DataLoader(
         dataset,
-        batch_size=device_batch_size,
+        batch_size=batch_size,
         collate_fn=collate,
-        num_workers=num_workers,
-        drop_last=drop_last,
+        num_workers=data.num_workers,
+        drop_last=train if drop_last is None else drop_last,
         pin_memory=pin_memory,
         generator=generator,
         **loader_kwargs,

@@ -178,29 +178,10 @@ def build_pretrain_dataloaders(cfg: PretrainConfig, tokenizer, device_train_batc
                                device: str) -> tuple[DataSpec, DataSpec]:
     """The train and eval MLM loaders of `cfg.data`, as Composer DataSpecs that count a batch's samples as its
     documents (with data.packing a batch has fewer rows than samples; see num_samples_in_batch)."""
-    data = cfg.data
-    common = dict(
-        local=data.local,
-        remote=data.remote,
-        tokenizer=tokenizer,
-        max_seq_len=data.max_seq_len,
-        seed=cfg.seed,
-        num_workers=data.num_workers,
-        pad_to_max_length=data.pad_to_max_length,
-        packing=data.packing,
-        pin_memory=device == "gpu",
-        prefetch_factor=data.prefetch_factor,
-        shuffle_block_size=data.shuffle_block_size,
-        num_canonical_nodes=data.num_canonical_nodes,
-    )
-    train_loader = build_mlm_dataloader(
-        split=data.train_split, mlm_probability=data.mlm_probability, device_batch_size=device_train_batch_size,
-        shuffle=data.shuffle, drop_last=True, **common,
-    )
-    eval_loader = build_mlm_dataloader(
-        split=data.eval_split, mlm_probability=data.eval_mlm_probability, device_batch_size=cfg.device_eval_batch_size,
-        shuffle=False, drop_last=False, same_masks_every_epoch=True, **common,
-    )
+    train_loader = build_mlm_dataloader(cfg.data, tokenizer, train=True, batch_size=device_train_batch_size,
+                                        seed=cfg.seed, pin_memory=device == "gpu")
+    eval_loader = build_mlm_dataloader(cfg.data, tokenizer, train=False, batch_size=cfg.device_eval_batch_size,
+                                       seed=cfg.seed, pin_memory=device == "gpu")
     return (DataSpec(train_loader, get_num_samples_in_batch=num_samples_in_batch, split_batch=split_mlm_batch),
             DataSpec(eval_loader, get_num_samples_in_batch=num_samples_in_batch, split_batch=split_mlm_batch))
 
