@@ -14,23 +14,18 @@ training finished, 2 on a config or data error.
 import sys
 
 from mosaicbert.core.cli import run_script
-from mosaicbert.finetune.config import load_finetune_config
+from mosaicbert.finetune.config import FinetuneConfig, load_finetune_config
 
 
 def finetune(cfg) -> int:
-    from mosaicbert.finetune.data import FinetuneDataError
     from mosaicbert.finetune.runner import run_finetune
 
-    try:
-        run_finetune(cfg)
-    except FinetuneDataError as e:
-        print(f"data error: {e}", file=sys.stderr)
-        return 2
+    run_finetune(cfg)  # a data error (FinetuneDataError) becomes run_script's `error: ...` line, status 2
     return 0
 
 
 def main(argv: list[str]) -> int:
-    return run_script(argv, __doc__, load_finetune_config, finetune)
+    return run_script(argv, __doc__, load_finetune_config, finetune, schema=FinetuneConfig)
 
 
 if __name__ == "__main__":
