@@ -24,7 +24,7 @@ from mosaicbert.glue.train import run_job
 
 def preflight(cfg: GlueConfig) -> None:
     """Fail before any job on problems every job would hit: model config, tokenizer, start checkpoint."""
-    from mosaicbert.core.checkpoint import resolve_source
+    from mosaicbert.core.checkpoint import resolve_source, verify_checkpoint
     from mosaicbert.core.config import ConfigError
     from mosaicbert.core.trainer import build_hf_config
 
@@ -37,9 +37,11 @@ def preflight(cfg: GlueConfig) -> None:
         if key == "mnli_checkpoint" and not os.path.exists(os.path.expanduser(path)):
             raise ConfigError(f"config key '{key}' = {path!r}: no such file or folder")
         try:  # a hub id is downloaded here, once; the jobs then read the local cache
-            resolve_source(path)
+            local = resolve_source(path)
         except FileNotFoundError as e:
             raise ConfigError(f"config key '{key}' = {path!r}: {e}") from e
+        # a damaged checkpoint stops the run here (CheckpointError), not in every job
+        verify_checkpoint(local if os.path.isfile(local) else os.path.join(local, "pytorch_model.bin"))
     if cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"config key 'data_dir' = {cfg.data_dir!r}: no such folder (null loads from the hub)")
 
