@@ -84,6 +84,15 @@ def test_debug_flag_shows_the_worker_traceback_first(capsys, monkeypatch):
     assert err.strip().splitlines()[-1].startswith("error: damaged record (in DataLoader worker process 0)")
 
 
+def test_config_error_from_a_worker_stays_a_config_error(capsys, monkeypatch):
+    monkeypatch.delenv("MOSAICBERT_DEBUG", raising=False)
+    error = ConfigError("config key 'data.max_seq_len' = 8 is shorter than the shards")
+    assert run_script(["cfg.yaml"], "", load, read_in_worker(error), show_config=False) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config error: config key 'data.max_seq_len' = 8 is shorter than "
+                                                   "the shards (in DataLoader worker process 0)")
+
+
 def test_foreign_worker_error_names_its_type_and_exits_1(capsys, monkeypatch):
     monkeypatch.delenv("MOSAICBERT_DEBUG", raising=False)
     assert run_script(["cfg.yaml"], "", load, read_in_worker(ValueError("token id 99999 out of range")),

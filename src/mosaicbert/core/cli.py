@@ -59,11 +59,6 @@ def report_error(exc: BaseException) -> Optional[int]:
     """Print one `config error: ...` / `error: ...` line for an error whose cause is known (a ConfigError, a project
     error, an error from a DataLoader worker) and return the exit status; None for anything else (a bug: keep its
     traceback). With MOSAICBERT_DEBUG=1 the tracebacks come first."""
-    if isinstance(exc, ConfigError):
-        if debug():
-            traceback.print_exception(exc)
-        print(f"config error: {exc}", file=sys.stderr, flush=True)
-        return 2
     report = describe_error(exc)
     if not report.project and report.worker_traceback is None:
         return None
@@ -72,7 +67,8 @@ def report_error(exc: BaseException) -> Optional[int]:
         if report.worker_traceback:
             print(f"DataLoader worker {report.worker_traceback}", file=sys.stderr)
     hint = "" if debug() or report.worker_traceback is None else f" [set {DEBUG_ENV}=1 for the worker's traceback]"
-    print(f"error: {report.message}{hint}", file=sys.stderr, flush=True)
+    kind = "config error" if isinstance(exc, ConfigError) else "error"
+    print(f"{kind}: {report.message}{hint}", file=sys.stderr, flush=True)
     return 2 if report.project else 1
 
 
