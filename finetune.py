@@ -7,8 +7,9 @@
 Tasks: classification (one sentence or a sentence pair), regression, token_classification, question_answering,
 multiple_choice; see yamls/finetune/. The YAML and `key=value` overrides are validated against
 mosaicbert.finetune.config.FinetuneConfig. The best evaluation (by the task's main metric) is saved as a Hugging
-Face folder with its tokenizer in <save_folder>/best_model, with results.json beside it. Exit status: 0 when
-training finished, 2 on a config or data error.
+Face folder with its tokenizer in <save_folder>/best_model, with results.json beside it (both replaced together at
+every improvement); a save_folder that already holds results.json is refused unless overwrite=true. Exit status: 0
+when training finished, 2 on a config or data error.
 """
 
 import sys

@@ -22,7 +22,7 @@ from mosaicbert.core.checkpoint import (
 )
 from mosaicbert.export import main as export_main
 
-VOCAB, HIDDEN = 97, 32  # the word-embedding storage: 97 * 32 float32 = 12416 bytes, unlike any other tensor here
+VOCAB, HIDDEN = 120, 32  # the word-embedding storage: 120 * 32 float32 = 15360 bytes, unlike any other tensor here
 
 
 def tiny_bert(seed: int = 0) -> BertForMaskedLM:
@@ -119,13 +119,35 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
+def tokenizer_metadata(folder: Path) -> dict:
+    """The tokenizer files as Composer stores them in a checkpoint: JSON files as objects, text files as lines."""
+    from transformers import AutoTokenizer
+
+    from mosaicbert.core.tokenizer import load_tokenizer
+
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] +
+                                                [f"w{i}" for i in range(VOCAB - 5)]) + "\n")
+    load_tokenizer(str(folder / "vocab.txt")).save_pretrained(folder / "tok")
+    AutoTokenizer.from_pretrained(folder / "tok")
+    import json
+
+    return {p.name: {"content": json.loads(p.read_text()) if p.suffix == ".json" else p.read_text().splitlines()}
+            for p in (folder / "tok").iterdir()}
+
+
 def test_export_writes_a_loadable_folder_without_leftovers(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
     src = tiny_bert()
     ckpt = write_checkpoint(tmp_path / "ok.pt", src)
+    state = torch.load(ckpt, weights_only=False)
+    state["state"]["integrations"]["huggingface"]["tokenizer"] = tokenizer_metadata(tmp_path)
+    torch.save(state, ckpt)
     assert export_main([str(ckpt), str(tmp_path / "out")]) == 0
     reloaded = BertForMaskedLM.from_pretrained(tmp_path / "out")
     assert torch.equal(reloaded.bert.embeddings.word_embeddings.weight, src.bert.embeddings.word_embeddings.weight)
-    assert sorted(os.listdir(tmp_path)) == ["ok.pt", "out"]  # the temporary sibling is gone
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").convert_tokens_to_ids("w7") == 12
+    assert sorted(os.listdir(tmp_path)) == ["ok.pt", "out", "tok", "vocab.txt"]  # no temporary sibling left
 
 
 def test_export_refuses_a_non_empty_folder_and_replaces_it_atomically_with_overwrite(tmp_path, capsys):
