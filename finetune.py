@@ -8,35 +8,30 @@ Tasks: classification (one sentence or a sentence pair), regression, token_class
 multiple_choice, embedding (contrastive training of sentence embeddings on text pairs: mosaicbert.embeddings.train);
 see yamls/finetune/. The YAML and `key=value` overrides are validated against
 mosaicbert.finetune.config.FinetuneConfig. The best evaluation (by the task's main metric) is saved as a Hugging
-Face folder with its tokenizer in <save_folder>/best_model, with results.json beside it. Exit status: 0 when
-training finished, 2 on a config or data error.
+Face folder with its tokenizer in <save_folder>/best_model, with results.json beside it (both replaced together at
+every improvement); a save_folder that already holds results.json is refused unless overwrite=true. Exit status: 0
+when training finished, 2 on a config or data error.
 """
 
 import sys
 
 from mosaicbert.core.cli import run_script
-from mosaicbert.finetune.config import load_finetune_config
+from mosaicbert.finetune.config import FinetuneConfig, load_finetune_config
 
 
 def finetune(cfg) -> int:
-    from mosaicbert.finetune.data import FinetuneDataError
-
     # embedding sits above finetune in the package's layers (it reuses finetune's readers and runner), so the
     # dispatch on the task type lives here, in the script
     if cfg.task == "embedding":
         from mosaicbert.embeddings.train import run_embedding_finetune as run
     else:
         from mosaicbert.finetune.runner import run_finetune as run
-    try:
-        run(cfg)
-    except FinetuneDataError as e:
-        print(f"data error: {e}", file=sys.stderr)
-        return 2
+    run(cfg)  # a data error (FinetuneDataError) becomes run_script's `error: ...` line, status 2
     return 0
 
 
 def main(argv: list[str]) -> int:
-    return run_script(argv, __doc__, load_finetune_config, finetune)
+    return run_script(argv, __doc__, load_finetune_config, finetune, schema=FinetuneConfig)
 
 
 if __name__ == "__main__":

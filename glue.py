@@ -13,7 +13,7 @@ config error. Run it with python, not with the composer launcher: it starts its 
 import sys
 
 from mosaicbert.core.cli import run_script
-from mosaicbert.glue.config import load_glue_config
+from mosaicbert.glue.config import GlueConfig, load_glue_config
 
 
 def glue(cfg) -> int:
@@ -25,7 +25,7 @@ def glue(cfg) -> int:
 
 
 def main(argv: list[str]) -> int:
-    return run_script(argv, __doc__, load_glue_config, glue)
+    return run_script(argv, __doc__, load_glue_config, glue, schema=GlueConfig)
 
 
 if __name__ == "__main__":

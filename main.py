@@ -12,9 +12,9 @@ import logging
 import os
 import sys
 
-from mosaicbert.core.cli import run_script
+from mosaicbert.core.cli import report_error, run_script
 from mosaicbert.core.config import ConfigError
-from mosaicbert.pretrain.config import load_pretrain_config
+from mosaicbert.pretrain.config import PretrainConfig, load_pretrain_config
 from mosaicbert.pretrain.runlock import RunLock, RunLockedError, exit_with_parent
 
 log = logging.getLogger("mosaicbert")
@@ -61,10 +61,13 @@ def pretrain(cfg) -> int:
     except ConfigError:
         raise  # run_script reports it (exit status 2)
     except (RunLockedError, ShardReadError, DatasetMismatchError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if report_error(e) is None:  # the project's message, also when a DataLoader worker raised it
+            print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:
         full = disk_full_message(e, cfg.save_folder, trainer.state if trainer is not None else None)
+        if full is None and report_error(e) is not None:  # the project's own error, or a DataLoader worker's
+            return 1
         if full is None:
             log.exception("training failed")
         # the last line says what happened, not the innermost frame of a traceback
@@ -106,7 +109,8 @@ def finished(trainer, cfg) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return run_script(argv, __doc__, load_config, pretrain, show_config=int(os.environ.get("RANK", "0")) == 0)
+    return run_script(argv, __doc__, load_config, pretrain, show_config=int(os.environ.get("RANK", "0")) == 0,
+                      schema=PretrainConfig)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def test_bad_sources_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="not a Composer checkpoint"):
         read_weights(str(tmp_path / "other.pt"))
     (tmp_path / "junk.pt").write_text("not a pickle")
-    with pytest.raises(RuntimeError, match="cannot read checkpoint .*junk.pt"):
+    with pytest.raises(ValueError, match="checkpoint .*junk.pt cannot be read .*not a torch checkpoint"):
         read_weights(str(tmp_path / "junk.pt"))
 
 

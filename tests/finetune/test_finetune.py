@@ -334,7 +334,7 @@ def test_cli_reports_bad_data_and_bad_config_with_exit_status_2(tmp_path, capsys
     bad.write_text("text,pair,label\nthe good,a,pos\nthe bad,a,awful\n")
     yaml = str(ROOT / "yamls" / "finetune" / "classification.yaml")
     assert main([yaml, *overrides, f"data.train_file={bad}"]) == 2
-    assert f"data error: {bad}:3: label 'awful' in column 'label' is not in the label set" in capsys.readouterr().err
+    assert f"error: {bad}:3: label 'awful' in column 'label' is not in the label set" in capsys.readouterr().err
     assert main([yaml, *overrides, "data.max_seq_len=4"]) == 2
     assert "config error: config key 'data.max_seq_len' must be >= 8" in capsys.readouterr().err
 

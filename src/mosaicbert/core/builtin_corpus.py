@@ -37,6 +37,7 @@ __all__ = [
     "BUILTIN_NAME",
     "BUILTIN_URI",
     "cache_root",
+    "CacheFolderError",
     "iter_stdlib_docstrings",
     "ensure_builtin_corpus",
     "ensure_builtin_tokenizer",
@@ -70,10 +71,24 @@ _SKIP_DIRS = {
 _TIMESTAMP = "2000-01-01T00:00:00Z"  # fixed, so the files are byte-for-byte reproducible
 
 
+class CacheFolderError(PermissionError):
+    """The cache directory cannot be created or written; the message names it and ``MOSAICBERT_CACHE``."""
+
+
 def cache_root() -> Path:
-    """The cache directory: ``$MOSAICBERT_CACHE`` or ``~/.cache/mosaicbert``."""
-    root = os.environ.get("MOSAICBERT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mosaicbert")
-    return Path(root)
+    """The cache directory: ``$MOSAICBERT_CACHE`` or ``~/.cache/mosaicbert``, created if needed; a
+    :class:`CacheFolderError` when it cannot be created or written (e.g. an unwritable or missing HOME)."""
+    root = Path(os.environ.get("MOSAICBERT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mosaicbert"))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(root, os.W_OK | os.X_OK) else "not writable"
+    except OSError as e:
+        problem = e.strerror or str(e)
+    if problem:
+        how = "MOSAICBERT_CACHE" if os.environ.get("MOSAICBERT_CACHE") else "HOME (no MOSAICBERT_CACHE set)"
+        raise CacheFolderError(f"the cache folder {root} (from {how}) cannot be used: {problem}; set MOSAICBERT_CACHE "
+                               f"to a writable folder, e.g. MOSAICBERT_CACHE=/tmp/mosaicbert-cache")
+    return root
 
 
 def _corpus_key() -> str:

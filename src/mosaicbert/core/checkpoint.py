@@ -8,6 +8,11 @@ Sources
     - a hub model id (`bert-base-uncased`, `org/name`): downloaded once with `huggingface_hub.snapshot_download`,
       then read as a folder.
 
+Every file is checked before it is used: a torch.save zip archive (Composer checkpoint, pytorch_model.bin) member by
+member against its CRC-32, so that a damaged checkpoint is refused naming the file and the damaged tensor instead
+of loading garbage weights; missing, truncated, non-checkpoint files and folders given for files raise
+`CheckpointError` naming the file and the fix.
+
 Keys are normalised on reading: the `model.` prefix is removed and the `gamma` / `beta` LayerNorm names of old
 TF-converted BERT checkpoints are renamed. `load_weights` loads MosaicBERT models through
 `load_mosaic_state_dict` and every other model through `load_state_dict`, and returns a `LoadReport` (also
@@ -19,8 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import zipfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 import torch
 
@@ -33,26 +40,144 @@ VOCAB_KEYS = ("word_embeddings.weight", "predictions.bias", "predictions.decoder
 _DERIVED = ("position_ids", "token_type_ids", ".alibi")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (missing, truncated, damaged, of another kind), naming the file and the fix."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No file or folder (or hub model) of that name."""
+
+
+_UNREADABLE = ("the file is truncated or damaged (an interrupted save or copy?) or is not a torch checkpoint: copy it "
+               "again or use another checkpoint")
+
+
+class _Storage:
+    """A storage record of the archive, standing in for its tensor(s) while mapping names to records."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+
+class _RecordNames(pickle.Unpickler):
+    """Unpickles a torch.save archive's data.pkl without reading any storage: tensors become their `_Storage`."""
+
+    _TENSOR = {("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
+               ("torch._utils", "_rebuild_tensor_v3")}
+    _WRAPPER = {("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._TENSOR:
+            return lambda storage, *args, **kwargs: storage
+        if (module, name) in self._WRAPPER:
+            return lambda data, *args, **kwargs: data
+        if (module, name) == ("torch._tensor", "_rebuild_from_type_v2"):
+            return lambda func, new_type, args, state: func(*args)
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        return _Storage(str(pid[2]))  # ('storage', storage type, key, location, numel)
+
+
+def _walk(obj: Any, path: Tuple[str, ...] = ()) -> Iterator[Tuple[str, _Storage]]:
+    if isinstance(obj, _Storage):
+        yield "/".join(path), obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from _walk(v, (*path, str(k)))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk(v, (*path, str(i)))
+
+
+def _tensor_names(zf: zipfile.ZipFile, pkl: str, keys: Sequence[str]) -> Dict[str, List[str]]:
+    """{storage key: names of the tensors stored in it} for `keys` (empty where the names cannot be worked out)."""
+    try:
+        with zf.open(pkl) as f:
+            obj = _RecordNames(f).load()
+    except Exception:  # a damaged data.pkl, or a class that will not take a stand-in: name the records only
+        return {}
+    names: Dict[str, List[str]] = {}
+    for name, storage in _walk(obj):
+        if storage.key in keys:
+            names.setdefault(storage.key, []).append(name)
+    return names
+
+
+def verify_checkpoint(path: str) -> None:
+    """Check every member of a torch.save zip archive against its CRC-32; raise CheckpointError naming the file and
+    the damaged tensors (or archive members). Files of torch's legacy (non-zip) format are left to torch.load."""
+    if not zipfile.is_zipfile(path):
+        return
+    bad: List[str] = []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                try:
+                    with zf.open(info) as f:
+                        while f.read(1 << 24):
+                            pass
+                except (zipfile.BadZipFile, EOFError, OSError, ValueError):  # "Bad CRC-32 for file ...", truncation
+                    bad.append(info.filename)
+            if not bad:
+                return
+            pkl = next((i.filename for i in infos if i.filename.endswith("/data.pkl")), None)
+            prefix = pkl[: -len("data.pkl")] if pkl else ""
+            keys = [b[len(prefix) + len("data/"):] for b in bad if pkl and b.startswith(prefix + "data/")]
+            names = _tensor_names(zf, pkl, keys) if keys and pkl not in bad else {}
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e}): {_UNREADABLE}") from None
+    damaged = []
+    for member in bad:
+        key = member[len(prefix) + len("data/"):] if pkl and member.startswith(prefix + "data/") else None
+        if key is not None and names.get(key):
+            damaged.append(f"tensor {' = '.join(names[key])} (archive record {member})")
+        else:
+            damaged.append(f"archive record {member}" + (" (the pickled structure)" if member == pkl else ""))
+    raise CheckpointError(f"checkpoint {path} is damaged: {'; '.join(damaged)}: the stored bytes no longer match "
+                          f"their CRC-32 (changed after writing: a bad disk, copy or download); copy it again from a "
+                          f"good source or use an earlier checkpoint")
+
+
 def _torch_load(path: str, weights_only: bool) -> Any:
+    verify_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read ({first}): {_UNREADABLE}") from None
 
 
 def read_composer_checkpoint(path: str) -> dict:
-    """The `state` dict of a Composer checkpoint file (state["model"] holds the weights)."""
+    """The `state` dict of a Composer checkpoint file (state["model"] holds the weights), verified (see
+    `verify_checkpoint`)."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a Composer checkpoint file: give the .pt file main.py wrote "
+                              f"(e.g. runs/<run>/latest-rank0.pt); a Hugging Face folder (an export) is already "
+                              f"loadable with from_pretrained")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}: give the path of a .pt file main.py wrote "
+                                      f"(e.g. runs/<run>/latest-rank0.pt)")
     ckpt = _torch_load(path, weights_only=False)  # Composer pickles more than tensors
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state"), dict) or "model" not in ckpt["state"]:
-        raise ValueError(f"{path} is not a Composer checkpoint (no state.model inside)")
+        raise CheckpointError(f"{path} is not a Composer checkpoint (no state.model inside): give a .pt file main.py "
+                              f"wrote (e.g. runs/<run>/latest-rank0.pt), or a Hugging Face folder where a folder is "
+                              f"accepted")
     return ckpt["state"]
 
 
-def _read_folder(path: str) -> Dict[str, torch.Tensor]:
+def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
+    try:
+        return load_file(path)
+    except Exception as e:
+        raise CheckpointError(f"weights file {path} cannot be read ({type(e).__name__}: {e}): {_UNREADABLE}") from None
+
+
+def _read_folder(path: str) -> Dict[str, torch.Tensor]:
+    load_file = _load_safetensors
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(single):
         return load_file(single)
@@ -67,7 +192,8 @@ def _read_folder(path: str) -> Dict[str, torch.Tensor]:
     binary = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(binary):
         return _torch_load(binary, weights_only=True)
-    raise FileNotFoundError(f"{path} holds neither model.safetensors (or its index) nor pytorch_model.bin")
+    raise CheckpointNotFoundError(f"{path} holds neither model.safetensors (or its index) nor pytorch_model.bin: give "
+                                  f"a Hugging Face model folder or a Composer .pt file")
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -82,13 +208,13 @@ def resolve_source(source: str) -> str:
     if os.path.exists(path):
         return path
     if not looks_like_hub_id(source):
-        raise FileNotFoundError(f"checkpoint not found: {source}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {source}: no such file or folder")
     try:
         from huggingface_hub import snapshot_download
 
         return snapshot_download(source, allow_patterns=HUB_PATTERNS)
     except Exception as e:
-        raise FileNotFoundError(f"{source!r} is not a local file or folder, and downloading it from the Hugging "
+        raise CheckpointNotFoundError(f"{source!r} is not a local file or folder, and downloading it from the Hugging "
                                 f"Face hub failed: {e}") from e
 
 

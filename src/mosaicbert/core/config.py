@@ -33,12 +33,15 @@ _SECONDS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
 _COMPOSER_TIME = re.compile(r"^\s*\d+(\.\d+)?\s*(ep|ba|sp|tok|dur)\s*$")
 
 
-def check_interval(value: Any, key: str, wall_clock: bool = True) -> None:
-    """A Composer time string ('100ba', '1ep', '0.06dur', ...) or, where allowed, wall-clock time ('60s')."""
-    if _COMPOSER_TIME.match(str(value)) or (wall_clock and parse_seconds(value) is not None):
-        return
+def check_interval(value: Any, key: str, wall_clock: bool = True, nonzero: bool = False) -> None:
+    """A Composer time string ('100ba', '1ep', '0.06dur', ...) or, where allowed, wall-clock time ('60s').
+    `nonzero`: an interval of zero is an error (an eval or save interval of 0 would never fire)."""
     kinds = "'100ba', '1ep', '50000sp', '0.5dur'" + (" or wall-clock '60s' / '5min'" if wall_clock else "")
-    raise ConfigError(f"config key '{key}' = {value!r} is not a duration: use {kinds}")
+    if not (_COMPOSER_TIME.match(str(value)) or (wall_clock and parse_seconds(value) is not None)):
+        raise ConfigError(f"config key '{key}' = {value!r} is not a duration: use {kinds}")
+    if nonzero and float(re.match(r"^\s*(\d+(?:\.\d+)?)", str(value)).group(1)) == 0:
+        raise ConfigError(f"config key '{key}' = {value!r} is zero: it would never fire; give a positive interval "
+                          f"such as {kinds}")
 
 
 def parse_seconds(text: Optional[str]) -> Optional[float]:
@@ -169,6 +172,14 @@ def _parse_overrides(overrides: Sequence[str]) -> dict:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"command-line override {item!r} must look like key=value (e.g. optimizer.lr=1e-4)")
+    for item in overrides:  # one at a time, so that an error names the override (yaml's own errors included)
+        try:
+            OmegaConf.from_dotlist([item])
+        except Exception as e:
+            what = " ".join(str(e).split("\n")[:2])
+            raise ConfigError(f"command-line override {item!r} does not parse ({what}): write lists as "
+                              f"key=[a,b] and maps as key={{k: v}}, with the whole override in quotes in the shell"
+                              ) from None
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False)  # type: ignore
     except OmegaConfBaseException as e:

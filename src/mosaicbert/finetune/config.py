@@ -146,6 +146,9 @@ class FinetuneConfig:
     # Holds best_model/ (Hugging Face folder with the tokenizer: the best evaluation by the main metric) and
     # results.json; default runs/finetune/<run_name>.
     save_folder: Optional[str] = None
+    # A save_folder that already holds results.json (an earlier run) is refused unless true; the earlier
+    # best_model / results.json pair is then replaced at this run's first evaluation.
+    overwrite: bool = False
 
 
 FINETUNE_RANGES = {
@@ -171,7 +174,7 @@ def validate_finetune_config(cfg: FinetuneConfig) -> FinetuneConfig:
     from mosaicbert.finetune.metrics import TASK_METRICS
 
     for key in ("max_duration", "eval_interval", "console_log_interval", "scheduler.t_warmup"):
-        check_interval(operator.attrgetter(key)(cfg), key, wall_clock=False)
+        check_interval(operator.attrgetter(key)(cfg), key, wall_clock=False, nonzero=key == "eval_interval")
     check_ranges(cfg, FINETUNE_RANGES)
     check_microbatch(cfg.device_train_microbatch_size, "device_train_microbatch_size", allow_null=True)
     d = cfg.data

@@ -8,6 +8,7 @@ with the line.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -123,6 +124,8 @@ def read_conll(path: str, tokens_column: str, label_column: str) -> Rows:
         words.clear()
         tags.clear()
 
+    columns = 0  # of the file's first data line; every data line must have as many
+    columns_line = 0
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             parts = line.split()
@@ -135,6 +138,12 @@ def read_conll(path: str, tokens_column: str, label_column: str) -> Rows:
             if len(parts) < 2:
                 raise FinetuneDataError(f"{path}:{n}: expected a token and its label (whitespace-separated), got "
                                         f"{line.strip()!r}")
+            if not columns:
+                columns, columns_line = len(parts), n
+            elif len(parts) != columns:  # else a middle column (e.g. a POS tag) would be taken for the label
+                raise FinetuneDataError(f"{path}:{n}: {len(parts)} whitespace-separated columns ({line.strip()!r}), "
+                                        f"but the file's first data line ({path}:{columns_line}) has {columns}: "
+                                        f"every line needs the same columns (token first, label last)")
             if not words:
                 first = n
             words.append(parts[0])
@@ -183,10 +192,33 @@ def read_squad(path: str, columns) -> Rows:
     return Rows(records, where, path)
 
 
+def not_utf8_message(path: str) -> str:
+    """'path:line: not UTF-8 text (...)' for the first line of `path` that does not decode as UTF-8."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            raw = raw[len(codecs.BOM_UTF8):] if n == 1 and raw.startswith(codecs.BOM_UTF8) else raw
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return (f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}: {e.reason}); "
+                        f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    return f"{path}: not UTF-8 text; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+
+
 def read_file(path: str, fmt: Optional[str], task: str, columns) -> Rows:
     fmt = fmt or infer_format(path, task)
     if not os.path.isfile(path):
         raise FinetuneDataError(f"{path}: no such file")
+    try:
+        rows = _read_format(path, fmt, columns)
+    except UnicodeDecodeError:  # the readers decode as they go; name the line here
+        raise FinetuneDataError(not_utf8_message(path)) from None
+    if not rows.records:
+        raise FinetuneDataError(f"{path}: no examples")
+    return rows
+
+
+def _read_format(path: str, fmt: str, columns) -> Rows:
     if fmt == "csv":
         rows = read_table(path, ",")
     elif fmt == "tsv":
@@ -199,8 +231,6 @@ def read_file(path: str, fmt: Optional[str], task: str, columns) -> Rows:
         rows = read_squad(path, columns)
     else:
         raise FinetuneDataError(f"{path}: unknown format {fmt!r}")
-    if not rows.records:
-        raise FinetuneDataError(f"{path}: no examples")
     return rows
 
 

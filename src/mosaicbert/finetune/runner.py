@@ -13,9 +13,11 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from composer import Callback, Evaluator, Logger, State, Trainer
 from composer.utils import dist, reproducibility
@@ -214,16 +216,73 @@ def load_rows(cfg: FinetuneConfig, split: str) -> Rows:
     return rows.head(limit)
 
 
+def _write_json(path: str, obj: Any) -> None:
+    """Write beside `path`, then rename: a reader (or a kill) never sees half a file."""
+    tmp = f"{path}.new-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sibling(path: str, kind: str) -> str:
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def replace_best(folder: str, save: Callable[[str], None], results_path: str, results: Dict[str, Any]) -> None:
+    """Replace the Hugging Face folder `folder` (written by `save(path)`) and `results_path` together: both are
+    written beside their targets first, then renamed into place back to back, so that the pair on disk always
+    describes one model. The previous folder is removed only after the swap."""
+    tmp, old = _sibling(folder, "new"), _sibling(folder, "old")
+    results_tmp = f"{results_path}.new-{os.getpid()}"
+    try:
+        save(tmp)
+        with open(results_tmp, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        if os.path.isdir(folder):
+            os.rename(folder, old)
+        os.rename(tmp, folder)
+        os.replace(results_tmp, results_path)
+    finally:
+        for path in (tmp, old):
+            shutil.rmtree(path, ignore_errors=True)
+        if os.path.exists(results_tmp):
+            os.remove(results_tmp)
+
+
+def recover_best(folder: str) -> None:
+    """Leftovers of a run killed inside `replace_best`: put back a best model set aside but not yet replaced, and
+    remove unfinished new ones."""
+    parent, name = os.path.split(os.path.abspath(folder))
+    if not os.path.isdir(parent):
+        return
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        if entry.startswith(f".{name}.old-") and not os.path.isdir(folder):
+            os.rename(path, folder)
+        elif entry.startswith((f".{name}.new-", f".{name}.old-", "results.json.new-")):
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
 class KeepBest(Callback):
     """After every evaluation: log the metrics, and when the main metric is the best so far, save the model and
-    tokenizer as a Hugging Face folder (save_pretrained) in `folder`."""
+    tokenizer as a Hugging Face folder (save_pretrained) in `folder`, together with `results(finished=False)`
+    as `results_path` (see `replace_best`)."""
 
-    def __init__(self, model, tokenizer, folder: str, metric_classes: Dict[str, str], main: str):
+    def __init__(self, model, tokenizer, folder: str, metric_classes: Dict[str, str], main: str,
+                 results_path: Optional[str] = None, results: Optional[Callable[..., Dict[str, Any]]] = None):
         self.model, self.tokenizer, self.folder = model, tokenizer, folder
         self.metric_classes = metric_classes  # friendly name -> Composer's metric key (class name)
         self.main = main
+        self.results_path, self.results = results_path, results
         self.history: List[Dict[str, Any]] = []
         self.best: Optional[Dict[str, Any]] = None
+
+    def _save(self, path: str) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
 
     def eval_end(self, state: State, logger: Logger) -> None:
         computed = state.eval_metrics[EVAL_LABEL]
@@ -237,8 +296,10 @@ class KeepBest(Callback):
         if improved:
             self.best = entry
             if dist.get_global_rank() == 0:
-                self.model.save_pretrained(self.folder)
-                self.tokenizer.save_pretrained(self.folder)
+                if self.results_path is not None and self.results is not None:
+                    replace_best(self.folder, self._save, self.results_path, self.results(finished=False))
+                else:
+                    self._save(self.folder)
             dist.barrier()
 
 
@@ -256,12 +317,23 @@ def _prepare_data(cfg: FinetuneConfig, tokenizer):
     return train, evals, labels
 
 
+def check_save_folder(cfg: FinetuneConfig) -> None:
+    """A save_folder holding an earlier run's results.json is refused unless overwrite=true (before anything runs)."""
+    folder = finetune_folder(cfg)
+    results = os.path.join(folder, "results.json")
+    if os.path.isfile(results) and not cfg.overwrite:
+        raise ConfigError(f"save_folder {folder!r} holds the results of an earlier run ({results} and best_model/): "
+                          f"set overwrite=true to replace them (at this run's first evaluation), or give another "
+                          f"save_folder / run_name")
+
+
 def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     """Finetune; returns the results dict also written to results.json."""
     if cfg.task == "embedding":
         raise ConfigError("task embedding runs in mosaicbert.embeddings.train.run_embedding_finetune (finetune.py "
                           "picks it by the task type)")
     logging.getLogger("composer").setLevel(logging.WARNING)
+    check_save_folder(cfg)
     t0 = time.time()
     device = resolve_device(cfg.device)
     tokenizer = load_task_tokenizer(cfg.tokenizer, cfg.model.pretrained_checkpoint, cfg.allow_tokenizer_mismatch)
@@ -272,7 +344,30 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
                     max_answer_length=cfg.data.max_answer_length)
     folder = finetune_folder(cfg)
     best_folder = os.path.join(folder, "best_model")
-    keep_best = KeepBest(tm.model, tokenizer, best_folder, tm.metric_classes, main_metric(cfg))
+    results_path = os.path.join(folder, "results.json")
+    if dist.get_global_rank() == 0:
+        os.makedirs(folder, exist_ok=True)
+        recover_best(best_folder)
+
+    def results(finished: bool) -> Dict[str, Any]:
+        return {
+            "run_name": cfg.run_name,
+            "task": cfg.task,
+            "model": cfg.model.name,
+            "finished": finished,  # false: written at an improvement of a run still training (or killed)
+            "labels": labels,
+            "main_metric": main_metric(cfg),
+            "best": keep_best.best,
+            "evaluations": keep_best.history,
+            "best_model": best_folder,
+            "init_report": tm.init_report,
+            "train_examples": train.num_examples,
+            "eval_examples": evals.num_examples,
+            "duration_s": time.time() - t0,
+            "config": dataclasses.asdict(cfg),
+        }
+
+    keep_best = KeepBest(tm.model, tokenizer, best_folder, tm.metric_classes, main_metric(cfg), results_path, results)
     settings = TrainSettings(
         optimizer=cfg.optimizer, scheduler=cfg.scheduler, max_duration=cfg.max_duration, batch_size=cfg.batch_size,
         eval_batch_size=cfg.eval_batch_size, device=device, precision=cfg.precision,
@@ -280,25 +375,9 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         eval_interval=cfg.eval_interval, num_workers=cfg.data.num_workers, progress_bar=cfg.progress_bar,
         console_log_interval=cfg.console_log_interval, eval_before_fit=cfg.eval_before_training)
     fit_and_evaluate(cfg.task, tm, tokenizer, train, {EVAL_LABEL: evals}, settings, callbacks=[keep_best])
-    results = {
-        "run_name": cfg.run_name,
-        "task": cfg.task,
-        "model": cfg.model.name,
-        "labels": labels,
-        "main_metric": main_metric(cfg),
-        "best": keep_best.best,
-        "evaluations": keep_best.history,
-        "best_model": best_folder,
-        "init_report": tm.init_report,
-        "train_examples": train.num_examples,
-        "eval_examples": evals.num_examples,
-        "duration_s": time.time() - t0,
-        "config": dataclasses.asdict(cfg),
-    }
+    final = results(finished=True)
     if dist.get_global_rank() == 0:
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "results.json"), "w") as f:
-            json.dump(results, f, indent=2, default=str)
+        _write_json(results_path, final)
     best = keep_best.best
     if best is not None and best["batch"] == 0 and len(keep_best.history) > 1:
         log.warning("the best evaluation is the untrained model (batch 0): training never improved %s, so "
@@ -306,6 +385,6 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
                     "wants 1e-5 to 1e-4) or more epochs", results["main_metric"])
     if best is not None:
         shown = " ".join(f"{k}={v:.4f}" for k, v in best["metrics"].items())
-        progress(f"best {results['main_metric']} at batch {best['batch']}: {shown}\n"
-                 f"wrote {best_folder} (Hugging Face model + tokenizer) and {os.path.join(folder, 'results.json')}")
-    return results
+        progress(f"best {final['main_metric']} at batch {best['batch']}: {shown}\n"
+                 f"wrote {best_folder} (Hugging Face model + tokenizer) and {results_path}")
+    return final

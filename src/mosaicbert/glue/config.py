@@ -161,7 +161,7 @@ def validate_glue_config(cfg: GlueConfig) -> GlueConfig:
         where = f"tasks.{f.name}"
         for key in ("max_duration", "eval_interval"):
             if getattr(t, key) is not None:
-                check_interval(getattr(t, key), f"{where}.{key}", wall_clock=False)
+                check_interval(getattr(t, key), f"{where}.{key}", wall_clock=False, nonzero=key == "eval_interval")
         if t.epochs <= 0 and t.max_duration is None:
             raise ConfigError(f"config key '{where}.epochs' must be positive (or set {where}.max_duration), "
                               f"got {t.epochs}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from mosaicbert.finetune.config import ColumnsConfig, FinetuneDataConfig
-from mosaicbert.finetune.data import Rows
+from mosaicbert.finetune.data import Rows, not_utf8_message
 from mosaicbert.finetune.tasks import Prepared, prepare
 from mosaicbert.glue.tasks import GlueTask
 
@@ -55,19 +55,32 @@ def missing_files(data_dir: str, task: GlueTask) -> list[str]:
 
 
 def _parse_label(task: GlueTask, raw: str):
+    """The label as a class id (or a score); a ValueError naming the value and the allowed labels."""
     raw = raw.strip()
     if task.is_regression:
-        return float(raw)
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"label {raw!r} is not a number ({task.folder} labels are similarity scores)") from None
     if task.label_names is not None:
-        return task.label_names.index(raw)  # ValueError when unknown
-    value = int(raw)
-    if not 0 <= value < task.num_labels:
-        raise ValueError(f"label {value} out of range [0, {task.num_labels})")
-    return value
+        if raw not in task.label_names:
+            raise ValueError(f"label {raw!r} is not one of the {task.folder} labels {list(task.label_names)}")
+        return task.label_names.index(raw)
+    allowed = [str(i) for i in range(task.num_labels)]
+    if raw not in allowed:
+        raise ValueError(f"label {raw!r} is not one of the {task.folder} labels {allowed}")
+    return int(raw)
 
 
 def read_glue_tsv(path: str, task: GlueTask, skip_malformed: bool = False) -> Examples:
     """Read one GLUE TSV file; a malformed row raises GlueDataError('path:line: ...') (or is skipped and counted)."""
+    try:
+        return _read_glue_tsv(path, task, skip_malformed)
+    except UnicodeDecodeError:  # decoded as read: name the line here
+        raise GlueDataError(not_utf8_message(path)) from None
+
+
+def _read_glue_tsv(path: str, task: GlueTask, skip_malformed: bool) -> Examples:
     texts, labels, skipped = [], [], 0
     # utf-8-sig: MRPC's files start with a byte-order mark.
     with open(path, encoding="utf-8-sig", newline="") as f:

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from mosaicbert.core.config import ConfigError
 from mosaicbert.core.runs import progress, run_folder
 from mosaicbert.glue.config import GlueConfig, TaskConfig
 from mosaicbert.glue.tasks import TASK_NAMES, TASKS
@@ -60,7 +61,7 @@ def task_duration(cfg: GlueConfig, tcfg: TaskConfig) -> str:
 
 def plan_jobs(cfg: GlueConfig) -> tuple[List[Job], Dict[str, str]]:
     """The jobs to run (MNLI first) and {task: reason} for the tasks skipped because their data is missing."""
-    from mosaicbert.glue.data import missing_files
+    from mosaicbert.glue.data import missing_files, tsv_path
 
     skipped: Dict[str, str] = {}
     runnable = []
@@ -75,6 +76,12 @@ def plan_jobs(cfg: GlueConfig) -> tuple[List[Job], Dict[str, str]]:
                 progress(f"skip {name}: {skipped[name]}")
                 continue
         runnable.append(name)
+    if not runnable:  # every requested task was skipped: a GLUE average over no task means nothing
+        looked_for = "; ".join(f"{name}: {', '.join(missing_files(cfg.data_dir, TASKS[name]))}" for name in skipped)
+        example = tsv_path(cfg.data_dir, TASKS[next(iter(skipped))], "train")
+        raise ConfigError(f"config key 'data_dir' = {cfg.data_dir!r} holds none of the requested tasks "
+                          f"{list(cfg.tasks_to_run)}: looked for {looked_for}. Point data_dir at a folder in the GLUE "
+                          f"TSV layout (e.g. {example}), or set data_dir=null to load from the hub")
 
     pretrained = cfg.model.pretrained_checkpoint
     if not pretrained:

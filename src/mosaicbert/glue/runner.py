@@ -23,9 +23,9 @@ from mosaicbert.glue.train import run_job
 
 
 def preflight(cfg: GlueConfig) -> None:
-    """Fail before any job on problems every job would hit: model config, start checkpoint, tokenizer, and an
-    encoder that does not load from the checkpoint."""
-    from mosaicbert.core.checkpoint import resolve_source
+    """Fail before any job on problems every job would hit: model config, a damaged start checkpoint, the tokenizer,
+    and an encoder that does not load from the checkpoint."""
+    from mosaicbert.core.checkpoint import resolve_source, verify_checkpoint
     from mosaicbert.core.config import ConfigError
     from mosaicbert.core.trainer import build_hf_config
     from mosaicbert.finetune.models import build_task_model
@@ -38,9 +38,11 @@ def preflight(cfg: GlueConfig) -> None:
         if key == "mnli_checkpoint" and not os.path.exists(os.path.expanduser(path)):
             raise ConfigError(f"config key '{key}' = {path!r}: no such file or folder")
         try:  # a hub id is downloaded here, once; the jobs then read the local cache
-            resolve_source(path)
+            local = resolve_source(path)
         except FileNotFoundError as e:
             raise ConfigError(f"config key '{key}' = {path!r}: {e}") from e
+        # a damaged checkpoint stops the run here (CheckpointError), not in every job
+        verify_checkpoint(local if os.path.isfile(local) else os.path.join(local, "pytorch_model.bin"))
     tokenizer = load_task_tokenizer(cfg.tokenizer, cfg.model.pretrained_checkpoint, cfg.allow_tokenizer_mismatch)
     if cfg.model.pretrained_checkpoint:
         build_task_model(cfg.model, "classification", tokenizer, ["0", "1"])  # raises when the encoder won't load

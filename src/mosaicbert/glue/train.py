@@ -15,6 +15,7 @@ import time
 import traceback
 from typing import Dict
 
+from mosaicbert.core.cli import describe_error
 from mosaicbert.core.runs import progress, setup_logging
 from mosaicbert.core.trainer import resolve_device
 from mosaicbert.finetune.runner import TrainSettings, build_task, fit_and_evaluate, load_task_tokenizer
@@ -78,4 +79,4 @@ def run_job(cfg: GlueConfig, job: Job) -> JobResult:
     except Exception as e:  # noqa: BLE001 - reported in the results, the run goes on
         log.error("job %s seed=%d failed:\n%s", job.task, job.seed, traceback.format_exc())
         return JobResult(task=job.task, seed=job.seed, status="failed", init_from=job.init_from,
-                         init_kind=job.init_kind, duration_s=time.time() - t0, error=f"{type(e).__name__}: {e}")
+                         init_kind=job.init_kind, duration_s=time.time() - t0, error=describe_error(e).message)

@@ -224,10 +224,17 @@ def load_pretrain_config(yaml_path: str, overrides: Sequence[str] = ()) -> Pretr
 def validate_pretrain_config(cfg: PretrainConfig) -> None:
     """Checks that need more than types: durations, ranges, combinations of fields."""
     check_interval(cfg.max_duration, "max_duration", wall_clock=False)
-    check_interval(cfg.eval_interval, "eval_interval")
-    check_interval(cfg.save_interval, "save_interval")
+    check_interval(cfg.eval_interval, "eval_interval", nonzero=True)
+    check_interval(cfg.save_interval, "save_interval", nonzero=True)
     check_interval(cfg.scheduler.t_warmup, "scheduler.t_warmup", wall_clock=False)
     check_ranges(cfg, PRETRAIN_RANGES)
+    if cfg.data.num_workers < 0:  # torch's own error would not name the key
+        raise ConfigError(f"config key 'data.num_workers' must be >= 0 (0 reads in the training process), "
+                          f"got {cfg.data.num_workers}")
+    if cfg.autoresume and cfg.save_num_checkpoints_to_keep == 0:
+        raise ConfigError("config key 'save_num_checkpoints_to_keep' = 0 keeps no checkpoint, so autoresume=true "
+                          "has nothing to resume from: keep at least one (e.g. 1, or -1 for all) or set "
+                          "autoresume=false")
     check_microbatch(cfg.device_train_microbatch_size, "device_train_microbatch_size")
     if cfg.compile_mode is not None:
         if not cfg.compile:
