@@ -311,3 +311,26 @@ def test_hub_source_streams_c4_through_datasets(tmp_path, toy_vocab, toy_docs, m
     assert stats["train"].documents == 6 and stats["val"].documents == 2
     rows = _read_back(tmp_path / "out", "train")
     assert [list(r["input_ids"][1:-1]) for r in rows] == [_ids_of(d)[: MAX_LEN - 2] for d in toy_docs[:6]]
+
+
+def test_own_text_folder_without_val_files_holds_out_every_nth_document(tmp_path, toy_vocab):
+    """A folder of .txt and .jsonl files, no --val_files: val is every 4th document (--val_fraction 0.25), train the
+    rest; together they are the input, each document once, and a rerun gives the same split."""
+    corpus = tmp_path / "my-text"
+    (corpus / "notes").mkdir(parents=True)
+    docs = [" ".join(WORDS[(7 * i + j) % len(WORDS)] for j in range(5 + i % 4)) for i in range(10)]
+    (corpus / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:6]))
+    (corpus / "notes" / "b.txt").write_text("\n\n".join(docs[6:]) + "\n")
+    tok = load_tokenizer(str(toy_vocab))
+
+    def texts(root, split):
+        ds = StreamingDataset(local=str(root / split), shuffle=False, batch_size=1)
+        return [tok.decode(tok(ds[i]["text"])["input_ids"], skip_special_tokens=True) for i in range(len(ds))]
+
+    for root in (tmp_path / "o1", tmp_path / "o2"):
+        assert main(["--source", "local", "--train_files", str(corpus), "--tokenizer", str(toy_vocab),
+                     "--out_root", str(root), "--val_fraction", "0.25", "--workers", "1", "--no_progress"]) == 0
+    expected_val = [docs[i] for i in (3, 7)]  # the 4th and 8th documents, in file order
+    assert texts(tmp_path / "o1", "val") == expected_val
+    assert texts(tmp_path / "o1", "train") == [d for d in docs if d not in expected_val]
+    assert texts(tmp_path / "o2", "val") == expected_val

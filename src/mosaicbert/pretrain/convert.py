@@ -67,7 +67,9 @@ Input files (``--source local``): ``*.json.gz``, ``*.jsonl``, ``*.jsonl.gz``, ``
 ``"text"`` field, C4's own format); ``*.txt`` / ``*.txt.gz``: plain text where each block of lines
 separated by one or more blank lines is one document (for one-document-per-file corpora, simply
 don't put blank lines inside documents). ``--train_files``/``--val_files`` accept globs (``**`` works),
-a directory, or several of those separated by commas.
+a directory, or several of those separated by commas. Without ``--val_files``, ``val`` is held out of the train
+files: every ``round(1 / --val_fraction)``-th document (default 0.01: documents 100, 200, ... in file order), the
+same on every run.
 """
 
 from __future__ import annotations
@@ -247,6 +249,13 @@ def _iter_txt_blocks(path: str, progress: InputProgress | None = None) -> Iterat
             block = []
     if block:
         yield "\n".join(block)
+
+
+def held_out(docs: Iterable[str], every: int, keep: bool) -> Iterator[str]:
+    """Every `every`-th document (the 1-based `every`, 2*`every`, ...) when `keep`, else all the others."""
+    for i, doc in enumerate(docs, 1):
+        if (i % every == 0) == keep:
+            yield doc
 
 
 def iter_documents(files: Iterable[str], progress: InputProgress | None = None) -> Iterator[str]:
@@ -847,13 +856,16 @@ def convert(
     progress: bool = True,
     workers: int | None = None,
     block_documents: int = BLOCK_DOCUMENTS,
+    val_fraction: float = 0.01,
 ) -> dict[str, ConvertStats]:
     """Write MDS datasets ``<out_root>/train`` and ``<out_root>/val``; returns per-split statistics.
 
     ``source``: ``"local"`` (``train_files``/``val_files`` globs), ``"hf"`` (``hf_dataset``/``hf_config`` via
     ``datasets.load_dataset(..., streaming=True)``) or ``"builtin"`` (the Python-docs corpus).
     ``tokenizer``: a name/path for :func:`load_tokenizer` or an already loaded tokenizer.
-    ``limit``: maximum number of documents read per split. ``workers``: processes that tokenize and write (default:
+    ``val_fraction``: with local ``train_files`` and no ``val_files``, the share of the train documents held out as
+    ``val`` (evenly spaced, deterministic). ``limit``: maximum number of documents read per split.
+    ``workers``: processes that tokenize and write (default:
     the usable cores); ``block_documents``: documents per block (see the module docstring for the sample order).
     All splits are written to temporary folders first and moved into place together once all are complete, so an
     error or a kill leaves any previous dataset whole. See the module docstring for modes/columns.
@@ -886,7 +898,13 @@ def convert(
 
     # Resolve inputs and check the output before any work, so that typos fail fast.
     inputs: dict[str, list[str] | None] = {}
+    hold_out = 0  # > 0: val is every hold_out-th document of the train files, and train the others
     if source == "local":
+        if val_files is None and train_files is not None:
+            if not 0 < val_fraction < 1:
+                raise ValueError(f"--val_fraction must be in (0, 1), got {val_fraction}.")
+            hold_out = max(2, round(1 / val_fraction))
+            val_files = train_files
         given = {"train": train_files, "val": val_files}
         for s in splits:
             if given[s] is None:
@@ -929,6 +947,8 @@ def convert(
             total = limit
             if inputs[s] is not None:
                 docs: Iterator[str] = iter_documents(inputs[s], reader)
+                if hold_out:
+                    docs = held_out(docs, hold_out, keep=s == "val")
             else:
                 ds = _open_hf(hf_dataset, hf_config, s)
                 n = _hf_num_documents(ds, s)
@@ -1003,7 +1023,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hf_dataset", default="allenai/c4")
     p.add_argument("--hf_config", default="en")
     p.add_argument("--train_files", help="--source local: glob(s) of train files (comma-separated)")
-    p.add_argument("--val_files", help="--source local: glob(s) of validation files (comma-separated)")
+    p.add_argument("--val_files", help="--source local: glob(s) of validation files (comma-separated); default: hold "
+                   "out --val_fraction of the train files' documents")
+    p.add_argument("--val_fraction", type=float, default=0.01,
+                   help="without --val_files: the share of documents held out as val, evenly spaced (default 0.01)")
     p.add_argument("--splits", default="train,val", help="comma-separated subset of train,val (default both)")
     p.add_argument("--mode", choices=MODES, default="truncate")
     p.add_argument("--tokenize", action=argparse.BooleanOptionalAction, default=False,
@@ -1033,6 +1056,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_seq_len=args.max_seq_len, tokenizer=args.tokenizer, limit=args.limit, compression=args.compression,
             splits=[s.strip() for s in args.splits.split(",") if s.strip()], overwrite=args.overwrite,
             size_limit=args.size_limit, progress=not args.no_progress, workers=args.workers,
+            val_fraction=args.val_fraction,
         )
     except (OSError, ValueError) as e:  # (FileNotFoundError, FileExistsError, WriteError, ConnectionError, ...)
         print(f"error: {e}", file=sys.stderr)
