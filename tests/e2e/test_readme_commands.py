@@ -23,10 +23,23 @@ README_CPU_COMMANDS = [
     ".venv/bin/python glue.py yamls/glue/quickstart.yaml",
     ".venv/bin/python glue.py yamls/glue/quickstart.yaml model.pretrained_checkpoint=runs/quickstart/latest-rank0.pt",
     ".venv/bin/python -m mosaicbert.export runs/quickstart/latest-rank0.pt exported/quickstart",
+    ".venv/bin/python -m mosaicbert.pretrain.convert --source local --train_files my-text --tokenizer "
+    "builtin://python-docs --out_root data/my-text",
+    ".venv/bin/composer main.py yamls/quickstart.yaml data.local=data/my-text run_name=my-text",
     *[f".venv/bin/python finetune.py yamls/finetune/{task}.yaml" for task in (
         "classification", "pair_classification", "regression", "token_classification", "question_answering",
         "multiple_choice")],
 ]
+
+
+def write_own_text(folder: Path) -> None:
+    """"Your own text" for the README's own-text commands: the README's paragraphs as .txt (a blank line between
+    documents) and the YAML comments as JSON lines."""
+    folder.mkdir(parents=True)
+    (folder / "readme.txt").write_text((ROOT / "README.md").read_text())
+    comments = [line.lstrip("# ").strip() for p in sorted((ROOT / "yamls").rglob("*.yaml"))
+                for line in p.read_text().splitlines() if line.startswith("#")]
+    (folder / "comments.jsonl").write_text("".join(json.dumps({"text": c}) + "\n" for c in comments if c))
 
 
 def readme_code_lines() -> list[str]:
@@ -68,11 +81,13 @@ def test_readme_cpu_commands_run_in_a_clean_copy(tmp_path, mosaicbert_cache):
     (repo / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)  # the environment running the tests
     env = {**os.environ, "PYTHONPATH": str(repo / "src"), "MOSAICBERT_CACHE": str(mosaicbert_cache),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    write_own_text(repo / "my-text")
     for command in README_CPU_COMMANDS:
         proc = subprocess.run(shlex.split(command), cwd=repo, env=env, capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, f"`{command}` failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         if command.startswith(".venv/bin/composer main.py"):
-            rows = [json.loads(line) for line in (repo / "runs/quickstart/metrics.jsonl").read_text().splitlines()]
+            run = "my-text" if "run_name=my-text" in command else "quickstart"
+            rows = [json.loads(line) for line in (repo / "runs" / run / "metrics.jsonl").read_text().splitlines()]
             train = [r["train_loss"] for r in rows if "train_loss" in r]
             assert train[-1] < train[0] - 1.0, f"the quickstart did not learn: train loss {train[0]} -> {train[-1]}"
             assert any("eval/LanguageCrossEntropy" in r for r in rows)
