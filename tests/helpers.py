@@ -140,3 +140,14 @@ def run_in_interpreter(code: str, timeout: int = 300) -> str:
     assert proc.returncode == 0, f"child failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     print(proc.stdout)
     return proc.stdout
+
+
+def write_own_text(folder: Path) -> Path:
+    """"Your own text": the README's paragraphs as .txt (a blank line between documents) and the YAML files'
+    comments as JSON lines, the two local formats the converter reads."""
+    folder.mkdir(parents=True)
+    (folder / "readme.txt").write_text((ROOT / "README.md").read_text())
+    comments = [line.lstrip("# ").strip() for p in sorted((ROOT / "yamls").rglob("*.yaml"))
+                for line in p.read_text().splitlines() if line.startswith("#")]
+    (folder / "comments.jsonl").write_text("".join(json.dumps({"text": c}) + "\n" for c in comments if c))
+    return folder

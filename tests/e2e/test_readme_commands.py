@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_own_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,16 +31,6 @@ README_CPU_COMMANDS = [
         "classification", "pair_classification", "regression", "token_classification", "question_answering",
         "multiple_choice")],
 ]
-
-
-def write_own_text(folder: Path) -> None:
-    """"Your own text" for the README's own-text commands: the README's paragraphs as .txt (a blank line between
-    documents) and the YAML comments as JSON lines."""
-    folder.mkdir(parents=True)
-    (folder / "readme.txt").write_text((ROOT / "README.md").read_text())
-    comments = [line.lstrip("# ").strip() for p in sorted((ROOT / "yamls").rglob("*.yaml"))
-                for line in p.read_text().splitlines() if line.startswith("#")]
-    (folder / "comments.jsonl").write_text("".join(json.dumps({"text": c}) + "\n" for c in comments if c))
 
 
 def readme_code_lines() -> list[str]:

@@ -24,6 +24,7 @@ from composer.utils import dist, reproducibility
 from torch.utils.data import DataLoader, Dataset
 
 from mosaicbert.core.callbacks import FiniteLossCheck
+from mosaicbert.core.checkpoint import CheckpointError
 from mosaicbert.core.config import ConfigError, ModelConfig, OptimizerConfig, SchedulerConfig
 from mosaicbert.core.runs import progress, run_folder
 from mosaicbert.core.tokenizer import checkpoint_tokenizer, load_tokenizer, same_vocabulary
@@ -55,6 +56,8 @@ def load_task_tokenizer(tokenizer: Optional[str], pretrained_checkpoint: Optiona
         return _TOKENIZERS[key]
     try:
         stored = checkpoint_tokenizer(pretrained_checkpoint)
+    except CheckpointError:
+        raise  # a damaged or unreadable checkpoint: its own message names the file
     except Exception as e:
         raise ConfigError(f"config key 'model.pretrained_checkpoint' = {pretrained_checkpoint!r}: cannot read the "
                           f"tokenizer stored with it: {e}") from e
