@@ -24,6 +24,7 @@ from mosaicbert.core.config import (
     OptimizerConfig,
     Precision,
     SchedulerConfig,
+    TrackersConfig,
     check_interval,
     check_microbatch,
     check_ranges,
@@ -122,6 +123,8 @@ class FinetuneConfig:
     # Holds best_model/ (Hugging Face folder with the tokenizer: the best evaluation by the main metric) and
     # results.json; default runs/finetune/<run_name>.
     save_folder: Optional[str] = None
+    # Experiment trackers: loggers.mlflow, loggers.wandb, loggers.tensorboard, loggers.file (as in main.py)
+    loggers: TrackersConfig = field(default_factory=TrackersConfig)
 
 
 FINETUNE_RANGES = {

@@ -27,6 +27,7 @@ from mosaicbert.core.trainer import (
     build_optimizer,
     build_scheduler,
     device_batch_size,
+    flat_hparams,
     resolve_compile,
     resolve_device,
     time_or_composer_interval,
@@ -230,7 +231,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     run_name = cfg.run_name or "mosaicbert"
     metrics_path = os.path.join(run_folder(cfg), "metrics.jsonl")
 
-    return Trainer(
+    trainer = Trainer(
         run_name=run_name,
         model=model,
         train_dataloader=train_loader,
@@ -243,7 +244,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         algorithms=build_algorithms(cfg.algorithms),
         callbacks=build_callbacks(cfg.callbacks, cfg.loggers, metrics_path, cfg.seed,
                                   parse_seconds(cfg.max_train_time)),
-        loggers=build_loggers(cfg.loggers),
+        loggers=build_loggers(cfg.loggers, "pretrain", resume=cfg.autoresume),
         progress_bar=cfg.loggers.progress_bar,
         log_to_console=cfg.loggers.console,
         console_log_interval=cfg.loggers.console_log_interval,
@@ -264,3 +265,6 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         dist_timeout=cfg.dist_timeout,
         python_log_level="info",
     )
+    if int(trainer.state.timestamp.batch) == 0:  # a resumed run keeps its first config in the trackers
+        trainer.logger.log_hyperparameters(flat_hparams(cfg))
+    return trainer
