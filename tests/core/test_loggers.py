@@ -125,6 +125,10 @@ def mlflow_runs(tmp_path: Path, experiment: str) -> dict:
     return out
 
 
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)  # W&B stores keys with '/' as nested keys
+
+
 def wandb_runs(tmp_path: Path) -> dict:
     """{run name: (history rows, config, summary, group)} from W&B's offline run files."""
     from wandb.proto import wandb_internal_pb2
@@ -142,11 +146,11 @@ def wandb_runs(tmp_path: Path) -> dict:
             if kind == "run":
                 name, group = record.run.display_name, record.run.run_group
             elif kind == "history":
-                history.append({i.key: json.loads(i.value_json) for i in record.history.item})
+                history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
             elif kind == "config":
-                config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+                config.update({_key(i): json.loads(i.value_json) for i in record.config.update})
             elif kind == "summary":
-                summary.update({i.key: json.loads(i.value_json) for i in record.summary.update})
+                summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
         out[name] = (history, config, summary, group)
     return out
 

@@ -20,6 +20,7 @@ from mosaicbert.core.checkpoint import load_weights
 from mosaicbert.core.config import ConfigError, LoggersConfig, ModelConfig, check_keys, parse_seconds
 from mosaicbert.core.models import MaskedLMModel
 from mosaicbert.core.runs import run_folder as _run_folder
+from mosaicbert.core.storage import check_remote_folder, is_remote
 from mosaicbert.core.tokenizer import load_tokenizer
 from mosaicbert.core.trainer import (
     build_hf_config,
@@ -145,8 +146,27 @@ def apply_ddp_settings(ddp: DDPConfig) -> str:
 
 
 def run_folder(cfg: PretrainConfig) -> str:
-    """The folder a run owns (locked by main.py): its save_folder, or runs/<run_name> for metrics.jsonl."""
-    return _run_folder(cfg.save_folder, cfg.run_name)
+    """The local folder a run owns (locked by main.py; metrics.jsonl): its save_folder, else runs/<run_name>, also
+    when save_folder is remote (s3://...: object stores have no locks, and Composer uploads the checkpoints)."""
+    return _run_folder(None if is_remote(cfg.save_folder) else cfg.save_folder, cfg.run_name)
+
+
+def check_remote_folders(cfg: PretrainConfig) -> None:
+    """Before anything is downloaded or trained: every node can list data.remote and write to a remote
+    save_folder, with its own endpoint and credentials. Local rank 0 of each node checks; all ranks stop together,
+    with the same error naming the URL and the node's rank, instead of one rank failing at its first download
+    while the others wait for it in a collective."""
+    problem = None
+    if dist.get_local_rank() == 0:
+        try:
+            check_remote_folder(cfg.data.remote, "data.remote")
+            check_remote_folder(cfg.save_folder, "save_folder", write=True)
+        except ConfigError as e:
+            problem = f"{e} (on node {dist.get_node_rank()}, rank {dist.get_global_rank()})"
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        problem = next((p for p in dist.all_gather_object(problem) if p is not None), None)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def check_resume_matches_model(cfg: PretrainConfig, model: torch.nn.Module) -> None:
@@ -209,7 +229,11 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     if dist.get_world_size() > 1 and not dist.is_initialized():
         dist.initialize_dist(device, timeout=cfg.dist_timeout)
 
-    if cfg.autoresume and dist.get_local_rank() == 0:  # (main.py holds the folder's lock)
+    check_remote_folders(cfg)
+    # One process tidies a save folder before autoresume (remote folders are left to Composer: an object is
+    # uploaded whole, and `latest` is updated after it). With a folder shared by several nodes, one rank per node
+    # would rename the same files at once.
+    if cfg.autoresume and dist.get_global_rank() == 0:  # (main.py holds the folder's lock)
         set_aside_unfinished_checkpoints(cfg.save_folder)
     dist.barrier() if dist.is_initialized() else None
 
