@@ -217,6 +217,20 @@ def build_pretrain_dataloaders(cfg: PretrainConfig, tokenizer, device_train_batc
             DataSpec(eval_loader, get_num_samples_in_batch=num_samples_in_batch, split_batch=split_mlm_batch))
 
 
+def initialize_dist(device: str, timeout: float) -> None:
+    """Composer's process group, or an error saying which processes did not join within `timeout` seconds (a node
+    that was never started, or started with another --world_size, --master_addr or --master_port)."""
+    try:
+        dist.initialize_dist(device, timeout=timeout)
+    except Exception as e:  # torch raises DistStoreError / RuntimeError / TimeoutError, depending on the side
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise RuntimeError(
+            f"rank {dist.get_global_rank()} of {dist.get_world_size()} (node {dist.get_node_rank()}): some "
+            f"processes did not join within dist_timeout={timeout:g} s at {where} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Start every node with the same --world_size, "
+            f"--master_addr and --master_port, and its own --node_rank.") from e
+
+
 def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     """Everything main.py needs, from a validated PretrainConfig."""
     reproducibility.seed_all(cfg.seed)
@@ -227,7 +241,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         precision = "fp32"
     # Composer's distributed setup must exist before the data loaders partition samples across ranks.
     if dist.get_world_size() > 1 and not dist.is_initialized():
-        dist.initialize_dist(device, timeout=cfg.dist_timeout)
+        initialize_dist(device, cfg.dist_timeout)
 
     check_remote_folders(cfg)
     # One process tidies a save folder before autoresume (remote folders are left to Composer: an object is
