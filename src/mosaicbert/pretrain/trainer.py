@@ -217,6 +217,34 @@ def build_pretrain_dataloaders(cfg: PretrainConfig, tokenizer, device_train_batc
             DataSpec(eval_loader, get_num_samples_in_batch=num_samples_in_batch, split_batch=split_mlm_batch))
 
 
+def resolve_autoresume(cfg: PretrainConfig) -> tuple[Optional[str], bool, bool]:
+    """Composer's (load_path, load_weights_only, autoresume) for this run.
+
+    A local save folder is resumed from here: rank 0 picks the checkpoint `latest-rank0.pt` points to (after the
+    folder was tidied) and every rank loads that file. Composer's own autoresume has every node's local rank 0
+    write and then delete one signal file in the save folder, so with a folder shared by several nodes one of them
+    fails to delete it and the run stops. Remote save folders are left to Composer, which downloads the latest
+    checkpoint on every node.
+    """
+    if not cfg.autoresume or is_remote(cfg.save_folder):
+        return cfg.load_path, cfg.load_weights_only, cfg.autoresume
+    latest = [latest_checkpoint(cfg.save_folder) if dist.get_global_rank() == 0 else None]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(latest, src=0)
+        blind = [r for r, seen in enumerate(dist.all_gather_object(latest[0] is None or os.path.isfile(latest[0])))
+                 if not seen]
+        if blind:
+            raise ConfigError(
+                f"config key 'save_folder' = {cfg.save_folder!r}: rank {blind[0]} cannot read {latest[0]}, the "
+                f"checkpoint to resume from: every node must see the save folder (a shared file system, or "
+                f"save_folder=s3://...)")
+    if latest[0] is None:
+        return cfg.load_path, cfg.load_weights_only, False  # nothing to resume: the run starts (from load_path)
+    if dist.get_global_rank() == 0:
+        log.info("autoresume: resuming from %s", latest[0])
+    return latest[0], False, False
+
+
 def initialize_dist(device: str, timeout: float) -> None:
     """Composer's process group, or an error saying which processes did not join within `timeout` seconds (a node
     that was never started, or started with another --world_size, --master_addr or --master_port)."""
@@ -267,6 +295,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         shard_per_layer(model)
     optimizer = build_optimizer(cfg.optimizer, model)
     run_name = cfg.run_name or "mosaicbert"
+    load_path, load_weights_only, autoresume = resolve_autoresume(cfg)
     metrics_path = os.path.join(run_folder(cfg), "metrics.jsonl")
 
     trainer = Trainer(
@@ -297,9 +326,9 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         save_interval=time_or_composer_interval(cfg.save_interval),
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
         save_overwrite=cfg.save_overwrite,
-        load_path=cfg.load_path,
-        load_weights_only=cfg.load_weights_only,
-        autoresume=cfg.autoresume,
+        load_path=load_path,
+        load_weights_only=load_weights_only,
+        autoresume=autoresume,
         dist_timeout=cfg.dist_timeout,
         python_log_level="info",
     )
