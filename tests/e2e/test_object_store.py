@@ -28,8 +28,10 @@ README_TRAIN = (".venv/bin/composer main.py yamls/base.yaml data.remote=s3://my-
                 "data.local=/local-disk/c4-mds save_folder=s3://my-bucket/runs/mosaic-bert-base")
 
 # Short fp32 runs of the quickstart model, reading the built-in corpus's shards from the bucket.
-COMMON = ["yamls/quickstart.yaml", "device=cpu", "precision=fp32", "max_duration=8ba", "save_interval=4ba",
-          "eval_interval=8ba", "eval_subset_num_batches=1", "data.num_workers=0", f"data.remote=s3://{BUCKET}/docs",
+# Composer uploads checkpoints from a separate process that starts with the first save, so the first upload lands
+# a while after it: the runs are long enough for the kill to come before the end.
+COMMON = ["yamls/quickstart.yaml", "device=cpu", "precision=fp32", "max_duration=32ba", "save_interval=8ba",
+          "eval_interval=32ba", "eval_subset_num_batches=1", "data.num_workers=0", f"data.remote=s3://{BUCKET}/docs",
           "save_num_checkpoints_to_keep=-1", "loggers.console_log_interval=4ba"]
 
 
@@ -119,7 +121,7 @@ def test_remote_shards_and_checkpoints_resume_after_kill(s3, tmp_path):
                                 f"save_folder=s3://{BUCKET}/runs/full", "autoresume=true"),
                           cwd=tmp_path, env=s3["env"], capture_output=True, text=True, timeout=1200)
     assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-3000:]
-    assert _objects(s3, "runs/full/") == ["runs/full/ep0-ba4-rank0.pt", "runs/full/ep0-ba8-rank0.pt",
+    assert _objects(s3, "runs/full/") == [*(f"runs/full/ep0-ba{b}-rank0.pt" for b in (16, 24, 32, 8)),
                                           "runs/full/latest-rank0.pt.symlink"]
     # the node's cache holds the downloaded shards, the same bytes as uploaded
     for split in ("train", "val"):
@@ -139,14 +141,14 @@ def test_remote_shards_and_checkpoints_resume_after_kill(s3, tmp_path):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the node is gone, with its uploader
     proc.wait()
-    assert "runs/killed/ep0-ba8-rank0.pt" not in _objects(s3, "runs/killed/"), "finished before the kill"
+    assert "runs/killed/ep0-ba32-rank0.pt" not in _objects(s3, "runs/killed/"), "finished before the kill"
 
     resumed = subprocess.run(cmd, cwd=tmp_path, env=s3["env"], capture_output=True, text=True, timeout=1200)
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
     assert "Autoresuming training from checkpoint" in out
-    a = _weights(s3, "runs/full/ep0-ba8-rank0.pt", tmp_path / "a.pt")
-    b = _weights(s3, "runs/killed/ep0-ba8-rank0.pt", tmp_path / "b.pt")
+    a = _weights(s3, "runs/full/ep0-ba32-rank0.pt", tmp_path / "a.pt")
+    b = _weights(s3, "runs/killed/ep0-ba32-rank0.pt", tmp_path / "b.pt")
     import torch
 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
