@@ -108,14 +108,29 @@ class SchedulerConfig:
 
 @dataclass
 class WandbConfig:
+    """Weights & Biases (Composer's WandBLogger). Credentials, offline mode and the run folder come from W&B's own
+    environment variables (WANDB_API_KEY, WANDB_MODE=offline, WANDB_DIR)."""
+
     project: Optional[str] = None
     entity: Optional[str] = None
     tags: List[str] = field(default_factory=list)
 
 
 @dataclass
+class MlflowConfig:
+    """MLflow (Composer's MLFlowLogger): one MLflow run per training run, named by the run."""
+
+    # null: $MLFLOW_TRACKING_URI, else MLflow's default; e.g. file:/path/mlruns, http://mlflow:5000, databricks
+    tracking_uri: Optional[str] = None
+    # null: $MLFLOW_EXPERIMENT_NAME, else the command's name (mosaicbert-pretrain, -glue, -finetune)
+    experiment_name: Optional[str] = None
+    tags: Dict[str, str] = field(default_factory=dict)
+    log_system_metrics: bool = False  # CPU/GPU/memory usage every 30 s
+
+
+@dataclass
 class TensorboardConfig:
-    log_dir: str = "runs/tensorboard"
+    log_dir: str = "runs/tensorboard"  # each run writes <log_dir>/<run_name>/
 
 
 @dataclass
@@ -124,13 +139,22 @@ class FileLoggerConfig:
 
 
 @dataclass
-class LoggersConfig:
+class TrackersConfig:
+    """Experiment trackers, the same keys in every command (`loggers:` of main.py, glue.py, finetune.py)."""
+
+    wandb: Optional[WandbConfig] = None
+    mlflow: Optional[MlflowConfig] = None
+    tensorboard: Optional[TensorboardConfig] = None
+    file: Optional[FileLoggerConfig] = None
+
+
+@dataclass
+class LoggersConfig(TrackersConfig):
+    """Pretraining's loggers: the trackers plus the console."""
+
     console: bool = True  # one line every console_log_interval and per evaluation (when no progress bar)
     console_log_interval: str = "10ba"
     progress_bar: Optional[bool] = None  # null: on when the output is a terminal
-    wandb: Optional[WandbConfig] = None
-    tensorboard: Optional[TensorboardConfig] = None
-    file: Optional[FileLoggerConfig] = None
     # Eval points and training metrics as CSV/JSON lines, easy to plot: {save_folder or run dir}/metrics.jsonl
     metrics_jsonl: bool = True
 

@@ -3,6 +3,7 @@ compilation and interval rules."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -22,10 +23,10 @@ from composer.utils import dist
 from mosaicbert.core.callbacks import WallClockLinearSchedule, every_seconds
 from mosaicbert.core.config import (
     ConfigError,
-    LoggersConfig,
     ModelConfig,
     OptimizerConfig,
     SchedulerConfig,
+    TrackersConfig,
     check_keys,
     parse_seconds,
 )
@@ -95,15 +96,62 @@ def build_scheduler(cfg: SchedulerConfig, max_train_time: Optional[str] = None):
     raise ConfigError(f"config key 'scheduler.name' = {cfg.name!r} is not a known scheduler")
 
 
-def build_loggers(cfg: LoggersConfig) -> list[LoggerDestination]:
+# The package each tracker needs, and what to install.
+_TRACKER_PACKAGES = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow-skinny"),
+                     "tensorboard": ("tensorboard", "tensorboard")}
+
+
+class WandBTracker(WandBLogger):
+    """Composer's WandBLogger as a tracker only: this recipe keeps checkpoints in save_folder, never in W&B
+    artifacts, so autoresume must not ask W&B for one (Composer tries every logger; W&B's API then needs an API
+    key even in offline mode and fails instead of answering 'not found')."""
+
+    def download_file(self, remote_file_name, destination, overwrite=False, progress_bar=True):
+        raise NotImplementedError("checkpoints are not stored in W&B")
+
+
+def build_loggers(cfg: TrackersConfig, command: str = "pretrain", group: Optional[str] = None,
+                  resume: bool = False) -> list[LoggerDestination]:
+    """Composer's logger destinations for the `loggers:` section (the same keys in every command).
+
+    command names the default MLflow experiment (mosaicbert-<command>); group gathers related runs (a GLUE sweep's
+    jobs: W&B group, MLflow run_group tag); resume continues the MLflow run of the same run name (autoresume).
+    A tracker whose package is missing is a ConfigError naming the key and the package to install.
+    """
+    for key, (module, package) in _TRACKER_PACKAGES.items():
+        if getattr(cfg, key) is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"config key 'loggers.{key}' needs the {module} package: pip install {package}")
     destinations: list[LoggerDestination] = []
     if cfg.wandb is not None:
-        destinations.append(WandBLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, tags=cfg.wandb.tags))
+        destinations.append(WandBTracker(project=cfg.wandb.project, entity=cfg.wandb.entity,
+                                         tags=list(cfg.wandb.tags), group=group))
+    if cfg.mlflow is not None:
+        from composer.loggers import MLFlowLogger
+
+        m = cfg.mlflow
+        experiment = m.experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"mosaicbert-{command}"
+        destinations.append(MLFlowLogger(experiment_name=experiment, tracking_uri=m.tracking_uri,
+                                         tags={"command": command, **dict(m.tags)}, run_group=group,
+                                         log_system_metrics=m.log_system_metrics, resume=resume))
     if cfg.tensorboard is not None:
         destinations.append(TensorboardLogger(log_dir=cfg.tensorboard.log_dir, flush_interval=50))
     if cfg.file is not None:
         destinations.append(FileLogger(filename=cfg.file.filename))
     return destinations
+
+
+def flat_hparams(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A config (dataclass or dict tree) as {'optimizer.lr': 5e-4, ...}: the hyperparameters a tracker shows and
+    compares across runs. Lists become their string form (MLflow params are scalars)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(flat_hparams(value, f"{prefix}{key}."))
+        return out
+    value = obj if obj is None or isinstance(obj, (bool, int, float)) else str(obj)
+    return {prefix[:-1]: value}
 
 
 def resolve_compile(compile: Any, compile_mode: Optional[str], device: str) -> Optional[dict]:

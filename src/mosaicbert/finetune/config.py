@@ -25,6 +25,7 @@ from mosaicbert.core.config import (
     OptimizerConfig,
     Precision,
     SchedulerConfig,
+    TrackersConfig,
     check_interval,
     check_microbatch,
     check_ranges,
@@ -149,6 +150,8 @@ class FinetuneConfig:
     # A save_folder that already holds results.json (an earlier run) is refused unless true; the earlier
     # best_model / results.json pair is then replaced at this run's first evaluation.
     overwrite: bool = False
+    # Experiment trackers: loggers.mlflow, loggers.wandb, loggers.tensorboard, loggers.file (as in main.py)
+    loggers: TrackersConfig = field(default_factory=TrackersConfig)
 
 
 FINETUNE_RANGES = {

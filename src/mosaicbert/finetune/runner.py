@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from composer import Callback, Evaluator, Logger, State, Trainer
@@ -28,7 +28,7 @@ from mosaicbert.core.checkpoint import CheckpointError
 from mosaicbert.core.config import ConfigError, ModelConfig, OptimizerConfig, SchedulerConfig
 from mosaicbert.core.runs import progress, run_folder
 from mosaicbert.core.tokenizer import checkpoint_tokenizer, load_tokenizer, same_vocabulary
-from mosaicbert.core.trainer import build_optimizer, build_scheduler, resolve_device
+from mosaicbert.core.trainer import build_loggers, build_optimizer, build_scheduler, flat_hparams, resolve_device
 from mosaicbert.finetune.config import FinetuneConfig, main_metric
 from mosaicbert.finetune.data import Rows, read_file, read_hub
 from mosaicbert.finetune.metrics import TASK_METRICS, build_metrics
@@ -125,6 +125,9 @@ class TrainSettings:
     console_log_interval: Optional[str] = None  # console metrics every interval (without a progress bar)
     eval_before_fit: bool = False
     save_folder: Optional[str] = None  # keep the final weights (weights-only Composer checkpoint) here
+    # Experiment trackers (mosaicbert.core.trainer.build_loggers), and the hyperparameters they record
+    loggers: List[Any] = field(default_factory=list)
+    hparams: Dict[str, Any] = field(default_factory=dict)
 
 
 def build_loader(dataset: Dataset, collate_fn, batch_size: int, *, train: bool, seed: int, num_workers: int = 0,
@@ -175,16 +178,21 @@ def fit_and_evaluate(task: str, tm: TaskModel, tokenizer, train: Prepared, evals
         device_train_microbatch_size=microbatch,
         seed=s.seed,
         progress_bar=s.progress_bar,
-        loggers=[],
+        loggers=list(s.loggers),
         **log_kw,
         **save_kw,
     )
     try:
+        if s.hparams:
+            trainer.logger.log_hyperparameters(s.hparams)
         if s.eval_before_fit:
             trainer.eval()
         trainer.fit()
         metrics = {label: {name: float(by_class[cls].compute()) for name, cls in tm.metric_classes.items()}
                    for label, by_class in trainer.state.eval_metrics.items()}
+        # the final evaluation under the names results.json uses, for the trackers' run tables
+        trainer.logger.log_metrics({f"final/{label}/{name}": value for label, values in metrics.items()
+                                    for name, value in values.items()})
     finally:
         trainer.close()
     checkpoint = None
@@ -376,7 +384,8 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         eval_batch_size=cfg.eval_batch_size, device=device, precision=cfg.precision,
         microbatch=cfg.device_train_microbatch_size, seed=cfg.seed, run_name=cfg.run_name,
         eval_interval=cfg.eval_interval, num_workers=cfg.data.num_workers, progress_bar=cfg.progress_bar,
-        console_log_interval=cfg.console_log_interval, eval_before_fit=cfg.eval_before_training)
+        console_log_interval=cfg.console_log_interval, eval_before_fit=cfg.eval_before_training,
+        loggers=build_loggers(cfg.loggers, "finetune"), hparams=flat_hparams(cfg))
     fit_and_evaluate(cfg.task, tm, tokenizer, train, {EVAL_LABEL: evals}, settings, callbacks=[keep_best])
     final = results(finished=True)
     if dist.get_global_rank() == 0:

@@ -22,6 +22,7 @@ from mosaicbert.core.config import (
     OptimizerName,
     Precision,
     SchedulerConfig,
+    TrackersConfig,
     check_interval,
     check_microbatch,
     check_ranges,
@@ -119,6 +120,9 @@ class GlueConfig:
     dataloader_workers: int = 0
     progress_bar: bool = True  # Composer's progress bar inside each job
     save_folder: Optional[str] = None  # default runs/glue/<run_name>
+    # Experiment trackers (as in main.py): one tracked run per job, named <run_name>-<task>-seed<seed>, in the
+    # group <run_name>, with its config and final metrics (final/<task>/<metric>)
+    loggers: TrackersConfig = field(default_factory=TrackersConfig)
 
 
 def _task_list(names: Sequence[str], key: str) -> list[str]:

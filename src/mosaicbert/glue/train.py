@@ -17,7 +17,7 @@ from typing import Dict
 
 from mosaicbert.core.cli import describe_error
 from mosaicbert.core.runs import progress, setup_logging
-from mosaicbert.core.trainer import resolve_device
+from mosaicbert.core.trainer import build_loggers, flat_hparams, resolve_device
 from mosaicbert.finetune.runner import TrainSettings, build_task, fit_and_evaluate, load_task_tokenizer
 from mosaicbert.glue.config import GlueConfig, TaskConfig
 from mosaicbert.glue.data import load_prepared, task_labels
@@ -29,6 +29,15 @@ log = logging.getLogger("mosaicbert.glue")
 
 def _eval_label(task: GlueTask, eval_name: str) -> str:
     return task.name if len(task.evals) == 1 else f"{task.name}_{eval_name}"
+
+
+def job_hparams(cfg: GlueConfig, job: Job, tcfg: TaskConfig) -> Dict[str, object]:
+    """What a tracker records for one job: the shared config (without the other tasks' rows), the job's task,
+    seed and start, and the task's hyperparameters as this job uses them."""
+    shared = {k: v for k, v in flat_hparams(cfg).items() if not k.startswith("tasks.")}
+    return {**shared, "task": job.task, "seed": job.seed, "init_from": job.init_kind, "lr": tcfg.lr,
+            "weight_decay": tcfg.weight_decay, "batch_size": tcfg.batch_size, "max_seq_len": tcfg.max_seq_len,
+            "max_duration": task_duration(cfg, tcfg)}
 
 
 def train_job(cfg: GlueConfig, job: Job) -> JobResult:
@@ -53,7 +62,9 @@ def train_job(cfg: GlueConfig, job: Job) -> JobResult:
         run_name=f"{cfg.run_name}-{job.task}-seed{job.seed}", eval_interval=tcfg.eval_interval or "1dur",
         num_workers=cfg.dataloader_workers, progress_bar=cfg.progress_bar,
         save_folder=(os.path.join(glue_folder(cfg), "checkpoints", f"{job.task}-seed{job.seed}")
-                     if job.save_checkpoint else None))
+                     if job.save_checkpoint else None),
+        loggers=build_loggers(cfg.loggers, "glue", group=cfg.run_name),
+        hparams=job_hparams(cfg, job, tcfg))
     evaluated, checkpoint = fit_and_evaluate(task.kind, tm, tokenizer, train, evals, settings)
     results: Dict[str, float] = {}
     for ev in task.evals:

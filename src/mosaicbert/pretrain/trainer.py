@@ -21,6 +21,7 @@ from mosaicbert.core.checkpoint import load_weights
 from mosaicbert.core.config import ConfigError, LoggersConfig, ModelConfig, check_keys, parse_seconds
 from mosaicbert.core.models import MaskedLMModel
 from mosaicbert.core.runs import run_folder as _run_folder
+from mosaicbert.core.storage import check_remote_folder, is_remote
 from mosaicbert.core.tokenizer import load_tokenizer
 from mosaicbert.core.trainer import (
     build_hf_config,
@@ -28,6 +29,7 @@ from mosaicbert.core.trainer import (
     build_optimizer,
     build_scheduler,
     device_batch_size,
+    flat_hparams,
     resolve_compile,
     resolve_device,
     time_or_composer_interval,
@@ -153,8 +155,27 @@ def apply_ddp_settings(ddp: DDPConfig) -> str:
 
 
 def run_folder(cfg: PretrainConfig) -> str:
-    """The folder a run owns (locked by main.py): its save_folder, or runs/<run_name> for metrics.jsonl."""
-    return _run_folder(cfg.save_folder, cfg.run_name)
+    """The local folder a run owns (locked by main.py; metrics.jsonl): its save_folder, else runs/<run_name>, also
+    when save_folder is remote (s3://...: object stores have no locks, and Composer uploads the checkpoints)."""
+    return _run_folder(None if is_remote(cfg.save_folder) else cfg.save_folder, cfg.run_name)
+
+
+def check_remote_folders(cfg: PretrainConfig) -> None:
+    """Before anything is downloaded or trained: every node can list data.remote and write to a remote
+    save_folder, with its own endpoint and credentials. Local rank 0 of each node checks; all ranks stop together,
+    with the same error naming the URL and the node's rank, instead of one rank failing at its first download
+    while the others wait for it in a collective."""
+    problem = None
+    if dist.get_local_rank() == 0:
+        try:
+            check_remote_folder(cfg.data.remote, "data.remote")
+            check_remote_folder(cfg.save_folder, "save_folder", write=True)
+        except ConfigError as e:
+            problem = f"{e} (on node {dist.get_node_rank()}, rank {dist.get_global_rank()})"
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        problem = next((p for p in dist.all_gather_object(problem) if p is not None), None)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def check_resume_matches_model(cfg: PretrainConfig, model: torch.nn.Module) -> None:
@@ -186,6 +207,48 @@ def build_pretrain_dataloaders(cfg: PretrainConfig, tokenizer, device_train_batc
             DataSpec(eval_loader, get_num_samples_in_batch=num_samples_in_batch, split_batch=split_mlm_batch))
 
 
+def resolve_autoresume(cfg: PretrainConfig) -> tuple[Optional[str], bool, bool]:
+    """Composer's (load_path, load_weights_only, autoresume) for this run.
+
+    A local save folder is resumed from here: rank 0 picks the checkpoint `latest-rank0.pt` points to (after the
+    folder was tidied) and every rank loads that file. Composer's own autoresume has every node's local rank 0
+    write and then delete one signal file in the save folder, so with a folder shared by several nodes one of them
+    fails to delete it and the run stops. Remote save folders are left to Composer, which downloads the latest
+    checkpoint on every node.
+    """
+    if not cfg.autoresume or is_remote(cfg.save_folder):
+        return cfg.load_path, cfg.load_weights_only, cfg.autoresume
+    latest = [latest_checkpoint(cfg.save_folder) if dist.get_global_rank() == 0 else None]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(latest, src=0)
+        blind = [r for r, seen in enumerate(dist.all_gather_object(latest[0] is None or os.path.isfile(latest[0])))
+                 if not seen]
+        if blind:
+            raise ConfigError(
+                f"config key 'save_folder' = {cfg.save_folder!r}: rank {blind[0]} cannot read {latest[0]}, the "
+                f"checkpoint to resume from: every node must see the save folder (a shared file system, or "
+                f"save_folder=s3://...)")
+    if latest[0] is None:
+        return cfg.load_path, cfg.load_weights_only, False  # nothing to resume: the run starts (from load_path)
+    if dist.get_global_rank() == 0:
+        log.info("autoresume: resuming from %s", latest[0])
+    return latest[0], False, False
+
+
+def initialize_dist(device: str, timeout: float) -> None:
+    """Composer's process group, or an error saying which processes did not join within `timeout` seconds (a node
+    that was never started, or started with another --world_size, --master_addr or --master_port)."""
+    try:
+        dist.initialize_dist(device, timeout=timeout)
+    except Exception as e:  # torch raises DistStoreError / RuntimeError / TimeoutError, depending on the side
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise RuntimeError(
+            f"rank {dist.get_global_rank()} of {dist.get_world_size()} (node {dist.get_node_rank()}): some "
+            f"processes did not join within dist_timeout={timeout:g} s at {where} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Start every node with the same --world_size, "
+            f"--master_addr and --master_port, and its own --node_rank.") from e
+
+
 def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     """Everything main.py needs, from a validated PretrainConfig."""
     reproducibility.seed_all(cfg.seed)
@@ -196,9 +259,13 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         precision = "fp32"
     # Composer's distributed setup must exist before the data loaders partition samples across ranks.
     if dist.get_world_size() > 1 and not dist.is_initialized():
-        dist.initialize_dist(device, timeout=cfg.dist_timeout)
+        initialize_dist(device, cfg.dist_timeout)
 
-    if cfg.autoresume and dist.get_local_rank() == 0:  # (main.py holds the folder's lock)
+    check_remote_folders(cfg)
+    # One process tidies a save folder before autoresume (remote folders are left to Composer: an object is
+    # uploaded whole, and `latest` is updated after it). With a folder shared by several nodes, one rank per node
+    # would rename the same files at once.
+    if cfg.autoresume and dist.get_global_rank() == 0:  # (main.py holds the folder's lock)
         set_aside_unfinished_checkpoints(cfg.save_folder)
     dist.barrier() if dist.is_initialized() else None
 
@@ -218,6 +285,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         shard_per_layer(model)
     optimizer = build_optimizer(cfg.optimizer, model)
     run_name = cfg.run_name or "mosaicbert"
+    load_path, load_weights_only, autoresume = resolve_autoresume(cfg)
     metrics_path = os.path.join(run_folder(cfg), "metrics.jsonl")
     callbacks = build_callbacks(cfg.callbacks, cfg.loggers, metrics_path, cfg.seed, parse_seconds(cfg.max_train_time))
     progress_bar = sys.stdout.isatty() if cfg.loggers.progress_bar is None else cfg.loggers.progress_bar
@@ -226,7 +294,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     if console_lines is not None:
         callbacks.append(console_lines)
 
-    return Trainer(
+    trainer = Trainer(
         run_name=run_name,
         model=model,
         train_dataloader=train_loader,
@@ -238,7 +306,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         schedulers=build_scheduler(cfg.scheduler, cfg.max_train_time),
         algorithms=build_algorithms(cfg.algorithms),
         callbacks=callbacks,
-        loggers=build_loggers(cfg.loggers),
+        loggers=build_loggers(cfg.loggers, "pretrain", resume=cfg.autoresume),
         progress_bar=progress_bar,
         log_to_console=console_lines is None and cfg.loggers.console and not progress_bar,
         console_log_interval=cfg.loggers.console_log_interval,
@@ -253,9 +321,12 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         save_interval=time_or_composer_interval(cfg.save_interval),
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
         save_overwrite=cfg.save_overwrite,
-        load_path=cfg.load_path,
-        load_weights_only=cfg.load_weights_only,
-        autoresume=cfg.autoresume,
+        load_path=load_path,
+        load_weights_only=load_weights_only,
+        autoresume=autoresume,
         dist_timeout=cfg.dist_timeout,
         python_log_level="warning",  # Composer's INFO lines (per checkpoint, per logger) are noise on a console
     )
+    if int(trainer.state.timestamp.batch) == 0:  # a resumed run keeps its first config in the trackers
+        trainer.logger.log_hyperparameters(flat_hparams(cfg))
+    return trainer
