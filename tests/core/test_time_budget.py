@@ -87,3 +87,37 @@ def test_human_duration():
     from mosaicbert.core.runs import human_duration
 
     assert [human_duration(s) for s in (4.24, 65, 3725.2)] == ["4.2s", "1m 05s", "1h 02m 05s"]
+
+
+def test_console_progress_lines(capsys):
+    """One line per interval (loss, samples/s, elapsed, ETA from max_duration or from the time budget), one per
+    evaluation."""
+    import datetime
+    from types import SimpleNamespace
+
+    import torch
+    from composer.core import Time
+
+    from mosaicbert.core.callbacks import ConsoleProgress
+
+    def state(batch, wct=10.0, max_duration="40ba"):
+        ts = SimpleNamespace(batch=batch, sample=batch * 32, total_wct=datetime.timedelta(seconds=wct))
+        return SimpleNamespace(timestamp=ts, max_duration=Time.from_timestring(max_duration),
+                               loss=torch.tensor(2.5), dataloader_label="eval",
+                               eval_metrics={"eval": {"MaskedAccuracy": SimpleNamespace(compute=lambda: 0.25)}})
+
+    cb = ConsoleProgress(10)
+    cb.fit_start(state(0), None)
+    cb.batch_end(state(5), None)  # not on the interval
+    cb.batch_end(state(10), None)
+    cb.eval_end(state(10), None)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("[batch 10/40 25%] loss 2.5000 | ")
+    assert " samples/s | " in lines[0] and ", ETA " in lines[0]
+    assert lines[1] == "[eval at batch 10] MaskedAccuracy 0.2500"
+    budget = ConsoleProgress(10, budget_s=40.0)
+    budget.fit_start(state(0), None)
+    budget.batch_end(state(10, wct=10.0, max_duration="100000000ba"), None)
+    line = capsys.readouterr().out.strip()
+    assert "[batch 10, 25% of the time budget]" in line and line.endswith("ETA 30.0s")

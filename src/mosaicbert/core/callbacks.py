@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from composer.core import Callback, Event, State
@@ -188,8 +188,9 @@ class ConsoleProgress(Callback):
         [eval at batch 80] LanguageCrossEntropy 6.1020 | MaskedAccuracy 0.1210
     """
 
-    def __init__(self, interval: int):
+    def __init__(self, interval: int, budget_s: Optional[float] = None):
         self.interval = max(1, interval)
+        self.budget_s = budget_s  # a training-time budget (max_train_time): the ETA counts down to it
         self._t0 = None
         self._last = None  # (time, samples) at the previous line
         self._start_batch = 0
@@ -209,7 +210,11 @@ class ConsoleProgress(Callback):
         elapsed = now - self._t0
         total = ""
         eta = ""
-        if state.max_duration is not None and state.max_duration.unit.name == "BATCH":
+        if self.budget_s is not None:
+            trained = state.timestamp.total_wct.total_seconds()
+            total = f", {100 * min(1.0, trained / self.budget_s):.0f}% of the time budget"
+            eta = f", ETA {human_duration(max(0.0, self.budget_s - trained))}"
+        elif state.max_duration is not None and state.max_duration.unit.name == "BATCH":
             done = batch / int(state.max_duration.value)
             total = f"/{int(state.max_duration.value)} {100 * done:.0f}%"
             if batch > self._start_batch:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from composer.utils import dist
 from torch.utils.data import DataLoader
 
 from mosaicbert.core.builtin_corpus import BUILTIN_PREFIX, BUILTIN_URI, cache_root
@@ -507,11 +508,15 @@ def build_mlm_dataloader(
                     batch_size=batch_size, **stream_kwargs, **kwargs,
                 )
                 break
-            except FileExistsError:
+            except FileExistsError as e:
                 # streaming registers its shared memory under the first free prefix; an unrelated process
-                # on the same machine registering at the same instant makes one of them fail. Retry.
-                if attempt == 5:
-                    raise
+                # on the same machine registering at the same instant makes one of them fail. Retry, but only
+                # alone: building the dataset has collective steps, and a retry on one rank of a distributed
+                # run would leave the others waiting at a different collective (a hang until dist_timeout).
+                if attempt == 5 or dist.get_world_size() > 1:
+                    raise RuntimeError(f"streaming could not register its shared memory ({e}): another job on this "
+                                       f"machine started at the same instant, or two nodes of one run share "
+                                       f"/dev/shm; start the run again") from e
                 time.sleep(0.05 + 0.1 * random.Random(os.getpid() + attempt).random())
     except FileNotFoundError as e:
         raise FileNotFoundError(f"Could not open MDS data (local={local!r}, remote={remote!r}, split={split!r}): "

@@ -65,11 +65,11 @@ def build_mlm_model(model_cfg: ModelConfig, tokenizer) -> MaskedLMModel:
     return MaskedLMModel(model, tokenizer=tokenizer)
 
 
-def console_progress(loggers: LoggersConfig) -> Optional[ConsoleProgress]:
+def console_progress(loggers: LoggersConfig, budget_s: Optional[float]) -> Optional[ConsoleProgress]:
     interval = str(loggers.console_log_interval)
     if not loggers.console or not interval.endswith("ba"):
         return None
-    return ConsoleProgress(int(interval[:-2]))
+    return ConsoleProgress(int(interval[:-2]), budget_s)
 
 
 def build_algorithms(cfg: AlgorithmsConfig) -> list:
@@ -290,7 +290,7 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
     callbacks = build_callbacks(cfg.callbacks, cfg.loggers, metrics_path, cfg.seed, parse_seconds(cfg.max_train_time))
     progress_bar = sys.stdout.isatty() if cfg.loggers.progress_bar is None else cfg.loggers.progress_bar
     # One readable line per interval instead of Composer's multi-line metrics block (batch intervals only).
-    console_lines = console_progress(cfg.loggers) if not progress_bar else None
+    console_lines = console_progress(cfg.loggers, parse_seconds(cfg.max_train_time)) if not progress_bar else None
     if console_lines is not None:
         callbacks.append(console_lines)
 
