@@ -259,7 +259,8 @@ def test_atomic_build_concurrent(tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     final = tmp_path / "cache" / "thing"
-    with mp.get_context("fork").Pool(4) as pool:
+    # spawn, not fork: forking a test process that already runs threads can copy a held lock into the child
+    with mp.get_context("spawn").Pool(4) as pool:
         results = pool.map(_racer, [(str(final), str(markers))] * 8)
     assert set(results) == {str(final)}
     assert (final / "data.txt").read_text() == "ok"
