@@ -402,3 +402,14 @@ def test_an_encoder_that_does_not_load_is_an_error(tmp_path):
     tokenizer = load_tokenizer(write_vocab(tmp_path))
     with pytest.raises(ConfigError, match=r"pretrained_checkpoint.*exported.*15 weights.*48,\) vs model \(64,\)"):
         build_task_model(cfg.model, "classification", tokenizer, ["neg", "pos"])
+
+
+def test_a_run_that_never_improves_says_so(tmp_path, caplog):
+    """lr 1e-12 changes nothing: the untrained model stays the best, and the run warns that best_model holds it."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="mosaicbert.finetune"):
+        results = run(tmp_path, "classification", "mosaic_bert", "optimizer.lr=1e-12", "max_duration=8ba",
+                      "eval_interval=4ba")
+    assert results["best"]["batch"] == 0 and len(results["evaluations"]) == 3
+    assert any("the best evaluation is the untrained model (batch 0)" in r.getMessage() for r in caplog.records)

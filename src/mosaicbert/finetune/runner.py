@@ -394,7 +394,7 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     if best is not None and best["batch"] == 0 and len(keep_best.history) > 1:
         log.warning("the best evaluation is the untrained model (batch 0): training never improved %s, so "
                     "best_model holds the start weights; try another optimizer.lr (a pretrained start usually "
-                    "wants 1e-5 to 1e-4) or more epochs", results["main_metric"])
+                    "wants 1e-5 to 1e-4) or more epochs", final["main_metric"])
     if best is not None:
         shown = " ".join(f"{k}={v:.4f}" for k, v in best["metrics"].items())
         progress(f"best {final['main_metric']} at batch {best['batch']}: {shown}\n"
