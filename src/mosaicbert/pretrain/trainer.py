@@ -320,7 +320,9 @@ def build_pretrain_trainer(cfg: PretrainConfig) -> Trainer:
         save_folder=cfg.save_folder,
         save_interval=time_or_composer_interval(cfg.save_interval),
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-        save_overwrite=cfg.save_overwrite,
+        # On an object store the checkpoint upload and the `latest` symlink upload are separate: a run killed
+        # between the two leaves a checkpoint newer than `latest`, which the resumed run writes again.
+        save_overwrite=cfg.save_overwrite or (autoresume and is_remote(cfg.save_folder)),
         load_path=load_path,
         load_weights_only=load_weights_only,
         autoresume=autoresume,
