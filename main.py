@@ -47,6 +47,10 @@ def pretrain(cfg) -> int:
             trainer = build_pretrain_trainer(cfg)
             if rank == 0 and "://" not in folder:
                 write_record(cfg, folder)
+            resumed_at = int(trainer.state.timestamp.batch)
+            if resumed_at and rank == 0:
+                print(f"autoresume: run {cfg.run_name!r} continues from batch {resumed_at} ({cfg.save_folder})",
+                      flush=True)
             done = finished(trainer, cfg)
             if done and rank == 0:
                 print(f"run {cfg.run_name!r} in {folder!r} is already finished ({done}): nothing to train. Use another "
