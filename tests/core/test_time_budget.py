@@ -121,3 +121,23 @@ def test_console_progress_lines(capsys):
     budget.batch_end(state(10, wct=10.0, max_duration="100000000ba"), None)
     line = capsys.readouterr().out.strip()
     assert "[batch 10, 25% of the time budget]" in line and line.endswith("ETA 30.0s")
+
+
+def test_metrics_jsonl_keeps_an_earlier_run_aside_and_this_runs_first_evaluation(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from mosaicbert.core.callbacks import MetricsJsonl
+
+    path = tmp_path / "metrics.jsonl"
+    old = [{"batch": 10, "train_loss": 5.0}, {"batch": 20, "eval/x": 1.0}]
+    now = [{"batch": 0, "eval/x": 2.0}]  # this run's evaluation before training
+    path.write_text("".join(json.dumps(r) + "\n" for r in old + now))
+    MetricsJsonl(str(path)).fit_start(SimpleNamespace(timestamp=SimpleNamespace(batch=0)), None)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == now
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("metrics-")]
+    assert [json.loads(line) for line in aside.read_text().splitlines()] == old
+    # a resumed run keeps the rows up to its checkpoint and drops the ones it trains again
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))
+    MetricsJsonl(str(path)).fit_start(SimpleNamespace(timestamp=SimpleNamespace(batch=10)), None)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == old[:1]

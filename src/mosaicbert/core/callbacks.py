@@ -77,10 +77,17 @@ class MetricsJsonl(Callback):
         resumed_at = int(state.timestamp.batch)
         with open(self.path) as f:
             rows = [line for line in f if line.strip()]
-        if resumed_at == 0 and rows:  # a fresh run over an old one (save_overwrite): keep the old rows aside
-            aside = f"{os.path.splitext(self.path)[0]}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-            os.replace(self.path, aside)
-            log.warning("%s held an earlier run's metrics: moved to %s", self.path, aside)
+        if resumed_at == 0:
+            # A fresh run over an old one (save_overwrite): the old rows (up to the last one past batch 0) go to a
+            # file of their own; the rows after them are this run's evaluation before training (eval_at_start).
+            past = [i for i, line in enumerate(rows) if json.loads(line).get("batch", 0) > 0]
+            if past:
+                aside = f"{os.path.splitext(self.path)[0]}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+                with open(aside, "w") as f:
+                    f.writelines(rows[: past[-1] + 1])
+                with open(self.path, "w") as f:
+                    f.writelines(rows[past[-1] + 1:])
+                log.warning("%s held an earlier run's metrics: moved to %s", self.path, aside)
             return
         kept = [line for line in rows if json.loads(line).get("batch", 0) <= resumed_at]
         if len(kept) != len(rows):
