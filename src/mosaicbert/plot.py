@@ -69,7 +69,7 @@ def plot(runs: List[str], out: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files)")
-    parser.add_argument("-o", "--out", help="image file (default: <first run>/metrics.png)")
+    parser.add_argument("-o", "--out", help="image file (default: metrics.png beside the first metrics given)")
     args = parser.parse_args(argv)
     first = args.runs[0] if os.path.isdir(args.runs[0]) else os.path.dirname(args.runs[0]) or "."
     try:
