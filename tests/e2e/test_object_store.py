@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,8 +29,8 @@ README_TRAIN = (".venv/bin/composer main.py yamls/base.yaml data.remote=s3://my-
                 "data.local=/local-disk/c4-mds save_folder=s3://my-bucket/runs/mosaic-bert-base")
 
 # Short fp32 runs of the quickstart model, reading the built-in corpus's shards from the bucket.
-# Composer uploads checkpoints from a separate process that starts with the first save, so the first upload lands
-# a while after it: the runs are long enough for the kill to come before the end.
+# Composer uploads checkpoints from a separate process that starts with the first save, so the first upload can land
+# after the last batch of so short a run: the killed run is paused until it has.
 COMMON = ["yamls/quickstart.yaml", "device=cpu", "precision=fp32", "max_duration=32ba", "save_interval=8ba",
           "eval_interval=32ba", "eval_subset_num_batches=1", "data.num_workers=0", f"data.remote=s3://{BUCKET}/docs",
           "save_num_checkpoints_to_keep=-1", "loggers.console_log_interval=4ba"]
@@ -133,14 +134,25 @@ def test_remote_shards_and_checkpoints_resume_after_kill(s3, tmp_path):
 
     cmd = _main(*COMMON, "run_name=killed", f"data.local={tmp_path / 'node-cache-b'}",
                 f"save_folder=s3://{BUCKET}/runs/killed", "autoresume=true")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=s3["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 900
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=s3["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    # Past the first save (batch 8) the trainer is paused, so it cannot finish while the uploader (a separate
+    # process, not paused) is still sending that checkpoint; once it is in the bucket the whole node is killed.
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        done = re.match(r"\[batch (\d+)", line)
+        if done and int(done.group(1)) >= 12:
+            os.kill(proc.pid, signal.SIGSTOP)
+            break
+    assert proc.poll() is None, "training ended before its first checkpoint:\n" + "".join(seen)[-3000:]
+    deadline = time.time() + 600
     while "runs/killed/latest-rank0.pt.symlink" not in _objects(s3, "runs/killed/"):
-        assert proc.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        assert time.time() < deadline, "the first checkpoint never reached the bucket"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the node is gone, with its uploader
     proc.wait()
+    proc.stdout.close()
     assert "runs/killed/ep0-ba32-rank0.pt" not in _objects(s3, "runs/killed/"), "finished before the kill"
 
     resumed = subprocess.run(cmd, cwd=tmp_path, env=s3["env"], capture_output=True, text=True, timeout=1200)

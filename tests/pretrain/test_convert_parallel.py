@@ -194,6 +194,19 @@ def test_failed_overwrite_leaves_the_old_dataset_whole(tmp_path, toy, capsys):
     assert _snapshot(out) == before  # train/ was converted again, but not swapped in: val/ failed
 
 
+def test_bad_line_parsed_in_a_worker_names_file_and_line(tmp_path, toy):
+    # JSON lines are parsed by the workers: a bad line in the third block (worker 0 of 2) still names file and line
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"text": f"w{i % 300} w1"}) for i in range(30)]
+    lines[17] = '{"text": 17}'
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"{bad}:18: expected a JSON object with a string field 'text'"):
+        convert(out_root=tmp_path / "o", source="local", train_files=str(bad), val_files=str(bad), mode="split",
+                tokenize=True, max_seq_len=MAX_LEN, tokenizer=toy[1], progress=False, workers=2,
+                block_documents=BLOCK)
+    assert not (tmp_path / "o" / "train").exists()
+
+
 def test_killed_overwrite_leaves_the_old_dataset_whole(tmp_path, toy):
     root, _ = toy
     big = tmp_path / "big.jsonl"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import gzip
 import json
-import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -264,16 +263,27 @@ def test_shards_of_another_tokenizer_are_refused(tmp_path, toy):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _read_all(args):
-    local, vocab, barrier = args
-    loader = _loader(local, load_tokenizer(vocab))
-    barrier.wait()  # every reader meets the still-compressed shard at the same moment
-    sums = []
-    for batch in loader:  # the first batches: the shard is decompressed before the first one
-        sums.append(int(batch["input_ids"].sum()))
-        if len(sums) == 20:
-            return sums
-    return sums
+# One reading job: builds its loader, says it is ready, waits for the go file, prints the first 20 batch sums.
+_READER = """
+import json, sys, time
+from pathlib import Path
+from mosaicbert.core.tokenizer import load_tokenizer
+from mosaicbert.pretrain.config import DataConfig
+from mosaicbert.pretrain.mlm import build_mlm_dataloader
+local, vocab, ready, go = sys.argv[1:]
+cfg = DataConfig(local=local, train_split="train", eval_split="train", shuffle=False, num_workers=0,
+                 max_seq_len=%d, mlm_probability=0.3, eval_mlm_probability=0.3)
+loader = build_mlm_dataloader(cfg, load_tokenizer(vocab), train=True, batch_size=8, seed=7, drop_last=False)
+Path(ready).touch()
+while not Path(go).exists():  # every reader meets the still-compressed shard at the same moment
+    time.sleep(0.01)
+sums = []
+for batch in loader:  # the shard is decompressed before the first batch
+    sums.append(int(batch["input_ids"].sum()))
+    if len(sums) == 20:
+        break
+print(json.dumps(sums))
+""" % MAX_LEN
 
 
 @pytest.mark.slow
@@ -287,14 +297,28 @@ def test_jobs_read_one_compressed_folder_at_once(tmp_path, toy):
     first = tmp_path / "mds"
     convert(out_root=first, source="local", train_files=str(docs), val_files=str(docs), mode="split", tokenize=True,
             max_seq_len=MAX_LEN, tokenizer=toy[1], progress=False, compression="zstd", splits=["train"])
-    ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock the children
     for trial in range(3):
-        out = tmp_path / f"copy{trial}"
+        out, sync = tmp_path / f"copy{trial}", tmp_path / f"sync{trial}"
         shutil.copytree(first, out)
-        with ctx.Manager() as manager:
-            barrier = manager.Barrier(4)
-            with ctx.Pool(4) as pool:
-                results = pool.map_async(_read_all, [(str(out), str(toy[0] / "vocab.txt"), barrier)] * 4).get(600)
+        sync.mkdir()
+        go = sync / "go"
+        jobs = [subprocess.Popen([sys.executable, "-c", _READER, str(out), str(toy[0] / "vocab.txt"),
+                                  str(sync / f"ready{i}"), str(go)], env=_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for i in range(4)]
+        try:
+            deadline = time.time() + 300
+            while len(list(sync.glob("ready*"))) < 4:
+                failed = [j for j in jobs if j.poll() is not None]
+                assert not failed, failed[0].communicate()[1][-3000:]
+                assert time.time() < deadline, "the readers did not start"
+                time.sleep(0.05)
+            go.touch()
+            outputs = [j.communicate(timeout=300) for j in jobs]
+        finally:
+            for j in jobs:
+                j.kill()
+        assert all(j.returncode == 0 for j in jobs), [err[-3000:] for _, err in outputs]
+        results = [json.loads(o.strip().splitlines()[-1]) for o, _ in outputs]
         assert len(results[0]) == 20 and all(r == results[0] for r in results)
         names = sorted(p.name for p in (out / "train").iterdir())
         assert names == ["index.json", "mosaicbert.json", "shard.00000.mds", "shard.00000.mds.zstd"]  # no temporaries

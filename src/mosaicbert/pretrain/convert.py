@@ -26,13 +26,13 @@ are written to temporary folders beside the targets and moved into place only wh
 a kill half-way leaves the previous dataset (``--overwrite``) whole, and the next conversion removes the leftovers.
 
 Workers (``--workers N``, default: the usable cores): documents are read in this process and cut into blocks of
-1,024 consecutive documents; block ``k`` goes to worker ``k mod N``, which tokenizes it and writes its samples to
-its own shard folder ``<split>/part-<w>``; one ``index.json`` (streaming's ``merge_index``) then lists worker 0's
-shards, then worker 1's, and so on. Sample order: for a fixed N and input it is always the same (worker ``w`` holds
-blocks ``w, w + N, w + 2N, ...`` in input order); a different N writes the same samples (the same multiset) with
-whole blocks in another order; N = 1 (or an input of a single block) keeps the input order in one folder. Training
-shuffles anyway. The progress line shows documents/s and, when the input's size is known (local files, a hub
-dataset with a card, ``--limit``), the share done and an ETA.
+1,024 consecutive documents; block ``k`` goes to worker ``k mod N``, which parses its JSON lines, tokenizes it and
+writes its samples to its own shard folder ``<split>/part-<w>``; one ``index.json`` (streaming's ``merge_index``)
+then lists worker 0's shards, then worker 1's, and so on. Sample order: for a fixed N and input it is always the
+same (worker ``w`` holds blocks ``w, w + N, w + 2N, ...`` in input order); a different N writes the same samples
+(the same multiset) with whole blocks in another order; N = 1 (or an input of a single block) keeps the input order
+in one folder. Training shuffles anyway. The progress line shows documents/s and, when the input's size is known
+(local files, a hub dataset with a card, ``--limit``), the share done and an ETA.
 
 Modes (``--mode``):
 
@@ -96,7 +96,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -197,21 +197,15 @@ class InputProgress:
             return self.done_bytes
 
 
-def _text_lines(path: str, progress: InputProgress | None = None) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 text file, gzip-compressed if its name ends in .gz; errors name the file."""
+def _byte_lines(path: str, progress: InputProgress | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a file, gzip-decompressed if its name ends in .gz; errors name the file."""
     lineno = 0
     try:
         with open(path, "rb") as raw, (gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as fh:
             if progress is not None:
                 progress.current = raw
             for lineno, line in enumerate(fh, start=1):
-                try:
-                    yield lineno, line.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise ValueError(
-                        f"{path}:{lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1}); "
-                        "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out."
-                    ) from None
+                yield lineno, line
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         where = f"{path}:{lineno + 1}" if lineno else path
         what = "not a gzip file" if isinstance(e, gzip.BadGzipFile) and lineno == 0 \
@@ -226,22 +220,40 @@ def _text_lines(path: str, progress: InputProgress | None = None) -> Iterator[tu
             progress.done_bytes += os.path.getsize(path) if os.path.exists(path) else 0
 
 
-def _iter_json_lines(path: str, progress: InputProgress | None = None) -> Iterator[str]:
-    for lineno, line in _text_lines(path, progress):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}).") from e
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field 'text'.")
-        yield obj["text"]
+def _utf8(path: str, lineno: int, line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}:{lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1}); "
+            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out."
+        ) from None
+
+
+def json_line_text(path: str, lineno: int, line: bytes) -> str:
+    """The 'text' field of one C4-format JSON line; errors name the file and line."""
+    try:
+        obj = json.loads(_utf8(path, lineno, line))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}).") from e
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field 'text'.")
+    return obj["text"]
+
+
+# A document as the reader deals it out: its text, or a JSON line still to be decoded, (path, line number, bytes),
+# so that the conversion workers, not the one reading process, spend the time parsing JSON.
+Document = Union[str, tuple[str, int, bytes]]
+
+
+def document_text(doc: Document) -> str:
+    return doc if isinstance(doc, str) else json_line_text(*doc)
 
 
 def _iter_txt_blocks(path: str, progress: InputProgress | None = None) -> Iterator[str]:
     block: list[str] = []
-    for _, line in _text_lines(path, progress):
+    for lineno, raw in _byte_lines(path, progress):
+        line = _utf8(path, lineno, raw)
         if line.strip():
             block.append(line.rstrip("\r\n"))
         elif block:
@@ -251,24 +263,32 @@ def _iter_txt_blocks(path: str, progress: InputProgress | None = None) -> Iterat
         yield "\n".join(block)
 
 
-def held_out(docs: Iterable[str], every: int, keep: bool) -> Iterator[str]:
+def held_out(docs: Iterable[Document], every: int, keep: bool) -> Iterator[Document]:
     """Every `every`-th document (the 1-based `every`, 2*`every`, ...) when `keep`, else all the others."""
     for i, doc in enumerate(docs, 1):
         if (i % every == 0) == keep:
             yield doc
 
 
-def iter_documents(files: Iterable[str], progress: InputProgress | None = None) -> Iterator[str]:
-    """Yield documents (strings) from C4-format JSON-lines files and/or blank-line-separated .txt files."""
+def iter_raw_documents(files: Iterable[str], progress: InputProgress | None = None) -> Iterator[Document]:
+    """The documents of C4-format JSON-lines files (undecoded, see `Document`) and blank-line-separated .txt files."""
     for path in files:
         if path.endswith(_TXT_SUFFIXES):
             yield from _iter_txt_blocks(path, progress)
         elif path.endswith(_JSON_SUFFIXES):
-            yield from _iter_json_lines(path, progress)
+            for lineno, line in _byte_lines(path, progress):
+                if line.strip():
+                    yield path, lineno, line
         else:
             raise ValueError(
                 f"{path}: unsupported input file type; expected {', '.join(_JSON_SUFFIXES + _TXT_SUFFIXES)}."
             )
+
+
+def iter_documents(files: Iterable[str], progress: InputProgress | None = None) -> Iterator[str]:
+    """Yield documents (strings) from C4-format JSON-lines files and/or blank-line-separated .txt files."""
+    for doc in iter_raw_documents(files, progress):
+        yield document_text(doc)
 
 
 def _open_hf(dataset: str, config: str | None, split: str):
@@ -293,7 +313,7 @@ def _hf_num_documents(ds, split: str) -> int | None:
         return None
 
 
-def _limited(it: Iterator[str], limit: int | None) -> Iterator[str]:
+def _limited(it: Iterator[Document], limit: int | None) -> Iterator[Document]:
     for i, doc in enumerate(it):
         if limit is not None and i >= limit:
             return
@@ -572,7 +592,7 @@ def _write_error(e: OSError, out: str | os.PathLike) -> WriteError:
                       f"there is left as it was. {fix}")
 
 
-def _write_blocks(out: str, blocks: Iterable[list[str]], st: _Settings, counts: _Counts,
+def _write_blocks(out: str, blocks: Iterable[list[Document]], st: _Settings, counts: _Counts,
                   on_block: Callable[[], None] | None = None) -> None:
     """Write the samples of `blocks` as one MDS folder `out`. Errors reading the input pass through as they are;
     errors writing become a WriteError naming `out`."""
@@ -585,7 +605,7 @@ def _write_blocks(out: str, blocks: Iterable[list[str]], st: _Settings, counts: 
         raise _write_error(e, out) from e
     try:
         for block in blocks:
-            for record, ntok in _block_samples(block, st):
+            for record, ntok in _block_samples([document_text(d) for d in block], st):
                 try:
                     writer.write(record)
                 except OSError as e:
@@ -678,7 +698,7 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def _convert_split(docs: Iterator[str], out: Path, st: _Settings, workers: int, block_documents: int,
+def _convert_split(docs: Iterator[Document], out: Path, st: _Settings, workers: int, block_documents: int,
                    progress: _Progress) -> _Counts:
     """Write the samples of `docs` as one MDS dataset in `out` (which must not exist yet).
 
@@ -946,7 +966,7 @@ def convert(
             reader = InputProgress(inputs[s]) if inputs[s] is not None else None
             total = limit
             if inputs[s] is not None:
-                docs: Iterator[str] = iter_documents(inputs[s], reader)
+                docs: Iterator[Document] = iter_raw_documents(inputs[s], reader)
                 if hold_out:
                     docs = held_out(docs, hold_out, keep=s == "val")
             else:
