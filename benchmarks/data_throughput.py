@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -60,14 +61,23 @@ def tokenize_rates(tok, docs: list[str], max_seq_len: int) -> dict:
 def conversion_rate(tok, docs_file: Path, work: Path, workers: int, mode: str, tokenize: bool,
                     max_seq_len: int) -> dict:
     out = work / f"convert-{mode}-{'tok' if tokenize else 'raw'}-{workers}"
+    cpu = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     stats = convert(out_root=out, source="local", train_files=str(docs_file), val_files=str(docs_file),
                     splits=["train"], mode=mode, tokenize=tokenize, max_seq_len=max_seq_len, tokenizer=tok,
                     progress=False, workers=workers, overwrite=True)
     seconds = time.perf_counter() - start
+    main_cpu, workers_cpu = (_cpu_seconds(resource.getrusage(who)) - _cpu_seconds(before) for who, before in
+                             zip((resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN), cpu))
     shutil.rmtree(out, ignore_errors=True)
+    # CPU seconds of the reading process and of the (finished) workers: where the time goes when scaling is not linear
     return {"workers": workers, "mode": mode, "tokenized": tokenize, "documents": stats["train"].documents,
-            "seconds": seconds, "documents_per_s": stats["train"].documents / seconds}
+            "seconds": seconds, "documents_per_s": stats["train"].documents / seconds,
+            "main_cpu_s": main_cpu, "workers_cpu_s": workers_cpu}
+
+
+def _cpu_seconds(usage) -> float:
+    return usage.ru_utime + usage.ru_stime
 
 
 def loader_rate(tok, folder: Path, samples: int, batch: int, max_seq_len: int) -> dict:
@@ -131,7 +141,8 @@ def main() -> None:
             r = conversion_rate(tok, docs_file, work, w, args.mode, tokenize, args.max_seq_len)
             results["conversion"].append(r)
             print(f"convert {args.mode} {'tokenized' if tokenize else 'raw text'}, {w} workers: "
-                  f"{r['documents_per_s']:,.0f} documents/s", flush=True)
+                  f"{r['documents_per_s']:,.0f} documents/s (CPU s: main {r['main_cpu_s']:.1f}, "
+                  f"workers {r['workers_cpu_s']:.1f})", flush=True)
     results["loader_one_worker"] = {}
     for tokenize in (False, True):
         name = "tokenized" if tokenize else "raw"

@@ -13,6 +13,8 @@
 # monitor (median of its rolling window after warm-up and compilation) and, from metrics.jsonl, the mean over the
 # second half of the run, epoch boundaries included. A table of all runs in "$OUT" ends the output.
 #
+#   On a machine with one GPU, only `single` applies: (a) and (b) run one after the other.
+#
 # usage: DATA=bench_data/tok-mds TOK=bench_data/vocab OUT=scaling_out bash benchmarks/scaling.sh [STEP ...]
 #   e.g. `bash benchmarks/scaling.sh single ddp knobs`, then `bash benchmarks/scaling.sh large` (same OUT)
 #   DATA: pre-tokenized MDS folder with train/ and val/ (benchmarks/prepare_data.sh writes one)
@@ -28,6 +30,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-scaling_out}
 PYTHON=${PYTHON:-python3}
 DRY_RUN=${DRY_RUN:-0}
+GPU_COUNT=${GPU_COUNT:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(single ddp knobs large)
 for s in "${STEPS[@]}"; do
@@ -68,14 +71,16 @@ train() {
 for step in "${STEPS[@]}"; do
   case $step in
     single)
-      # (a) and (b) at once, one GPU each
+      # (a) and (b) at once, one GPU each; on a one-GPU machine one after the other
       CUDA_VISIBLE_DEVICES=0 train base-1gpu 190 1 29611 "$BASE" "$BASE1_BATCHES" &
+      bench_gpu=1
+      if [ "$GPU_COUNT" -lt 2 ]; then wait || true; bench_gpu=0; fi
       if [ "$DRY_RUN" = 1 ]; then
         bench=(--size tiny --device cpu --batch 32 --steps "$BENCH_STEPS" --warmup 1)
       else
         bench=(--size base --batch 256 --steps "$BENCH_STEPS" --warmup 10)
       fi
-      CUDA_VISIBLE_DEVICES=1 run bench-1gpu 240 "$PYTHON" benchmarks/throughput.py --data "$DATA" --tokenizer "$TOK" \
+      CUDA_VISIBLE_DEVICES=$bench_gpu run bench-1gpu 240 "$PYTHON" benchmarks/throughput.py --data "$DATA" --tokenizer "$TOK" \
         --models mosaic_bert --modes compiled --seq 128 --mask_prob 0.30 "${bench[@]}" --out "$OUT/bench-1gpu.json" \
         --mosaic_configs default sparse_last_layer=false &
       wait || true
