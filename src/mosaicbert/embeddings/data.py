@@ -26,22 +26,11 @@ class Pairs:
         return Pairs(self.anchors[:n], self.positives[:n], [c[:n] for c in self.negatives], self.source)
 
 
-def _text(rows: Rows, i: int, column: str) -> str:
-    record = rows.records[i]
-    if column not in record:
-        raise FinetuneDataError(f"{rows.where[i]}: no column {column!r} (columns: {sorted(record)}); set "
-                                f"data.columns to the names used in {rows.source}")
-    value = record[column]
-    if not isinstance(value, str) or not value.strip():
-        raise FinetuneDataError(f"{rows.where[i]}: column {column!r} must be a non-empty text, got {value!r}")
-    return value
-
-
 def pairs_from_rows(rows: Rows, anchor: str = "anchor", positive: str = "positive",
                     negatives: Sequence[str] = ()) -> Pairs:
     n = range(len(rows))
-    return Pairs([_text(rows, i, anchor) for i in n], [_text(rows, i, positive) for i in n],
-                 [[_text(rows, i, c) for i in n] for c in negatives], rows.source)
+    return Pairs([rows.text(i, anchor, non_empty=True) for i in n], [rows.text(i, positive, non_empty=True) for i in n],
+                 [[rows.text(i, c, non_empty=True) for i in n] for c in negatives], rows.source)
 
 
 def read_pairs(path: str, anchor: str = "anchor", positive: str = "positive", negatives: Sequence[str] = (),
@@ -64,8 +53,8 @@ def read_sts(path: str, sentence1: str = "sentence1", sentence2: str = "sentence
     rows = read_table(path, "\t") if path.endswith(".tsv") else read_file(path, None, "embedding", ColumnsConfig())
     out = StsPairs([], [], [], path)
     for i in range(len(rows)):
-        out.sentences1.append(_text(rows, i, sentence1))
-        out.sentences2.append(_text(rows, i, sentence2))
+        out.sentences1.append(rows.text(i, sentence1, non_empty=True))
+        out.sentences2.append(rows.text(i, sentence2, non_empty=True))
         raw = rows.records[i].get(score)
         try:
             out.scores.append(float(raw))

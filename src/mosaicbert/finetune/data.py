@@ -40,6 +40,27 @@ class Rows:
             return self
         return Rows(self.records[:n], self.where[:n], self.source, self.label_names)
 
+    def value(self, i: int, column: str) -> Any:
+        """Row i's value in `column`; a missing column or an empty value is an error naming the row."""
+        record = self.records[i]
+        if column not in record:
+            raise FinetuneDataError(f"{self.where[i]}: no column {column!r} (columns: {sorted(record)}); set "
+                                    f"data.columns to the names used in {self.source}")
+        value = record[column]
+        if value is None:
+            raise FinetuneDataError(f"{self.where[i]}: column {column!r} is empty")
+        return value
+
+    def text(self, i: int, column: str, non_empty: bool = False) -> str:
+        """Row i's text in `column` (with `non_empty`, at least one non-blank character)."""
+        value = self.value(i, column)
+        if not isinstance(value, str):
+            raise FinetuneDataError(f"{self.where[i]}: column {column!r} must be text, got {type(value).__name__} "
+                                    f"{value!r}")
+        if non_empty and not value.strip():
+            raise FinetuneDataError(f"{self.where[i]}: column {column!r} must be a non-empty text, got {value!r}")
+        return value
+
 
 def infer_format(path: str, task: str) -> str:
     ext = os.path.splitext(path)[1].lower()

@@ -50,27 +50,8 @@ def model_class(model_name: str, task: str) -> type:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _get(rows: Rows, i: int, column: str) -> Any:
-    record = rows.records[i]
-    if column not in record:
-        raise FinetuneDataError(f"{rows.where[i]}: no column {column!r} (columns: {sorted(record)}); set "
-                                f"data.columns to the names used in {rows.source}")
-    value = record[column]
-    if value is None:
-        raise FinetuneDataError(f"{rows.where[i]}: column {column!r} is empty")
-    return value
-
-
-def _text(rows: Rows, i: int, column: str) -> str:
-    value = _get(rows, i, column)
-    if not isinstance(value, str):
-        raise FinetuneDataError(f"{rows.where[i]}: column {column!r} must be text, got {type(value).__name__} "
-                                f"{value!r}")
-    return value
-
-
 def _words(rows: Rows, i: int, column: str) -> List[str]:
-    value = _get(rows, i, column)
+    value = rows.value(i, column)
     return value.split() if isinstance(value, str) else [str(v) for v in value]
 
 
@@ -90,7 +71,7 @@ def infer_labels(task: str, rows: Rows, label_column: str) -> List[str]:
         if task == "token_classification":
             seen.update(_words(rows, i, label_column))
         else:
-            seen.add(_label_str(_get(rows, i, label_column)))
+            seen.add(_label_str(rows.value(i, label_column)))
     try:
         labels = sorted(seen, key=float)
     except ValueError:
@@ -155,12 +136,12 @@ def prepare(task: str, rows: Rows, tokenizer, data_cfg, labels: Optional[List[st
 
 
 def _prepare_sequence(task, rows, tokenizer, cols, max_len, labels) -> Prepared:
-    first = [_text(rows, i, cols.text) for i in range(len(rows))]
-    second = [_text(rows, i, cols.text_pair) for i in range(len(rows))] if cols.text_pair else None
+    first = [rows.text(i, cols.text) for i in range(len(rows))]
+    second = [rows.text(i, cols.text_pair) for i in range(len(rows))] if cols.text_pair else None
     if task == "regression":
         targets = []
         for i in range(len(rows)):
-            raw = _get(rows, i, cols.label)
+            raw = rows.value(i, cols.label)
             try:
                 targets.append(float(raw))
             except (TypeError, ValueError):
@@ -168,7 +149,7 @@ def _prepare_sequence(task, rows, tokenizer, cols, max_len, labels) -> Prepared:
                                         f"(task regression)") from None
     else:
         ids = {name: k for k, name in enumerate(labels)}
-        targets = [_label_id(rows, i, _label_str(_get(rows, i, cols.label)), ids, cols.label) for i in range(len(rows))]
+        targets = [_label_id(rows, i, _label_str(rows.value(i, cols.label)), ids, cols.label) for i in range(len(rows))]
     enc = tokenizer(first, second, truncation=True, max_length=max_len, return_token_type_ids=True,
                     return_attention_mask=False)
     features = [{"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i], "labels": y}
@@ -206,7 +187,7 @@ def _prepare_tokens(rows, tokenizer, cols, max_len, labels) -> Prepared:
 
 def _answers(rows: Rows, i: int, cols, context: str) -> List[Tuple[str, int]]:
     """(text, start char) of each gold answer, each checked to be where it says in the context."""
-    raw = _get(rows, i, cols.answers)
+    raw = rows.value(i, cols.answers)
     try:
         texts, starts = list(raw["text"]), [int(s) for s in raw["answer_start"]]
     except (TypeError, KeyError, ValueError):
@@ -227,8 +208,8 @@ def _answers(rows: Rows, i: int, cols, context: str) -> List[Tuple[str, int]]:
 
 
 def _prepare_qa(rows, tokenizer, cols, max_len, doc_stride, train) -> Prepared:
-    questions = [_text(rows, i, cols.question).lstrip() for i in range(len(rows))]
-    contexts = [_text(rows, i, cols.context) for i in range(len(rows))]
+    questions = [rows.text(i, cols.question).lstrip() for i in range(len(rows))]
+    contexts = [rows.text(i, cols.context) for i in range(len(rows))]
     answers = [_answers(rows, i, cols, contexts[i]) for i in range(len(rows))]
     # A long context becomes several windows, each overlapping the previous by doc_stride tokens.
     try:
@@ -265,10 +246,10 @@ def _prepare_choices(rows, tokenizer, cols, max_len) -> Prepared:
     n = len(cols.choices)
     features = []
     for i in range(len(rows)):
-        context = _text(rows, i, cols.context)
-        question = _text(rows, i, cols.question) if cols.question else ""
-        choices = [_text(rows, i, c) for c in cols.choices]
-        raw = _get(rows, i, cols.label)
+        context = rows.text(i, cols.context)
+        question = rows.text(i, cols.question) if cols.question else ""
+        choices = [rows.text(i, c) for c in cols.choices]
+        raw = rows.value(i, cols.label)
         try:
             label = int(_label_str(raw))
         except ValueError:
