@@ -491,13 +491,20 @@ def test_e2e_checkpoint_faults(toy, tiny_data, tmp_path):
     again = _main(toy, tiny_data, folder)
     assert again.returncode == 0 and "is already finished (4 of max_duration=4ba trained)" in again.stdout
 
-    # Another model in the same folder: the folder and the first mismatching parameter shape are named.
+    # Another model in the same folder: the run's record names the changed key ...
+    wider = _main(toy, tiny_data, folder, "model.config_overrides.hidden_size=64")
+    assert wider.returncode == 2
+    assert _last_line(wider).startswith(f"config error: save folder '{folder}' holds run 'quickstart' with other "
+                                        "model.config_overrides.hidden_size: 32 -> 64")
+    # ... and without the record (checkpoints from elsewhere) the folder and the first mismatching shape are named
+    (folder / "config.yaml").rename(tmp_path / "config.yaml")
     wider = _main(toy, tiny_data, folder, "model.config_overrides.hidden_size=64")
     assert wider.returncode == 2
     assert _last_line(wider).startswith(
         f"config error: save folder '{folder}' holds checkpoints of a different model: parameter "
         "model.bert.embeddings.word_embeddings.weight has shape (320, 32)")
     assert "(320, 64) in this model" in _last_line(wider)
+    (tmp_path / "config.yaml").rename(folder / "config.yaml")
 
     # Killed during the first save of a new run: only a truncated ep0-ba2 and no latest link.
     killed = tmp_path / "killed"

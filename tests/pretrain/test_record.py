@@ -42,3 +42,7 @@ def test_differences_lists_only_identity_keys():
     a = {"tokenizer": "t", "data": {"local": "x", "num_workers": 1}, "model": {"name": "mosaic_bert"}}
     b = {"tokenizer": "u", "data": {"local": "x", "num_workers": 8}, "model": {"name": "mosaic_bert"}}
     assert differences(a, b) == ["tokenizer: 't' -> 'u'"]
+    # the mixture of streams is the data too
+    c = {**b, "data": {**b["data"], "streams": {"c4": {"local": "c4", "proportion": 0.8}}}}
+    d = {**b, "data": {**b["data"], "streams": {"c4": {"local": "c4", "proportion": 0.5}}}}
+    assert differences(c, d) == ["data.streams.c4.proportion: 0.8 -> 0.5"]

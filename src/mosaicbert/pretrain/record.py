@@ -18,8 +18,8 @@ from mosaicbert.pretrain.config import PretrainConfig
 
 RECORD = "config.yaml"
 # What makes a run the same run: the data it reads, the tokenizer, and the model it trains.
-IDENTITY = ("tokenizer", "model.name", "model.config_overrides", "data.local", "data.remote", "data.train_split",
-            "data.max_seq_len", "data.packing")
+IDENTITY = ("tokenizer", "model.name", "model.config_overrides", "data.local", "data.remote", "data.streams",
+            "data.train_split", "data.max_seq_len", "data.packing")
 
 
 def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
