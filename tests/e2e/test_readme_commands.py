@@ -1,4 +1,5 @@
-"""The CPU commands of README.md run in a clean copy of the repository with nothing beside it.
+"""The CPU commands of README.md run in a clean copy of the repository with nothing beside it (every shipped
+finetune example among them).
 
 README_CPU_COMMANDS is the list, in README order (later commands use what earlier ones wrote); a fast test checks
 that each is in README.md verbatim, so the list and the README cannot drift apart.
@@ -86,6 +87,7 @@ def test_readme_cpu_commands_run_in_a_clean_copy(tmp_path, mosaicbert_cache):
             folder = repo / "runs" / "finetune" / Path(shlex.split(command)[2]).stem
             results = json.loads((folder / "results.json").read_text())
             assert results["evaluations"] and (folder / "best_model" / "config.json").is_file(), results
+            assert (folder / "best_model" / "tokenizer.json").is_file()
         elif "glue.py" in command:
             results = json.loads((repo / "runs/glue/quickstart/results.json").read_text())
             assert {t: r["status"] for t, r in results["tasks"].items()} == {"rte": "ok", "mrpc": "ok"}
