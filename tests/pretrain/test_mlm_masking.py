@@ -114,26 +114,3 @@ def test_masker_equals_mask_tokens(vocab, specials, p):
             got = masker(ids, sample_rng(seed, epoch, index))
             assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
             assert got[0].dtype == want[0].dtype and got[1].dtype == want[1].dtype
-
-
-def test_masker_sample_equals_reference_with_sample_rng():
-    """The loader's per-sample call (one generator, its state set per sample) gives the masks of a fresh generator
-    for that sample, whatever was drawn before."""
-    from mosaicbert.pretrain.masking import Masker
-
-    masker = Masker(SPECIALS, VOCAB, 0.3, MASK, pad_token_id=PAD)
-    ids = _batch(rows=3, length=128)
-    for seed, epoch, index in ((0, 0, 0), (17, 2, 5), (17, 2, 6), (17, 3, 5), (2**40, 7, 2**35), (17, 2, 5)):
-        for row in ids:
-            got = masker.sample(row, seed, epoch, index)
-            want = mask_tokens(row, SPECIALS, VOCAB, 0.3, sample_rng(seed, epoch, index), MASK, pad_token_id=PAD)
-            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-
-
-def test_sample_streams_are_uncorrelated():
-    # neighbouring sample indices (and epochs) must not give related draws: their uniforms are independent
-    draws = np.stack([sample_rng(17, e, i).random(64) for e in range(4) for i in range(500)])
-    corr = np.corrcoef(draws)
-    off = corr[~np.eye(len(draws), dtype=bool)]
-    assert np.abs(off).max() < 0.6 and abs(off.mean()) < 0.01
-    assert abs(draws.mean() - 0.5) < 0.01

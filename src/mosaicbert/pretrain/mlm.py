@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from mosaicbert.core.builtin_corpus import BUILTIN_PREFIX, BUILTIN_URI, cache_root
 from mosaicbert.pretrain.config import DataConfig
 from mosaicbert.pretrain.convert import DATASET_INFO, PrefixTokenizer, tokenizer_identity
-from mosaicbert.pretrain.masking import IGNORE_INDEX, Masker
+from mosaicbert.pretrain.masking import IGNORE_INDEX, Masker, sample_rng
 from mosaicbert.pretrain.shards import (
     CONVERT_HINT,
     CorruptShardError,
@@ -210,7 +210,7 @@ class MLMStreamingDataset(VerifiedStreamingDataset):
             raise IndexError(f"Sample index {sample_id} out of range [0, {self.num_samples}).")
         ids = self.tokenize_sample(self._read(sample_id, retry))
         epoch = 0 if self.same_masks_every_epoch else max(self._mlm_epoch, 0)
-        masked, labels = self.masker.sample(ids, self.mask_seed, epoch, sample_id)
+        masked, labels = self.masker(ids, sample_rng(self.mask_seed, epoch, sample_id))
         return {
             "input_ids": masked,
             "labels": labels,
