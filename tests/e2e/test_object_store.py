@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,8 +30,8 @@ README_TRAIN = (".venv/bin/composer main.py yamls/base.yaml data.remote=s3://my-
                 "data.local=/local-disk/c4-mds save_folder=s3://my-bucket/runs/mosaic-bert-base")
 
 # Short fp32 runs of the quickstart model, reading the built-in corpus's shards from the bucket.
-# Composer uploads checkpoints from a separate process that starts with the first save, so the first upload can land
-# after the last batch of so short a run: the killed run is paused until it has.
+# A checkpoint becomes resumable from the bucket (its `latest` symlink uploaded) up to 30 s after it is saved, later
+# than the last batch of so short a run: the killed run is held back until then.
 COMMON = ["yamls/quickstart.yaml", "device=cpu", "precision=fp32", "max_duration=32ba", "save_interval=8ba",
           "eval_interval=32ba", "eval_subset_num_batches=1", "data.num_workers=0", f"data.remote=s3://{BUCKET}/docs",
           "save_num_checkpoints_to_keep=-1", "loggers.console_log_interval=4ba"]
@@ -136,8 +137,10 @@ def test_remote_shards_and_checkpoints_resume_after_kill(s3, tmp_path):
                 f"save_folder=s3://{BUCKET}/runs/killed", "autoresume=true")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=s3["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    # Past the first save (batch 8) the trainer is paused, so it cannot finish while the uploader (a separate
-    # process, not paused) is still sending that checkpoint; once it is in the bucket the whole node is killed.
+    # Past the first save (batch 8) the trainer is paused, so that it cannot finish before that checkpoint is
+    # resumable from the bucket. Composer uploads the checkpoint from separate processes (not paused), but the
+    # trainer itself uploads the `latest` symlink, at a batch end after a check (retried every 30 s) has found the
+    # checkpoint there: until the symlink is in the bucket the trainer runs in slices of 10 ms every half second.
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -146,13 +149,19 @@ def test_remote_shards_and_checkpoints_resume_after_kill(s3, tmp_path):
             os.kill(proc.pid, signal.SIGSTOP)
             break
     assert proc.poll() is None, "training ended before its first checkpoint:\n" + "".join(seen)[-3000:]
+    drain = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)  # (the pipe never fills)
+    drain.start()
     deadline = time.time() + 600
     while "runs/killed/latest-rank0.pt.symlink" not in _objects(s3, "runs/killed/"):
-        assert time.time() < deadline, "the first checkpoint never reached the bucket"
-        time.sleep(0.2)
+        assert proc.poll() is None, "training ended before its first checkpoint:\n" + "".join(seen)[-3000:]
+        assert time.time() < deadline, "the first checkpoint never became resumable:\n" + "".join(seen)[-3000:]
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # the node is gone, with its uploader
     proc.wait()
-    proc.stdout.close()
+    drain.join(timeout=30)
     assert "runs/killed/ep0-ba32-rank0.pt" not in _objects(s3, "runs/killed/"), "finished before the kill"
 
     resumed = subprocess.run(cmd, cwd=tmp_path, env=s3["env"], capture_output=True, text=True, timeout=1200)
