@@ -380,3 +380,58 @@ def test_raw_text_is_tokenized_like_truncation_of_the_whole_text(tmp_path, share
     for text in texts:
         want = bert_tokenizer(text, truncation=True, max_length=128, verbose=False)["input_ids"]
         assert ds.tokenize_sample({"text": text}).tolist() == want
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+@pytest.mark.parametrize("tokenize", [False, True])
+def test_mapped_reads_equal_streaming_reads(tmp_path, toy, tokenize, compression):
+    """Samples read from the kept-open memory maps are streaming's own samples, with several shards, when the maps are
+    few enough to be closed and reopened, and streaming reads them itself under a cache limit."""
+    from streaming import StreamingDataset
+
+    root, tok = toy
+    convert(out_root=tmp_path / "mds", source="local", train_files=str(root / "docs.jsonl"),
+            val_files=str(root / "docs.jsonl"), mode="split", tokenize=tokenize, max_seq_len=MAX_LEN, tokenizer=tok,
+            progress=False, splits=["train"], size_limit=2048, compression=compression)
+    want = StreamingDataset(local=str(tmp_path / "mds"), split="train", batch_size=1, shuffle=False)
+    assert want.num_shards > 3
+    column = "input_ids" if tokenize else "text"
+    ds = _loader(tmp_path / "mds", tok).dataset
+    ds.MAX_OPEN_MAPS = 2
+    order = np.random.default_rng(0).permutation(want.num_samples).tolist()
+    for i in order:
+        got, expected = ds._read(i)[column], want[i][column]
+        assert (got.tolist() == expected.tolist()) if tokenize else got == expected
+    assert 0 < len(ds._mlm_maps) <= 2
+    assert ds._mapped_sample(*ds.spanner[0]) is not None
+    ds.cache_limit = 10**9  # streaming evicts and re-downloads shards of a limited cache: it reads them itself
+    ds._mlm_maps.clear()
+    assert ds._mapped_sample(*ds.spanner[0]) is None
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_batch_masking_equals_masking_each_sample(toy, packing):
+    """The loader masks each batch in its collator; every row holds exactly the masks that the dataset gives each of
+    its samples alone (dataset[i], a pure function of seed, epoch and sample index)."""
+    from mosaicbert.pretrain.mlm import MLMStreamingDataset
+
+    root, tok = toy
+    loader = _loader(root / "raw", tok, shuffle=False, packing=packing)
+    assert loader.dataset.mask_in_collator
+    alone = MLMStreamingDataset(tokenizer=tok, max_seq_len=MAX_LEN, mlm_probability=0.3, mask_seed=7,
+                                local=str(root / "raw"), split="train", batch_size=BATCH, shuffle=False)
+    got = []
+    for b in _batches(loader):
+        docs = b.get("sequence_id", torch.zeros_like(b["input_ids"]))
+        for ids, lab, m, doc in zip(b["input_ids"], b["labels"], b["attention_mask"].bool(), docs):
+            for d in doc[m].unique().tolist():  # each document of the row (one per row without packing)
+                part = m & (doc == d)
+                got.append((ids[part].tolist(), lab[part].tolist()))
+    samples = [alone[i] for i in range(alone.num_samples)]
+    want = [(s["input_ids"].tolist(), s["labels"].tolist()) for s in samples]
+    if packing:  # (packing reorders the documents of a batch into rows)
+        got, want = sorted(got), sorted(want)
+    assert got == want
+    assert sum(lab != IGNORE_INDEX for _, labs in want for lab in labs) > 0
+    with pytest.raises(ValueError, match="masker"):
+        pad_mlm_batch([{"input_ids": np.array([2, 50, 3]), "mask_key": 5}], pad_token_id=0)

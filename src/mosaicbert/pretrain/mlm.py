@@ -1,8 +1,8 @@
 """Streaming MLM dataset, collator and dataloader for MosaicBERT pretraining.
 
 * :class:`MLMStreamingDataset` reads MDS shards written by :mod:`mosaicbert.pretrain.convert` (raw ``text``
-  or pre-tokenized ``input_ids``), tokenizes raw text on the fly and masks each sample with a generator
-  seeded from ``(seed, epoch, sample_index)`` (see :mod:`mosaicbert.pretrain.masking` for why), so a run
+  or pre-tokenized ``input_ids``), tokenizes raw text on the fly and masks each sample with random numbers keyed
+  by ``(seed, epoch, sample_index)`` (see :mod:`mosaicbert.pretrain.masking` for why), so a run
   resumed mid-epoch from a Composer checkpoint sees exactly the masks an uninterrupted run would.
   StreamingDataset itself gives every rank/worker a disjoint, deterministic partition and supports
   exact mid-epoch resumption (Composer calls ``dataset.state_dict``/``load_state_dict``).
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from mosaicbert.core.builtin_corpus import BUILTIN_PREFIX, BUILTIN_URI, cache_root
 from mosaicbert.pretrain.config import DataConfig
 from mosaicbert.pretrain.convert import DATASET_INFO, PrefixTokenizer, tokenizer_identity
-from mosaicbert.pretrain.masking import IGNORE_INDEX, Masker, sample_rng
+from mosaicbert.pretrain.masking import IGNORE_INDEX, Masker, sample_key
 from mosaicbert.pretrain.shards import (
     CONVERT_HINT,
     CorruptShardError,
@@ -118,7 +118,9 @@ class MLMStreamingDataset(VerifiedStreamingDataset):
     ``labels`` (original ids at masked positions, -100 elsewhere), ``attention_mask`` (ones) and
     ``token_type_ids`` (zeros).
 
-    The mask of sample ``idx`` is a pure function of ``(mask_seed, epoch, idx)``. ``epoch`` is the epoch
+    With ``mask_in_collator``, a sample is instead ``input_ids`` unmasked and ``mask_key``, and the collator masks
+    (``masker=dataset.masker``): the same masks. The mask of sample ``idx`` is a pure function of
+    ``(mask_seed, epoch, idx)``. ``epoch`` is the epoch
     being iterated (captured in :meth:`_resume_incr_epoch`, which StreamingDataset calls at the start of
     every ``__iter__`` in every worker, also when resuming from a checkpoint); outside iteration
     (direct ``dataset[idx]``) the most recently started epoch is used, 0 before any iteration.
@@ -140,6 +142,7 @@ class MLMStreamingDataset(VerifiedStreamingDataset):
         mlm_probability: float = 0.3,
         mask_seed: int | None = None,
         same_masks_every_epoch: bool = False,
+        mask_in_collator: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -164,6 +167,9 @@ class MLMStreamingDataset(VerifiedStreamingDataset):
         self.masker = Masker(self.special_ids, self.vocab_size, self.mlm_probability, self.mask_token_id,
                              pad_token_id=self.pad_token_id)
         self._prefix: PrefixTokenizer | None = None  # (made on first use, in the worker that tokenizes)
+        # With mask_in_collator, samples carry their unmasked ids and their mask key, and the collator masks the whole
+        # batch in one call (`masker` argument of pad_mlm_batch / pack_mlm_batch): the same masks, far cheaper.
+        self.mask_in_collator = bool(mask_in_collator)
         self._mlm_epoch = 0
 
     # ---- epoch tracking -------------------------------------------------------------------------
@@ -210,13 +216,31 @@ class MLMStreamingDataset(VerifiedStreamingDataset):
             raise IndexError(f"Sample index {sample_id} out of range [0, {self.num_samples}).")
         ids = self.tokenize_sample(self._read(sample_id, retry))
         epoch = 0 if self.same_masks_every_epoch else max(self._mlm_epoch, 0)
-        masked, labels = self.masker(ids, sample_rng(self.mask_seed, epoch, sample_id))
+        key = sample_key(self.mask_seed, epoch, sample_id)
+        if self.mask_in_collator:
+            return {"input_ids": ids, "mask_key": key}
+        masked, labels = self.masker(ids, key)
         return {
             "input_ids": masked,
             "labels": labels,
             "attention_mask": np.ones(len(ids), dtype=np.int64),
             "token_type_ids": np.zeros(len(ids), dtype=np.int64),
         }
+
+
+def _mask_in_batch(samples: Sequence[dict[str, Any]], masker: Masker | None) -> Sequence[dict[str, Any]]:
+    """Samples of a ``mask_in_collator`` dataset (unmasked ``input_ids`` and ``mask_key``) masked all at once; other
+    samples as they are."""
+    if "mask_key" not in samples[0]:
+        return samples
+    if masker is None:
+        raise ValueError("these samples carry a mask_key (MLMStreamingDataset(mask_in_collator=True)): pass the "
+                         "dataset's masker to the collator")
+    lengths = np.fromiter((len(s["input_ids"]) for s in samples), dtype=np.int64, count=len(samples))
+    keys = np.fromiter((s["mask_key"] for s in samples), dtype=np.uint64, count=len(samples))
+    masked, labels = masker.mask_many(np.concatenate([s["input_ids"] for s in samples]), keys, lengths)
+    cuts = np.cumsum(lengths)[:-1]
+    return [{"input_ids": i, "labels": lab} for i, lab in zip(np.split(masked, cuts), np.split(labels, cuts))]
 
 
 def _columns(sample: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -270,6 +294,7 @@ def pad_mlm_batch(
     pad_token_id: int,
     pad_to: int | None = None,
     vocab_size: int | None = None,
+    masker: Masker | None = None,
 ) -> dict[str, Any]:
     """Pad MLM samples into int64 tensors of shape ``(batch, length)``, plus the per-row host counts
     ``sequence_lengths`` (real tokens) and ``label_counts`` (labels != -100) as lists of ints.
@@ -277,10 +302,12 @@ def pad_mlm_batch(
     ``length`` is the longest sample in the batch (``pad_to=None``, default) or ``pad_to``. Padding:
     ``input_ids`` with ``pad_token_id``, ``labels`` with -100, ``attention_mask``/``token_type_ids`` with 0.
     When ``vocab_size`` is given, token ids are checked on the CPU (an out-of-range id would otherwise
-    surface as an opaque device-side assert in the embedding lookup on GPU).
+    surface as an opaque device-side assert in the embedding lookup on GPU). Samples with a ``mask_key`` are masked
+    here first, by ``masker``.
     """
     if not samples:
         raise ValueError("pad_mlm_batch got an empty batch.")
+    samples = _mask_in_batch(samples, masker)
     longest = max(len(s["input_ids"]) for s in samples)
     if pad_to is not None and longest > pad_to:
         raise ValueError(f"A sample has {longest} tokens, more than pad_to={pad_to}.")
@@ -320,6 +347,7 @@ def pack_mlm_batch(
     max_len: int,
     vocab_size: int | None = None,
     pad_to_max_length: bool = False,
+    masker: Masker | None = None,
 ) -> dict[str, Any]:
     """Pack MLM samples (documents, each already truncated and masked on its own) into rows of at most ``max_len``
     tokens, several per row, never splitting one (rows chosen by :func:`pack_documents`).
@@ -337,6 +365,7 @@ def pack_mlm_batch(
     """
     if not samples:
         raise ValueError("pack_mlm_batch got an empty batch.")
+    samples = _mask_in_batch(samples, masker)
     columns = [_columns(s) for s in samples]
     groups = pack_documents([len(c["input_ids"]) for c in columns], max_len)
     rows = []
@@ -504,7 +533,8 @@ def build_mlm_dataloader(
                 dataset = MLMStreamingDataset(
                     tokenizer=tokenizer, max_seq_len=max_seq_len,
                     mlm_probability=data.mlm_probability if train else data.eval_mlm_probability, mask_seed=seed,
-                    same_masks_every_epoch=not train, shuffle=data.shuffle and train, shuffle_seed=seed,
+                    same_masks_every_epoch=not train, mask_in_collator=True, shuffle=data.shuffle and train,
+                    shuffle_seed=seed,
                     batch_size=batch_size, **stream_kwargs, **kwargs,
                 )
                 break
@@ -528,12 +558,12 @@ def build_mlm_dataloader(
     if data.packing:
         collate = functools.partial(
             pack_mlm_batch, pad_token_id=int(tokenizer.pad_token_id), max_len=max_seq_len, vocab_size=len(tokenizer),
-            pad_to_max_length=data.pad_to_max_length,
+            pad_to_max_length=data.pad_to_max_length, masker=dataset.masker,
         )
     else:
         collate = functools.partial(
             pad_mlm_batch, pad_token_id=int(tokenizer.pad_token_id),
-            pad_to=max_seq_len if data.pad_to_max_length else None, vocab_size=len(tokenizer),
+            pad_to=max_seq_len if data.pad_to_max_length else None, vocab_size=len(tokenizer), masker=dataset.masker,
         )
     generator = torch.Generator()
     generator.manual_seed(int(seed))

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
+import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from streaming import StreamingDataset
 from streaming.base.dataset import _ShardState
+from streaming.base.format.mds import MDSReader
 
 from mosaicbert.pretrain.convert import remove_stale_temporaries, temporary_name
 
@@ -118,10 +122,52 @@ class VerifiedStreamingDataset(StreamingDataset):
     """A StreamingDataset whose shard files are checked against index.json before they are read (see module
     docstring); ``_read(idx)`` returns the raw MDS sample."""
 
+    # Memory maps of shard files kept open per process: streaming opens, seeks, reads and closes the file for every
+    # sample, which costs more than everything else a loader worker does with a pre-tokenized sample.
+    MAX_OPEN_MAPS = 64
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._mlm_shard_error: ShardReadError | None = None
         self._mlm_verified: set[int] = set()  # shards whose local files matched index.json in this process
+        self._mlm_maps: OrderedDict[int, mmap.mmap] = OrderedDict()  # shard id -> map, least recently used first
+        self._mlm_maps_pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["_mlm_maps"] = OrderedDict()  # (maps belong to one process; a copy opens its own)
+        return state
+
+    def _mapped_sample(self, shard_id: int, index: int) -> bytes | None:
+        """The bytes of sample ``index`` of an MDS shard from a memory map of its file, or None when streaming must
+        read it: a cache with a size limit (streaming evicts and re-downloads shards), a file not downloaded or
+        decompressed yet, another format.
+
+        An MDS file is ``[n: uint32][n + 1 offsets: uint32][samples]``; sample i is bytes ``offsets[i]:offsets[i+1]``.
+        """
+        if self._mlm_maps_pid != os.getpid():  # a forked DataLoader worker: its parent's maps are not its own
+            self._mlm_maps, self._mlm_maps_pid = OrderedDict(), os.getpid()
+        mapped = self._mlm_maps.get(shard_id)
+        if mapped is None:
+            shard = self.shards[shard_id]
+            if self.cache_limit or not isinstance(shard, MDSReader):
+                return None
+            try:
+                with open(os.path.join(shard.dirname, shard.split or "", shard.raw_data.basename), "rb") as f:
+                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (FileNotFoundError, ValueError):  # (not there yet; an empty file cannot be mapped)
+                return None
+            if len(self._mlm_maps) >= self.MAX_OPEN_MAPS:
+                self._mlm_maps.popitem(last=False)[1].close()
+            self._mlm_maps[shard_id] = mapped
+        else:
+            self._mlm_maps.move_to_end(shard_id)
+        begin, end = struct.unpack_from("<II", mapped, 4 + 4 * index)
+        data = mapped[begin:end]
+        if not data:
+            raise IndexError(f"Relative sample index {index} is not present in shard {self._shard_files(shard_id)}.")
+        return data
 
     def _shard_paths(self, shard_id: int) -> list[tuple[str, Any, str | None, Any]]:
         """[(raw path, raw info, zip path or None, zip info)] of a shard's files in the local folder."""
@@ -200,6 +246,9 @@ class VerifiedStreamingDataset(StreamingDataset):
     def _read_failed(self, shard_id: int, err: BaseException) -> ShardReadError:
         """Blame the shard only when its files are actually bad; otherwise say the data is intact."""
         self._mlm_verified.discard(shard_id)
+        mapped = self._mlm_maps.pop(shard_id, None)
+        if mapped is not None:
+            mapped.close()
         try:
             self._verify_shard(shard_id, repair=False)
         except CorruptShardError as bad:
@@ -247,9 +296,12 @@ class VerifiedStreamingDataset(StreamingDataset):
     def _read(self, idx: int, retry: int = 7) -> dict[str, Any]:
         if self._mlm_shard_error is not None:
             raise self._mlm_shard_error
-        shard_id, _ = self.spanner[idx]
+        shard_id, index = self.spanner[idx]
         try:
             self._verify_shard(shard_id)  # (once per shard and process)
+            data = self._mapped_sample(shard_id, index)
+            if data is not None:
+                return self.shards[shard_id].decode_sample(data)
             return super().get_item(idx, retry)
         except ShardReadError:
             raise
