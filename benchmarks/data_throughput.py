@@ -6,8 +6,10 @@ loader worker (one core) on raw-text and pre-tokenized shards.
 
 Documents: `c4_like.py` (seeded, lengths like C4 en's: ~2,000 characters on average), written once as a JSON-lines
 file. Conversion: `mosaicbert.pretrain.convert` in ``--mode`` (default truncate, the published recipe) at 128 tokens,
-raw text (the README's recipe) and tokenized, at each ``--workers`` count, wall time including the merge of the
-workers' indexes. Tokenization alone on one core: whole documents against the prefix that truncate mode tokenizes.
+raw text (the README's recipe) and tokenized, at each ``--workers`` count, wall time including the start of the
+workers and the merge of their indexes (``--repeat K``: the documents K times, a conversion long enough that those
+fixed costs weigh as little as on C4). Tokenization alone on one core: whole documents against the prefix that
+truncate mode tokenizes.
 Loader: ``build_mlm_dataloader`` with ``num_workers=0``, so the one process that iterates is exactly the work of one
 DataLoader worker (reading, tokenizing raw text, masking at 30%, collating batches of 256); samples/s after one warm-up
 batch. The tokenizer's own thread pool is off (TOKENIZERS_PARALLELISM=false), so every process uses one core.
@@ -100,6 +102,9 @@ def loader_rate(tok, folder: Path, samples: int, batch: int, max_seq_len: int) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--documents", type=int, default=20_000, help="C4-like documents converted per measurement")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="the conversion input holds the documents this many times: a longer conversion, so that the "
+                        "fixed costs (starting the workers, merging the indexes) weigh as little as they do on C4")
     p.add_argument("--workers", default=None,
                    help="comma-separated worker counts (default: 1, 2, 4, ... up to the usable cores)")
     p.add_argument("--mode", default="truncate")
@@ -125,11 +130,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     docs = list(c4_like_documents(tok, args.documents, seed=0))
     docs_file = work / "c4-like.jsonl"
-    write_jsonl(docs_file, iter(docs))
+    write_jsonl(docs_file, (d for _ in range(args.repeat) for d in docs))
+    loader_docs = docs_file
+    if args.repeat > 1:  # (the loader's shards need each document once)
+        loader_docs = work / "c4-like-once.jsonl"
+        write_jsonl(loader_docs, iter(docs))
     results: dict = {
         "date": date.today().isoformat(), "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
         "usable_cores": cores, "load_average": os.getloadavg(), "tokenizer": args.tokenizer,
-        "documents": len(docs), "mean_characters": sum(map(len, docs)) / len(docs), "max_seq_len": args.max_seq_len,
+        "documents": len(docs), "repeat": args.repeat, "mean_characters": sum(map(len, docs)) / len(docs),
+        "max_seq_len": args.max_seq_len,
         "command": "python benchmarks/data_throughput.py " + " ".join(
             f"--{k} {v}" for k, v in vars(args).items() if v is not None and k not in ("out", "work_dir")),
     }
@@ -147,7 +157,7 @@ def main() -> None:
     for tokenize in (False, True):
         name = "tokenized" if tokenize else "raw"
         folder = work / f"loader-{name}"
-        convert(out_root=folder, source="local", train_files=str(docs_file), val_files=str(docs_file),
+        convert(out_root=folder, source="local", train_files=str(loader_docs), val_files=str(loader_docs),
                 splits=["train"], mode="truncate", tokenize=tokenize, max_seq_len=args.max_seq_len, tokenizer=tok,
                 progress=False, overwrite=True)
         r = loader_rate(tok, folder, args.loader_samples, args.batch, args.max_seq_len)
