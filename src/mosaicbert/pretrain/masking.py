@@ -27,6 +27,7 @@ IGNORE_INDEX = -100
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment
+_GOLDEN2 = (2 * _GOLDEN) & _MASK64  # two outputs per token
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 _TAG = 0x4D4C4D  # "MLM": keeps these streams apart from other users of the same seed
 
@@ -57,11 +58,6 @@ def sample_key(seed: int, epoch: int, sample_index: int) -> int:
     return _mix64((key + int(sample_index)) & _MASK64)
 
 
-def _stream(key: int, steps: np.ndarray) -> np.ndarray:
-    """SplitMix64 outputs ``mix(key + k * golden)`` for the given ``steps = k * golden`` (uint64)."""
-    return _mix64_array(steps + np.uint64(key))
-
-
 def sample_uniforms(seed: int, epoch: int, sample_index: int, n: int) -> np.ndarray:
     """The ``(3, n)`` float64 draws in [0, 1) that mask a sample of ``n`` tokens: row 0 selects a token (``< p``),
     row 1 picks what happens to a selected one (mask / random / keep), row 2 picks the random token.
@@ -70,8 +66,9 @@ def sample_uniforms(seed: int, epoch: int, sample_index: int, n: int) -> np.ndar
     the first are rows 0 and 1, the upper 53 bits of the second are row 2. So the draws of token ``j`` do not depend
     on the sample's length.
     """
-    steps = np.arange(1, 2 * n + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
-    bits = _stream(sample_key(seed, epoch, sample_index), steps)
+    # SplitMix64's outputs 1..2n from the key: mix(key + k * golden)
+    bits = _mix64_array(np.arange(1, 2 * n + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
+                        + np.uint64(sample_key(seed, epoch, sample_index)))
     first, second = bits[0::2], bits[1::2]
     return np.stack([(first >> np.uint64(32)).astype(np.float64) / 2.0**32,
                      (first & np.uint64(0xFFFFFFFF)).astype(np.float64) / 2.0**32,
@@ -202,7 +199,7 @@ class Masker:
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
         # token j of a sample uses stream outputs 2j+1 (selection, action) and 2j+2 (random token)
         base = np.repeat(np.asarray(keys, dtype=np.uint64), lengths)
-        base += (np.arange(len(ids), dtype=np.int64) - starts).astype(np.uint64) * np.uint64(2 * _GOLDEN % 2**64)
+        base += (np.arange(len(ids), dtype=np.int64) - starts).astype(np.uint64) * np.uint64(_GOLDEN2)
         first = _mix64_array(base + np.uint64(_GOLDEN))
         if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= len(self.is_special)):
             eligible = ~np.isin(ids, self.specials)  # (ids outside the table: the collator reports them)
@@ -216,7 +213,7 @@ class Masker:
         out = ids.copy()
         out[to_mask] = self.mask_token_id
         if to_random.any():
-            second = _mix64_array(base[to_random] + np.uint64(2 * _GOLDEN % 2**64))
+            second = _mix64_array(base[to_random] + np.uint64(_GOLDEN2))
             token_u = (second >> np.uint64(11)).astype(np.float64) / 2.0**53
             out[to_random] = self.non_special[(token_u * len(self.non_special)).astype(np.int64)].astype(ids.dtype)
         return out, labels

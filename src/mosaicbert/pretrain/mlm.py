@@ -349,8 +349,9 @@ def pack_mlm_batch(
     pad_to_max_length: bool = False,
     masker: Masker | None = None,
 ) -> dict[str, Any]:
-    """Pack MLM samples (documents, each already truncated and masked on its own) into rows of at most ``max_len``
-    tokens, several per row, never splitting one (rows chosen by :func:`pack_documents`).
+    """Pack MLM samples (documents, each already truncated and masked on its own, or carrying a ``mask_key`` and masked
+    here first by ``masker``) into rows of at most ``max_len`` tokens, several per row, never splitting one (rows
+    chosen by :func:`pack_documents`).
 
     Returns what :func:`pad_mlm_batch` returns, per row (``input_ids``, ``labels``, ``attention_mask``,
     ``token_type_ids``: ``(rows, length)`` int64, right-padded; host lists ``sequence_lengths``, ``label_counts``),
