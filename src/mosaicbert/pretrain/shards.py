@@ -154,7 +154,7 @@ class VerifiedStreamingDataset(StreamingDataset):
             if self.cache_limit or not isinstance(shard, MDSReader):
                 return None
             try:
-                with open(os.path.join(shard.dirname, shard.split or "", shard.raw_data.basename), "rb") as f:
+                with open(self._shard_paths(shard_id)[0][0], "rb") as f:  # (an MDS shard is one raw file)
                     mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             except (FileNotFoundError, ValueError):  # (not there yet; an empty file cannot be mapped)
                 return None
