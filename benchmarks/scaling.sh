@@ -124,16 +124,10 @@ out = Path(sys.argv[1])
 
 
 def speeds(log: str):
-    """(batch, samples/s) from Composer's console logger: '[batch=N/M]:' blocks with throughput lines."""
-    rows, batch = [], None
-    for line in log.splitlines():
-        m = re.search(r"\[batch=(\d+)/\d+\]", line)
-        if m:
-            batch = int(m.group(1))
-        m = re.search(r"Train throughput/samples_per_sec: ([0-9.eE+-]+)", line)
-        if m and batch is not None:
-            rows.append((batch, float(m.group(1))))
-    return rows
+    """(batch, samples/s) from main.py's console lines: '[batch N/M P%] loss L | S samples/s | ...', each the rate
+    since the line before (console_log_interval batches)."""
+    return [(int(m.group(1)), float(m.group(2).replace(",", "")))
+            for m in re.finditer(r"^\[batch (\d+)/\d+ [^]]*\] loss \S+ \| ([0-9,.]+) samples/s", log, re.M)]
 
 
 def peak_gib(log: str):
@@ -201,7 +195,7 @@ if resume_log.exists():
     text = resume_log.read_text(errors="replace")
     found = "Autoresuming training from checkpoint" in text
     print("autoresume:", "continued from the saved checkpoint" if found else "NOT resumed (no 'Autoresuming' line)")
-print("samples/s: median of the speed monitor's 10-batch windows after the first third of the run; min win: the "
+print("samples/s: median of the console's 5-batch windows after the first third of the run; min win: the "
       "slowest of them; 2nd half: samples / seconds over the second half (metrics.jsonl, epoch ends included); "
       "% bench: of throughput.py's compiled step x GPUs; scaling: of base-1gpu x GPUs")
 failed = [n for n, rc in status.items() if rc != "0"]

@@ -377,26 +377,40 @@ class PrefixTokenizer:
             encs = self.backend.encode_batch([docs[i][: limits[i]] for i in todo], add_special_tokens=False)
             short = []
             for i, enc in zip(todo, encs):
-                n = len(enc.ids)
-                if limits[i] >= len(docs[i]):
-                    out[i] = (enc, n)
-                    continue
-                words = enc.word_ids
-                safe = n
-                while safe > 0 and words[safe - 1] == words[n - 1]:
-                    safe -= 1  # the last word may be cut: drop it
-                if safe >= self.max_tokens:
-                    out[i] = (enc, safe)
-                else:
+                n = self._trusted(enc, limits[i] >= len(docs[i]))
+                if n is None:
                     limits[i] *= 2
                     short.append(i)
+                else:
+                    out[i] = (enc, n)
             todo = short
         return out  # type: ignore[return-value]
 
+    def _trusted(self, enc, whole: bool) -> int | None:
+        """How many leading tokens of a prefix's encoding are the whole document's, or None when fewer than
+        ``max_tokens`` are (the prefix must grow)."""
+        n = len(enc.ids)
+        if whole:
+            return n
+        words = enc.word_ids
+        safe = n
+        while safe > 0 and words[safe - 1] == words[n - 1]:
+            safe -= 1  # the last word may be cut: drop it
+        return safe if safe >= self.max_tokens else None
+
     def __call__(self, text: str) -> list[int]:
-        """The first ``max_tokens`` ids of one document (no special tokens)."""
-        enc, n = self.encode_prefixes([text])[0]
-        return enc.ids[: min(n, self.max_tokens)]
+        """The first ``max_tokens`` ids of one document (no special tokens).
+
+        One document goes through ``encode``, which keeps the GIL: ``encode_batch`` releases it, and in a loader
+        worker streaming's sample-tracking threads take it, so that every call then waits to get it back (on 2 cores
+        the tokenizer's time per sample fell from ~430 to ~200 µs with ``encode``)."""
+        limit = self.first_chars
+        while True:
+            enc = self.backend.encode(text[:limit], add_special_tokens=False)
+            n = self._trusted(enc, limit >= len(text))
+            if n is not None:
+                return enc.ids[: min(n, self.max_tokens)]
+            limit *= 2
 
 
 @dataclass
