@@ -79,6 +79,9 @@ def test_pytorch_model_bin_with_old_layernorm_names(tmp_path):
 def test_hub_id_is_downloaded_once_with_snapshot_download(tmp_path, monkeypatch):
     import huggingface_hub
 
+    import mosaicbert.core.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "hub_local_only", lambda name: False)  # as with a reachable Hub
     src = seeded(BertForMaskedLM, bert_config(), 0)
     src.save_pretrained(tmp_path / "snapshot")
     calls = []

@@ -6,7 +6,7 @@ Sources
     - a Hugging Face folder (`mosaicbert.export` output or a published model): `model.safetensors` (or a sharded
       `model.safetensors.index.json`) or `pytorch_model.bin`;
     - a hub model id (`bert-base-uncased`, `org/name`): downloaded once with `huggingface_hub.snapshot_download`,
-      then read as a folder.
+      then read as a folder (taken from the local HF cache at once when the Hub cannot be reached).
 
 Every file is checked before it is used: a torch.save zip archive (Composer checkpoint, pytorch_model.bin) member by
 member against its CRC-32, so that a damaged checkpoint is refused naming the file and the damaged tensor instead
@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 import torch
+
+from mosaicbert.core.hub import hub_local_only, hub_unreachable
 
 log = logging.getLogger("mosaicbert")
 
@@ -209,11 +211,15 @@ def resolve_source(source: str) -> str:
         return path
     if not looks_like_hub_id(source):
         raise CheckpointNotFoundError(f"checkpoint not found: {source}: no such file or folder")
+    local_only = hub_local_only(source)
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(source, allow_patterns=HUB_PATTERNS)
+        return snapshot_download(source, allow_patterns=HUB_PATTERNS, local_files_only=local_only)
     except Exception as e:
+        if local_only:
+            raise CheckpointNotFoundError(f"{source!r} is not a local file or folder, and not in the local Hugging "
+                                          f"Face cache ({hub_unreachable()}): {e}") from e
         raise CheckpointNotFoundError(f"{source!r} is not a local file or folder, and downloading it from the Hugging "
                                 f"Face hub failed: {e}") from e
 

@@ -3,7 +3,7 @@
 ``load_tokenizer(name_or_path)`` accepts
 
 * a Hugging Face Hub name (``bert-base-uncased``), loaded with ``AutoTokenizer.from_pretrained``
-  (uses the local HF cache when offline);
+  (from the local HF cache only, at once, when the Hub cannot be reached: :mod:`mosaicbert.core.hub`);
 * a local folder (``tokenizer.json`` and/or ``vocab.txt`` + ``tokenizer_config.json``), also an exported model
   folder (its tokenizer files only: the model's remote code is never consulted);
 * a path to a WordPiece ``vocab.txt`` file;
@@ -28,6 +28,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 from mosaicbert.core.builtin_corpus import BUILTIN_NAME, BUILTIN_PREFIX, ensure_builtin_tokenizer
+from mosaicbert.core.hub import hub_local_only, hub_unreachable
 from mosaicbert.core.wordpiece import wordpiece_to_fast
 
 __all__ = ["load_tokenizer", "checkpoint_tokenizer", "write_tokenizer_files", "same_vocabulary", "MIN_VOCAB_SIZE"]
@@ -229,12 +230,14 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
         return _check(tok, name)
 
     # Hub name.
+    local_only = hub_local_only(name)
     try:
-        tok = AutoTokenizer.from_pretrained(name, use_fast=True)
+        tok = AutoTokenizer.from_pretrained(name, use_fast=True, local_files_only=local_only)
     except Exception as e:  # OSError offline, huggingface_hub errors, HTTP errors ...
+        why = f"{hub_unreachable()}, and not in the local HF cache" if local_only else "offline or not cached"
         raise FileNotFoundError(
             f"Could not load tokenizer {name!r} from the Hugging Face Hub or the local HF cache "
-            f"(offline or not cached: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"({why}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
             f"Pass a local tokenizer folder or a path to a WordPiece vocab.txt instead (main.py / glue.py: "
             f"tokenizer=path/to/vocab-folder; the converter: --tokenizer ...), or use "
             f"{BUILTIN_PREFIX}{BUILTIN_NAME} for the built-in offline tokenizer."

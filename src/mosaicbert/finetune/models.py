@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from mosaicbert.core.config import ConfigError, ModelConfig
+from mosaicbert.core.hub import hub_local_only
 from mosaicbert.core.models import SequenceClassificationModel
 from mosaicbert.finetune.tasks import best_spans, model_class
 
@@ -44,7 +45,7 @@ def source_config(source: Optional[str]) -> Optional[Dict[str, Any]]:
         try:
             from huggingface_hub import hf_hub_download
 
-            config_file = hf_hub_download(source, "config.json")
+            config_file = hf_hub_download(source, "config.json", local_files_only=hub_local_only(source))
         except Exception as e:  # read_weights reports the download failure with the same cause
             log.warning("%s: cannot download config.json from the hub: %s", source, e)
             return None
