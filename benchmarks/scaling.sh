@@ -9,8 +9,8 @@
 #           all-reduce can overlap the backward; the default false compiles one graph)
 #   large   (e) `composer -n 2 main.py yamls/large.yaml`, DDP and then fsdp FULL_SHARD, with peak memory; the FSDP
 #           run saves, restarts with autoresume for a few more batches, and its checkpoint is exported and loaded
-# Every run changes only data, tokenizer, duration, checkpointing and logging; samples/s is Composer's speed
-# monitor (median of its rolling window after warm-up and compilation) and, from metrics.jsonl, the mean over the
+# Every run changes only data, tokenizer, duration, checkpointing and logging; samples/s is main.py's console line
+# (median of its 5-batch windows after warm-up and compilation) and, from metrics.jsonl, the mean over the
 # second half of the run, epoch boundaries included. A table of all runs in "$OUT" ends the output.
 #
 #   On a machine with one GPU, only `single` applies: (a) and (b) run one after the other.
