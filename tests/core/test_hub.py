@@ -102,6 +102,8 @@ from mosaicbert.core.tokenizer import load_tokenizer
 out = {"reason": hub_unreachable()}
 out["ids"] = load_tokenizer("org/tiny-tokenizer")("Hello world")["input_ids"]
 out["weights"] = {k: float(v.double().sum()) for k, v in read_weights("org/tiny-bert").items()}
+from mosaicbert.finetune.models import source_config  # (finetuning reads the start checkpoint's config.json)
+out["config"] = source_config("org/tiny-bert")
 for key, load in (("tokenizer_error", load_tokenizer), ("weights_error", read_weights)):
     try:
         load("org/absent")
@@ -120,6 +122,7 @@ print(json.dumps(out))
     from mosaicbert.core.checkpoint import read_weights
 
     assert out["weights"] == {k: float(v.double().sum()) for k, v in read_weights(str(model_dir)).items()}
+    assert out["config"] == json.loads((model_dir / "config.json").read_text())
     assert "'org/absent'" in out["tokenizer_error"] and f"{endpoint} is unreachable" in out["tokenizer_error"]
     assert "not in the local HF cache" in out["tokenizer_error"]
     assert "'org/absent'" in out["weights_error"] and "not in the local Hugging Face cache" in out["weights_error"]
